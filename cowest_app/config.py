@@ -1,0 +1,198 @@
+"""The app's one configuration object, built once from environment variables.
+
+Every setting is documented in the README table; `ENV_VARS` below is the
+source of that table and a test keeps the two in step. Secrets live in their
+own object, are read here and only here, and never appear in a repr.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Mapping
+
+WEAK_DEFAULT = "packaged:smollm2-135m-instruct"
+STRONG_DEFAULT = "packaged:qwen2.5-coder-1.5b-instruct"
+
+# profile -> (weak model, strong model)
+PROFILES: dict[str, tuple[str, str]] = {
+    "default": (WEAK_DEFAULT, STRONG_DEFAULT),
+    # SmolLM2 in both roles: for tests and slow machines.
+    "fast": (WEAK_DEFAULT, WEAK_DEFAULT),
+}
+
+STRONG_BACKENDS = ("transformers", "inference-client")
+
+
+class ConfigError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class Secrets:
+    strong_api_token: str | None = field(default=None, repr=False)
+    hf_token: str | None = field(default=None, repr=False)
+    admin_secret: str | None = field(default=None, repr=False)
+
+    def __repr__(self) -> str:  # never print a secret, even by accident
+        present = [f.name for f in fields(self) if getattr(self, f.name)]
+        return f"Secrets(set={present})"
+
+
+@dataclass(frozen=True)
+class AppConfig:
+    profile: str = "default"
+    weak_model: str = WEAK_DEFAULT
+    weak_adapter: str | None = None
+    weak_4bit: bool = True
+    strong_backend: str = "transformers"
+    strong_model: str = STRONG_DEFAULT
+    strong_base_url: str | None = None
+    strong_timeout_s: float = 120.0
+    data_dir: Path = Path("data")
+    cache_dir: Path = Path.home() / ".cache" / "cowest"
+    max_question_chars: int = 2000
+    max_comment_chars: int = 2000
+    weak_max_new_tokens: int = 192
+    strong_max_new_tokens: int = 256
+    temperature: float = 0.0
+    torch_threads: int | None = None
+    host: str = "127.0.0.1"
+    port: int = 7860
+    concurrency: int = 1
+    secrets: Secrets = field(default_factory=Secrets)
+
+    @property
+    def db_path(self) -> Path:
+        return self.data_dir / "cowest.sqlite3"
+
+    @property
+    def adapters_dir(self) -> Path:
+        return self.data_dir / "adapters"
+
+    def with_overrides(self, **changes) -> "AppConfig":
+        return replace(self, **changes)
+
+
+# env var -> (AppConfig field, description); the README table is built from this.
+ENV_VARS: dict[str, tuple[str, str]] = {
+    "COWEST_PROFILE": ("profile", "`default` (SmolLM2-135M weak, Qwen2.5-Coder-1.5B strong) or `fast` (SmolLM2 in both roles)"),
+    "COWEST_WEAK_MODEL": ("weak_model", "weak model: Hub repo id, local directory or `packaged:NAME`; overrides the profile"),
+    "COWEST_WEAK_ADAPTER": ("weak_adapter", "LoRA adapter for the weak model: local directory or Hub repo id"),
+    "COWEST_WEAK_4BIT": ("weak_4bit", "load the weak model in 4-bit NF4 with bitsandbytes (`1`/`0`)"),
+    "COWEST_STRONG_BACKEND": ("strong_backend", "`transformers` (local weights) or `inference-client` (black-box chat endpoint)"),
+    "COWEST_STRONG_MODEL": ("strong_model", "strong model: repo id / directory / `packaged:NAME`, or the model name sent to the endpoint"),
+    "COWEST_STRONG_BASE_URL": ("strong_base_url", "endpoint URL for `inference-client` (TGI, vLLM, any OpenAI-compatible server, or Inference Providers)"),
+    "COWEST_STRONG_TIMEOUT_S": ("strong_timeout_s", "request timeout for the remote strong model, seconds"),
+    "COWEST_DATA_DIR": ("data_dir", "where the SQLite log, exports and adapters live"),
+    "COWEST_CACHE_DIR": ("cache_dir", "where packaged GGUF models are converted to safetensors, once"),
+    "COWEST_MAX_QUESTION_CHARS": ("max_question_chars", "longest accepted question"),
+    "COWEST_MAX_COMMENT_CHARS": ("max_comment_chars", "longest accepted feedback comment"),
+    "COWEST_WEAK_MAX_NEW_TOKENS": ("weak_max_new_tokens", "token budget of the weak draft"),
+    "COWEST_STRONG_MAX_NEW_TOKENS": ("strong_max_new_tokens", "token budget of the strong answer"),
+    "COWEST_TEMPERATURE": ("temperature", "sampling temperature for answers (0 = greedy)"),
+    "COWEST_TORCH_THREADS": ("torch_threads", "torch CPU threads (unset = torch default)"),
+    "COWEST_HOST": ("host", "address the server binds (`0.0.0.0` on Spaces)"),
+    "COWEST_PORT": ("port", "server port"),
+    "COWEST_CONCURRENCY": ("concurrency", "questions answered at once; others wait in the queue"),
+}
+
+# Secrets: env var -> Secrets field. Read here only.
+SECRET_VARS: dict[str, tuple[str, str]] = {
+    "COWEST_STRONG_API_TOKEN": ("strong_api_token", "token for the strong endpoint (falls back to `HF_TOKEN`)"),
+    "HF_TOKEN": ("hf_token", "Hugging Face token, for private models and adapter pushes"),
+    "COWEST_ADMIN_SECRET": ("admin_secret", "secret that unlocks admin actions"),
+}
+
+
+def _parse_bool(name: str, raw: str) -> bool:
+    value = raw.strip().lower()
+    if value in {"1", "true", "yes", "on"}:
+        return True
+    if value in {"0", "false", "no", "off"}:
+        return False
+    raise ConfigError(f"{name}={raw!r}: expected 1/0, true/false, yes/no or on/off")
+
+
+def _parse(name: str, raw: str, kind: type):
+    try:
+        if kind is bool:
+            return _parse_bool(name, raw)
+        if kind is int:
+            return int(raw)
+        if kind is float:
+            return float(raw)
+        if kind is Path:
+            return Path(raw).expanduser()
+    except ValueError as exc:
+        raise ConfigError(f"{name}={raw!r}: expected {kind.__name__}") from exc
+    return raw
+
+
+_FIELD_KINDS: dict[str, type] = {
+    "weak_4bit": bool,
+    "strong_timeout_s": float,
+    "data_dir": Path,
+    "cache_dir": Path,
+    "max_question_chars": int,
+    "max_comment_chars": int,
+    "weak_max_new_tokens": int,
+    "strong_max_new_tokens": int,
+    "temperature": float,
+    "torch_threads": int,
+    "port": int,
+    "concurrency": int,
+}
+
+
+def from_env(env: Mapping[str, str] | None = None) -> AppConfig:
+    env = os.environ if env is None else env
+    values: dict[str, object] = {}
+    for var, (name, _) in ENV_VARS.items():
+        raw = env.get(var)
+        if raw is not None and raw.strip() != "":
+            values[name] = _parse(var, raw.strip(), _FIELD_KINDS.get(name, str))
+
+    profile = str(values.get("profile", "default"))
+    if profile not in PROFILES:
+        raise ConfigError(f"COWEST_PROFILE={profile!r}: expected one of {sorted(PROFILES)}")
+    weak, strong = PROFILES[profile]
+    values.setdefault("weak_model", weak)
+    values.setdefault("strong_model", strong)
+
+    secrets = {name: env.get(var) or None for var, (name, _) in SECRET_VARS.items()}
+    if not secrets["strong_api_token"]:
+        secrets["strong_api_token"] = secrets["hf_token"]
+    config = AppConfig(**values, secrets=Secrets(**secrets))
+    validate(config)
+    return config
+
+
+def validate(config: AppConfig) -> None:
+    if config.strong_backend not in STRONG_BACKENDS:
+        raise ConfigError(f"COWEST_STRONG_BACKEND={config.strong_backend!r}: expected one of {STRONG_BACKENDS}")
+    if config.strong_backend == "inference-client" and not (config.strong_base_url or config.strong_model):
+        raise ConfigError("inference-client needs COWEST_STRONG_BASE_URL or a provider model id in COWEST_STRONG_MODEL")
+    for name in ("max_question_chars", "max_comment_chars", "weak_max_new_tokens", "strong_max_new_tokens", "concurrency"):
+        if getattr(config, name) < 1:
+            raise ConfigError(f"{name} must be at least 1")
+    if config.temperature < 0:
+        raise ConfigError("temperature must be >= 0")
+    if not 0 < config.port < 65536:
+        raise ConfigError(f"port {config.port} out of range")
+
+
+def env_table() -> str:
+    """Markdown table of every environment variable, for the README."""
+    rows = ["| variable | default | meaning |", "|---|---|---|"]
+    defaults = AppConfig()
+    for var, (name, text) in ENV_VARS.items():
+        default = getattr(defaults, name)
+        if name == "cache_dir":
+            default = "~/.cache/cowest"
+        shown = "unset" if default is None else f"`{default}`"
+        rows.append(f"| `{var}` | {shown} | {text} |")
+    for var, (_, text) in SECRET_VARS.items():
+        rows.append(f"| `{var}` | unset | {text} (secret, never logged) |")
+    return "\n".join(rows)

