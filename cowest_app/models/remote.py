@@ -76,6 +76,9 @@ class InferenceClientBackend:
     ) -> None:
         if not model and not base_url:
             raise ValueError("inference-client backend needs a model id, a base_url, or both")
+        if base_url and not base_url.startswith(("http://", "https://")):
+            # The library would treat anything else as a Hub model id and call the HF router.
+            raise ValueError(f"base_url must start with http:// or https://, got {base_url!r}")
         if timeout_s <= 0:
             raise ValueError(f"timeout_s must be positive, got {timeout_s}")
         self._model = model or None
@@ -113,7 +116,7 @@ class InferenceClientBackend:
                         if choice.finish_reason:
                             finished = True
                         content = choice.delta.content if choice.delta is not None else None
-                        if choice.index == 0 and content:
+                        if (choice.index or 0) == 0 and content:  # some servers omit index
                             chunks += 1
                             yield content
             except BackendError:
@@ -159,7 +162,7 @@ class InferenceClientBackend:
         elif isinstance(err, httpx2.ConnectError):
             message = f"{where} unreachable: {_connect_reason(err)}"
         elif isinstance(err, (httpx2.UnsupportedProtocol, httpx2.InvalidURL)):
-            message = f"{where} is not a valid http(s) URL: {_short(str(err))}"
+            message = f"{where} is not a valid URL: {_short(str(err))}"
         elif isinstance(err, (httpx2.NetworkError, httpx2.RemoteProtocolError)):
             message = f"{where} dropped the connection after {chunks} chunks: {_short(str(err))}"
         elif isinstance(err, TextGenerationError):

@@ -64,7 +64,9 @@ class FakeOpenAIServer:
     def start(self) -> FakeOpenAIServer:
         self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), _make_handler(self))
         self._httpd.daemon_threads = True  # a handler stuck on a dead client must not block shutdown
-        threading.Thread(target=self._httpd.serve_forever, name="fake-openai", daemon=True).start()
+        # A short poll interval keeps stop() (which waits for one poll) fast.
+        serve = lambda: self._httpd.serve_forever(poll_interval=0.02)  # noqa: E731
+        threading.Thread(target=serve, name="fake-openai", daemon=True).start()
         return self
 
     def stop(self) -> None:

@@ -137,9 +137,19 @@ def test_repr_and_describe_hide_the_token() -> None:
     assert hosted.describe()["endpoint"] == "HF Inference Providers"
 
 
-def test_needs_a_model_or_a_base_url() -> None:
-    with pytest.raises(ValueError):
+def test_consumer_stopping_early_closes_cleanly() -> None:
+    with serve_openai(reply=REPLY) as server:
+        stream = backend_for(server.base_url).generate(MESSAGES)
+        assert next(stream) == split_words(REPLY)[0]
+        stream.close()  # must not raise or hang; the client closes the response
+
+
+def test_rejects_missing_endpoint_and_non_http_base_url() -> None:
+    with pytest.raises(ValueError, match="model id, a base_url"):
         InferenceClientBackend(model=None)
+    # Otherwise the library would treat it as a Hub model id and call the HF router.
+    with pytest.raises(ValueError, match="http:// or https://"):
+        InferenceClientBackend(model="m", base_url="localhost:8000/v1")
 
 
 def test_registered_under_inference_client() -> None:

@@ -1,0 +1,26 @@
+"""CoWeSt web app: read config, build the service, build the UI, launch.
+
+    python app.py            # http://127.0.0.1:7860 on the embedded defaults
+"""
+
+from __future__ import annotations
+
+import logging
+
+
+def main() -> None:
+    from cowest_app.config import from_env
+    from cowest_app.service import CollabService
+    from cowest_app.ui import build_ui
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    config = from_env()
+    logging.getLogger("cowest").info("config: %s", config)
+    service = CollabService.build(config)
+    demo = build_ui(service)
+    demo.queue(default_concurrency_limit=config.concurrency, max_size=64)
+    demo.launch(server_name=config.host, server_port=config.port, show_error=True)
+
+
+if __name__ == "__main__":
+    main()

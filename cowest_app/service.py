@@ -1,0 +1,170 @@
+"""The collaboration service: validates input, runs the pipeline, logs everything.
+
+The UI and tests talk only to this object. It never raises on user input:
+bad input becomes an `InputError` message, model failures become failed stages,
+and every finished, failed or abandoned question is logged.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+from cowest_app import prompts
+from cowest_app.config import AppConfig
+from cowest_app.export import export_log
+from cowest_app.models.base import Backend, GenerationOptions, create_backend
+from cowest_app.pipeline import COLLAB, STRONG_ALONE, WEAK, WEAK_ALONE, CollaborationPipeline, Snapshot
+from cowest_app.store import Feedback, Interaction, LogStore, StoreError
+
+log = logging.getLogger(__name__)
+
+BEST_CHOICES = ("weak", "collab", "strong")
+RATINGS = {"up": 1, "down": -1}
+
+
+@dataclass(frozen=True)
+class AskUpdate:
+    snapshot: Snapshot
+    interaction_id: str | None = None  # set on the last update, once logged
+
+
+def build_weak(config: AppConfig) -> Backend:
+    return create_backend(
+        "transformers",
+        model=config.weak_model,
+        cache_dir=config.cache_dir,
+        load_4bit=config.weak_4bit,
+        adapter=config.weak_adapter,
+    )
+
+
+def build_strong(config: AppConfig) -> Backend:
+    if config.strong_backend == "inference-client":
+        return create_backend(
+            "inference-client",
+            model=config.strong_model,
+            base_url=config.strong_base_url,
+            token=config.secrets.strong_api_token,
+            timeout_s=config.strong_timeout_s,
+        )
+    return create_backend("transformers", model=config.strong_model, cache_dir=config.cache_dir)
+
+
+class CollabService:
+    def __init__(self, config: AppConfig, weak: Backend, strong: Backend, store: LogStore) -> None:
+        self.config = config
+        self.weak = weak
+        self.strong = strong
+        self.store = store
+        self.pipeline = CollaborationPipeline(
+            weak,
+            strong,
+            GenerationOptions(max_new_tokens=config.weak_max_new_tokens, temperature=config.temperature),
+            GenerationOptions(max_new_tokens=config.strong_max_new_tokens, temperature=config.temperature),
+        )
+
+    @classmethod
+    def build(cls, config: AppConfig) -> "CollabService":
+        if config.torch_threads:
+            import torch
+
+            torch.set_num_threads(config.torch_threads)
+        started = time.perf_counter()
+        weak = build_weak(config)
+        strong = build_strong(config)
+        log.info("models ready in %.1fs", time.perf_counter() - started)
+        return cls(config, weak, strong, LogStore(config.db_path))
+
+    # -- asking ----------------------------------------------------------
+    def ask(self, question: Any, domain_key: str, compare: bool = False, session_id: str | None = None) -> Iterator[AskUpdate]:
+        """Stream the stages; raises InputError before any work for bad input."""
+        domain = prompts.get_domain(domain_key)
+        text = prompts.validate_question(question, self.config.max_question_chars)
+        snap: Snapshot | None = None
+        logged = False
+        try:
+            for snap in self.pipeline.run(domain, text, compare):
+                if snap.done:
+                    interaction_id = self._log(domain.key, text, snap, session_id, "ok")
+                    logged = True
+                    yield AskUpdate(snap, interaction_id)
+                else:
+                    yield AskUpdate(snap)
+        finally:
+            # The user left (or something broke) mid-answer: keep what exists.
+            if snap is not None and not logged:
+                self._log(domain.key, text, snap, session_id, "cancelled")
+
+    def _log(self, domain: str, question: str, snap: Snapshot, session_id: str | None, status: str) -> str:
+        stages = snap.stages
+        failed = snap.failed
+        if status == "ok" and failed:
+            status = "+".join(f"{k}_failed" for k in failed)
+        weak_info = stages[WEAK].info or self.weak.describe()
+        strong_info = stages[COLLAB].info or self.strong.describe()
+        timings = {f"{k}_ms": round(s.ms, 1) for k, s in stages.items() if s.ms is not None}
+        timings.update({f"{k}_first_token_ms": round(s.first_token_ms, 1) for k, s in stages.items() if s.first_token_ms is not None})
+        errors = "; ".join(f"{k}: {stages[k].error}" for k in failed) or None
+        return self.store.log_interaction(
+            Interaction(
+                session_id=session_id,
+                domain=domain,
+                question=question,
+                weak_draft=stages[WEAK].text,
+                final_answer=stages[COLLAB].text,
+                weak_alone=stages[WEAK_ALONE].text if WEAK_ALONE in stages else None,
+                strong_alone=stages[STRONG_ALONE].text if STRONG_ALONE in stages else None,
+                weak_model=str(weak_info.get("model")),
+                strong_model=str(strong_info.get("model")),
+                adapter_version=weak_info.get("adapter_version"),
+                timings=timings,
+                status=status,
+                error=errors,
+            )
+        )
+
+    # -- feedback --------------------------------------------------------
+    def rate(
+        self,
+        interaction_id: str | None,
+        rating: str | None = None,
+        best: str | None = None,
+        comment: str | None = None,
+        session_id: str | None = None,
+    ) -> int:
+        """Store one feedback event; raises InputError with a user-facing message."""
+        if not interaction_id:
+            raise prompts.InputError("Ask a question first, then rate its answer.")
+        if rating is not None and rating not in RATINGS:
+            raise prompts.InputError(f"Unknown rating {rating!r}; use 'up' or 'down'.")
+        if best is not None and best not in BEST_CHOICES:
+            raise prompts.InputError(f"Unknown choice {best!r}; use one of {', '.join(BEST_CHOICES)}.")
+        comment = prompts.clean_text(comment) if isinstance(comment, str) else None
+        if comment and len(comment) > self.config.max_comment_chars:
+            raise prompts.InputError(f"The comment is {len(comment)} characters long; the limit is {self.config.max_comment_chars}.")
+        try:
+            return self.store.log_feedback(
+                Feedback(
+                    interaction_id=interaction_id,
+                    session_id=session_id,
+                    rating=RATINGS.get(rating) if rating else None,
+                    best=best,
+                    comment=comment or None,
+                )
+            )
+        except StoreError as exc:
+            raise prompts.InputError(str(exc)) from exc
+
+    # -- export and facts ------------------------------------------------
+    def export(self, fmt: str) -> Path:
+        out_dir = Path(tempfile.mkdtemp(prefix="cowest-export-"))
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        return export_log(self.store, out_dir / f"cowest-log-{stamp}.{fmt}", fmt)
+
+    def models_summary(self) -> dict[str, Any]:
+        return {"weak": self.weak.describe(), "strong": self.strong.describe()}

@@ -1,0 +1,161 @@
+"""Gradio Blocks UI. Every callback is a closure over one `CollabService`.
+
+Model output is shown in text boxes, never rendered as HTML or Markdown, so
+markup in an answer is displayed as text and never executed.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import Any
+
+import gradio as gr
+
+from cowest_app import prompts
+from cowest_app.pipeline import COLLAB, STRONG_ALONE, WEAK, WEAK_ALONE, Snapshot
+from cowest_app.service import CollabService
+
+STAGE_TITLES = {
+    WEAK: "Weak draft",
+    COLLAB: "Final answer (weak + strong)",
+    WEAK_ALONE: "Weak alone",
+    STRONG_ALONE: "Strong alone",
+}
+BEST_CHOICES = [("Final answer (collaboration)", "collab"), ("Weak draft", "weak"), ("Strong alone", "strong")]
+DOMAIN_CHOICES = [(d.label, d.key) for d in prompts.DOMAINS.values()]
+
+
+def _ms(value: float | None) -> str:
+    return "–" if value is None else f"{value / 1000:.1f} s"
+
+
+def stage_table(snapshot: Snapshot) -> str:
+    """Markdown table of each stage: model, adapter, status and latency."""
+    rows = ["| stage | model | adapter | status | first token | total |", "|---|---|---|---|---|---|"]
+    for key, stage in snapshot.stages.items():
+        info = stage.info
+        status = stage.status if not stage.error else f"failed: {stage.error}"
+        rows.append(
+            f"| {STAGE_TITLES[key]} | {info.get('model', '…')} | {info.get('adapter_version') or '–'} "
+            f"| {_escape(status)} | {_ms(stage.first_token_ms)} | {_ms(stage.ms)} |"
+        )
+    return "\n".join(rows)
+
+
+def _escape(text: str) -> str:
+    # Errors can echo server text; keep it inert inside the Markdown table.
+    return text.replace("|", "\\|").replace("<", "&lt;").replace(">", "&gt;").replace("\n", " ")
+
+
+def models_banner(service: CollabService) -> str:
+    weak, strong = service.weak.describe(), service.strong.describe()
+    weak_line = f"**Weak:** `{weak['model']}` · adapter `{weak.get('adapter_version')}`"
+    if weak.get("memory_mib") is not None:
+        precision = "NF4 4-bit" if weak.get("quantization") == "nf4" else "full precision"
+        weak_line += f" · {precision}, {weak['memory_mib']:.0f} MiB"
+    strong_line = f"**Strong:** `{strong['model']}` via {strong['backend']}"
+    if strong.get("endpoint"):
+        strong_line += f" ({strong['endpoint']})"
+    return f"{weak_line}  \n{strong_line}"
+
+
+def log_counts(service: CollabService) -> str:
+    c = service.store.counts()
+    return (
+        f"**{c['interactions']}** interactions · **{c['feedback']}** feedback events "
+        f"(👍 {c['thumbs_up']} · 👎 {c['thumbs_down']})"
+    )
+
+
+def build_ui(service: CollabService) -> gr.Blocks:
+    with gr.Blocks(title="CoWeSt: weak-strong collaboration") as demo:
+        gr.Markdown(
+            "# CoWeSt — weak–strong collaboration\n"
+            "A small domain-specialised **weak** model drafts an answer with background knowledge; "
+            "a general **strong** model refines question + draft into the final answer. "
+            "Rate answers: your feedback becomes preference data that retrains the weak model."
+        )
+        banner = gr.Markdown(models_banner(service))
+        with gr.Tab("Ask"):
+            with gr.Row():
+                question = gr.Textbox(label="Question", lines=3, scale=4,
+                                      placeholder="Ask a domain question…",
+                                      max_length=service.config.max_question_chars)
+                with gr.Column(scale=1, min_width=220):
+                    domain = gr.Dropdown(DOMAIN_CHOICES, value=prompts.DEFAULT_DOMAIN, label="Domain")
+                    compare = gr.Checkbox(False, label="Also answer with each model alone")
+                    ask_btn = gr.Button("Ask", variant="primary")
+            gr.Examples([[d.example, d.key] for d in prompts.DOMAINS.values()], [question, domain])
+            with gr.Row():
+                weak_box = gr.Textbox(label=STAGE_TITLES[WEAK], lines=12, interactive=False, buttons=["copy"])
+                final_box = gr.Textbox(label=STAGE_TITLES[COLLAB], lines=12, interactive=False, buttons=["copy"])
+            with gr.Row(visible=False) as alone_row:
+                weak_alone_box = gr.Textbox(label=STAGE_TITLES[WEAK_ALONE], lines=8, interactive=False)
+                strong_alone_box = gr.Textbox(label=STAGE_TITLES[STRONG_ALONE], lines=8, interactive=False)
+            stages_md = gr.Markdown()
+            interaction_id = gr.Textbox(visible=False, label="interaction id")
+            with gr.Group():
+                with gr.Row():
+                    best = gr.Radio(BEST_CHOICES, label="Which answer was best? (when several are shown)")
+                    comment = gr.Textbox(label="Comment (optional)", lines=2,
+                                         max_length=service.config.max_comment_chars)
+                with gr.Row():
+                    up_btn = gr.Button("👍 Good answer")
+                    down_btn = gr.Button("👎 Bad answer")
+                    send_btn = gr.Button("Send choice / comment only")
+            feedback_md = gr.Markdown()
+        with gr.Tab("Log & export"):
+            counts_md = gr.Markdown()
+            fmt = gr.Radio(["jsonl", "parquet"], value="jsonl", label="Format")
+            export_btn = gr.Button("Export the interaction and feedback log")
+            export_file = gr.File(label="Download", interactive=False)
+
+        def on_ask(q: str, d: str, cmp: bool, request: gr.Request):
+            try:
+                updates = service.ask(q, d, bool(cmp), session_id=_session(request))
+                for update in updates:
+                    yield _render(update.snapshot, update.interaction_id)
+            except prompts.InputError as exc:
+                raise gr.Error(str(exc), duration=8) from None
+
+        def on_rate(rating: str | None, iid: str, choice: str | None, text: str, request: gr.Request):
+            try:
+                service.rate(iid or None, rating=rating, best=choice or None, comment=text, session_id=_session(request))
+            except prompts.InputError as exc:
+                raise gr.Error(str(exc), duration=8) from None
+            thanks = {"up": "👍 recorded.", "down": "👎 recorded."}.get(rating or "", "Feedback recorded.")
+            return f"{thanks} Thank you!", log_counts(service)
+
+        def on_export(f: str) -> str:
+            if f not in ("jsonl", "parquet"):
+                raise gr.Error(f"Unknown export format {f!r}.")
+            return str(service.export(f))
+
+        ask_event = dict(fn=on_ask, inputs=[question, domain, compare],
+                         outputs=[weak_box, final_box, weak_alone_box, strong_alone_box, stages_md, interaction_id])
+        ask_btn.click(**ask_event, api_name="ask")
+        question.submit(**ask_event, api_name=False)
+        compare.change(lambda c: gr.Row(visible=bool(c)), compare, alone_row, api_name=False)
+        rate_inputs = [interaction_id, best, comment]
+        up_btn.click(partial(on_rate, "up"), rate_inputs, [feedback_md, counts_md], api_name="rate_up")
+        down_btn.click(partial(on_rate, "down"), rate_inputs, [feedback_md, counts_md], api_name="rate_down")
+        send_btn.click(partial(on_rate, None), rate_inputs, [feedback_md, counts_md], api_name="send_feedback")
+        export_btn.click(on_export, fmt, export_file, api_name="export")
+        demo.load(lambda: (models_banner(service), log_counts(service)), None, [banner, counts_md], api_name=False)
+    return demo
+
+
+def _session(request: gr.Request | None) -> str | None:
+    return getattr(request, "session_hash", None) if request is not None else None
+
+
+def _render(snapshot: Snapshot, interaction_id: str | None) -> tuple[Any, ...]:
+    text = {k: s.text for k, s in snapshot.stages.items()}
+    return (
+        text.get(WEAK, ""),
+        text.get(COLLAB, ""),
+        text.get(WEAK_ALONE, ""),
+        text.get(STRONG_ALONE, ""),
+        stage_table(snapshot),
+        interaction_id or "",
+    )

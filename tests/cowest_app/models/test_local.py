@@ -1,0 +1,152 @@
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from cowest_app.models.base import BackendError, create_backend
+from cowest_app.models.local import BASE_VERSION, TransformersBackend
+
+MESSAGES = [{"role": "user", "content": "Name a primary colour."}]
+
+
+def greedy(backend: TransformersBackend, n: int = 12) -> tuple[str, dict]:
+    stream = backend.generate(MESSAGES, max_new_tokens=n)
+    return "".join(stream), stream.info
+
+
+def test_streams_several_chunks_and_matches_plain_generate(tiny_model_dir: Path):
+    backend = TransformersBackend(str(tiny_model_dir))
+    chunks = list(backend.generate(MESSAGES, max_new_tokens=16))
+    assert len(chunks) > 1
+    inputs = backend.encode(MESSAGES)
+    with torch.no_grad():
+        out = backend.model.generate(**inputs, max_new_tokens=16, do_sample=False)
+    expected = backend.tokenizer.decode(out[0][inputs["input_ids"].shape[1]:], skip_special_tokens=True)
+    assert "".join(chunks) == expected
+
+
+def test_registered_by_name(tiny_model_dir: Path):
+    backend = create_backend("transformers", model=str(tiny_model_dir))
+    assert backend.describe()["adapter_version"] == BASE_VERSION
+
+
+def test_nf4_really_quantises_and_uses_less_memory(tiny_model_dir: Path):
+    import bitsandbytes as bnb
+
+    full = TransformersBackend(str(tiny_model_dir))
+    nf4 = TransformersBackend(str(tiny_model_dir), load_4bit=True)
+    layers = [m for m in nf4.model.modules() if isinstance(m, bnb.nn.Linear4bit)]
+    assert layers and all(m.weight.quant_state.quant_type == "nf4" for m in layers)
+    assert nf4.memory_bytes() < full.memory_bytes()
+    assert nf4.describe()["quantization"] == "nf4"
+    text, _ = greedy(nf4)
+    assert text
+
+
+def test_sampling_with_seed_is_reproducible(tiny_model_dir: Path):
+    backend = TransformersBackend(str(tiny_model_dir))
+    a = "".join(backend.generate(MESSAGES, max_new_tokens=10, temperature=1.0, seed=7))
+    b = "".join(backend.generate(MESSAGES, max_new_tokens=10, temperature=1.0, seed=7))
+    assert a == b
+
+
+def test_unknown_option_is_rejected(tiny_model_dir: Path):
+    backend = TransformersBackend(str(tiny_model_dir))
+    with pytest.raises(TypeError):
+        backend.generate(MESSAGES, max_tokens=3)
+
+
+def test_adapter_changes_output_and_swaps_back(tiny_model_dir: Path, tiny_adapters):
+    backend = TransformersBackend(str(tiny_model_dir))
+    base_text, base_info = greedy(backend)
+    backend.swap_adapter(str(tiny_adapters["v1"]), "v1")
+    v1_text, v1_info = greedy(backend)
+    assert v1_info["adapter_version"] == "v1" and base_info["adapter_version"] == BASE_VERSION
+    assert v1_text != base_text
+    backend.swap_adapter(None, "ignored")
+    assert greedy(backend)[0] == base_text
+
+
+def test_initial_adapter_from_config(tiny_model_dir: Path, tiny_adapters):
+    backend = TransformersBackend(str(tiny_model_dir), adapter=str(tiny_adapters["v2"]), adapter_version="v2")
+    assert backend.describe()["adapter_version"] == "v2"
+
+
+def test_failed_swap_keeps_the_active_adapter(tiny_model_dir: Path, tiny_adapters, tmp_path: Path):
+    backend = TransformersBackend(str(tiny_model_dir), adapter=str(tiny_adapters["v1"]), adapter_version="v1")
+    before = greedy(backend)[0]
+    with pytest.raises(Exception):
+        backend.swap_adapter(str(tmp_path / "no-such-adapter"), "v9")
+    assert backend.adapter_version == "v1"
+    assert greedy(backend)[0] == before
+
+
+@pytest.mark.parametrize("load_4bit", [False, True], ids=["fp32", "nf4"])
+def test_swap_under_load_never_mixes_adapters(tiny_model_dir: Path, tiny_adapters, load_4bit: bool):
+    """Readers generate non-stop while adapters swap; every answer must be
+    exactly the answer of the version it reports (no half-loaded model)."""
+    backend = TransformersBackend(str(tiny_model_dir), load_4bit=load_4bit)
+    expected = {BASE_VERSION: greedy(backend)[0]}
+    for version, path in tiny_adapters.items():
+        backend.swap_adapter(str(path), version)
+        expected[version] = greedy(backend)[0]
+    backend.swap_adapter(None, BASE_VERSION)
+    assert len(set(expected.values())) == 3, "each version must produce distinct text for the test to mean anything"
+
+    stop = threading.Event()
+    seen: list[tuple[str, str]] = []
+    errors: list[BaseException] = []
+
+    def reader() -> None:
+        while not stop.is_set():
+            try:
+                text, info = greedy(backend)
+                seen.append((info["adapter_version"], text))
+            except BaseException as exc:
+                errors.append(exc)
+                return
+
+    threads = [threading.Thread(target=reader) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for version in ["v1", "v2", BASE_VERSION, "v1", "v2"]:
+        backend.swap_adapter(None if version == BASE_VERSION else str(tiny_adapters[version]), version)
+        # Let the readers finish a few answers on this version before the next swap.
+        target = len(seen) + 3
+        deadline = time.monotonic() + 30
+        while len(seen) < target and time.monotonic() < deadline and not errors:
+            time.sleep(0.01)
+    stop.set()
+    for t in threads:
+        t.join(timeout=60)
+
+    assert not errors
+    versions = {v for v, _ in seen}
+    assert versions == set(expected), f"load did not overlap every version: {versions}"
+    for version, text in seen:
+        assert text == expected[version], version
+
+
+def test_generation_error_becomes_backend_error(tiny_model_dir: Path, monkeypatch):
+    backend = TransformersBackend(str(tiny_model_dir))
+
+    def out_of_memory(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(backend.model, "generate", out_of_memory)
+    with pytest.raises(BackendError, match="ran out of memory"):
+        "".join(backend.generate(MESSAGES, max_new_tokens=4))
+
+
+def test_abandoned_stream_stops_the_worker(tiny_model_dir: Path):
+    backend = TransformersBackend(str(tiny_model_dir))
+    stream = backend.generate(MESSAGES, max_new_tokens=500)
+    iterator = iter(stream)
+    next(iterator)
+    iterator.close()  # the consumer went away
+    stream._thread.join(timeout=30)
+    assert not stream._thread.is_alive()
