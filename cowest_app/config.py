@@ -93,7 +93,7 @@ ENV_VARS: dict[str, tuple[str, str]] = {
     "COWEST_STRONG_MAX_NEW_TOKENS": ("strong_max_new_tokens", "token budget of the strong answer"),
     "COWEST_TEMPERATURE": ("temperature", "sampling temperature for answers (0 = greedy)"),
     "COWEST_TORCH_THREADS": ("torch_threads", "torch CPU threads (unset = torch default)"),
-    "COWEST_HOST": ("host", "address the server binds (`0.0.0.0` on Spaces)"),
+    "COWEST_HOST": ("host", "address the server binds (`0.0.0.0` by default on a Space, where `SPACE_ID` is set)"),
     "COWEST_PORT": ("port", "server port"),
     "COWEST_CONCURRENCY": ("concurrency", "questions answered at once; others wait in the queue"),
 }
@@ -116,9 +116,9 @@ def _parse_bool(name: str, raw: str) -> bool:
 
 
 def _parse(name: str, raw: str, kind: type):
+    if kind is bool:
+        return _parse_bool(name, raw)
     try:
-        if kind is bool:
-            return _parse_bool(name, raw)
         if kind is int:
             return int(raw)
         if kind is float:
@@ -160,6 +160,8 @@ def from_env(env: Mapping[str, str] | None = None) -> AppConfig:
     weak, strong = PROFILES[profile]
     values.setdefault("weak_model", weak)
     values.setdefault("strong_model", strong)
+    if env.get("SPACE_ID"):  # on a Hugging Face Space the proxy reaches the container, not loopback
+        values.setdefault("host", "0.0.0.0")
 
     secrets = {name: env.get(var) or None for var, (name, _) in SECRET_VARS.items()}
     if not secrets["strong_api_token"]:

@@ -1,0 +1,64 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from cowest_app import config as cfg
+
+
+def test_defaults_use_the_embedded_models():
+    c = cfg.from_env({})
+    assert c.weak_model == "packaged:smollm2-135m-instruct"
+    assert c.strong_model == "packaged:qwen2.5-coder-1.5b-instruct"
+    assert c.weak_4bit is True and c.strong_backend == "transformers"
+    assert c.db_path == Path("data") / "cowest.sqlite3"
+
+
+def test_fast_profile_uses_smollm2_twice_and_explicit_models_win():
+    c = cfg.from_env({"COWEST_PROFILE": "fast"})
+    assert c.weak_model == c.strong_model == "packaged:smollm2-135m-instruct"
+    c = cfg.from_env({"COWEST_PROFILE": "fast", "COWEST_STRONG_MODEL": "Qwen/Qwen2.5-7B-Instruct"})
+    assert c.strong_model == "Qwen/Qwen2.5-7B-Instruct"
+
+
+def test_values_are_parsed():
+    c = cfg.from_env({
+        "COWEST_WEAK_4BIT": "off", "COWEST_PORT": "8000", "COWEST_TEMPERATURE": "0.7",
+        "COWEST_DATA_DIR": "/tmp/x", "COWEST_TORCH_THREADS": "2", "COWEST_MAX_QUESTION_CHARS": " 50 ",
+    })
+    assert (c.weak_4bit, c.port, c.temperature, c.data_dir, c.torch_threads, c.max_question_chars) == (
+        False, 8000, 0.7, Path("/tmp/x"), 2, 50)
+
+
+@pytest.mark.parametrize("env, message", [
+    ({"COWEST_PORT": "eighty"}, "COWEST_PORT='eighty': expected int"),
+    ({"COWEST_WEAK_4BIT": "maybe"}, "expected 1/0"),
+    ({"COWEST_PROFILE": "huge"}, "COWEST_PROFILE='huge'"),
+    ({"COWEST_STRONG_BACKEND": "carrier-pigeon"}, "COWEST_STRONG_BACKEND='carrier-pigeon'"),
+    ({"COWEST_MAX_QUESTION_CHARS": "0"}, "max_question_chars must be at least 1"),
+    ({"COWEST_TEMPERATURE": "-1"}, "temperature must be >= 0"),
+    ({"COWEST_PORT": "70000"}, "out of range"),
+])
+def test_bad_values_are_clear_errors(env, message):
+    with pytest.raises(cfg.ConfigError, match=message.replace("(", r"\(")):
+        cfg.from_env(env)
+
+
+def test_secrets_never_show_in_repr():
+    c = cfg.from_env({"HF_TOKEN": "hf_supersecret", "COWEST_ADMIN_SECRET": "letmein"})
+    assert c.secrets.hf_token == "hf_supersecret"
+    assert c.secrets.strong_api_token == "hf_supersecret"  # falls back to HF_TOKEN
+    for text in (repr(c), str(c), repr(c.secrets)):
+        assert "hf_supersecret" not in text and "letmein" not in text
+
+
+def test_readme_configuration_table_matches_code():
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    assert cfg.env_table() in readme
+
+
+def test_space_binds_all_interfaces_unless_told_otherwise():
+    assert cfg.from_env({"SPACE_ID": "me/cowest"}).host == "0.0.0.0"
+    assert cfg.from_env({"SPACE_ID": "me/cowest", "COWEST_HOST": "127.0.0.1"}).host == "127.0.0.1"
+    assert cfg.from_env({}).host == "127.0.0.1"
