@@ -97,9 +97,15 @@ def _write_jsonl(store: LogStore, path: Path) -> int:
 def _write_parquet(store: LogStore, path: Path) -> int:
     from datasets import Dataset
 
-    rows = [_parquet_row(record) for record in store.iter_records()]
-    Dataset.from_list(rows, features=parquet_features()).to_parquet(str(path))
-    return len(rows)
+    features = parquet_features()
+    columns: dict[str, list[Any]] = {name: [] for name in features}
+    for record in store.iter_records():
+        for name, value in _parquet_row(record).items():
+            columns[name].append(value)
+    # from_dict rather than from_list: from_list([]) drops the features and
+    # fails on an empty log, while empty columns keep the schema.
+    Dataset.from_dict(columns, features=features).to_parquet(str(path))
+    return len(columns["id"])
 
 
 def export_records(store: LogStore, out_path: Path, fmt: str) -> tuple[Path, int]:

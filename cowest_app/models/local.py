@@ -237,3 +237,29 @@ class TransformersBackend:
         stream._thread = threading.Thread(target=run, name="generate", daemon=True)
         stream._thread.start()
         return stream
+
+    def sample(self, messages: list[Message], n: int, **opts: Any) -> list[str]:
+        """n completions of one prompt in a single batched `generate` call.
+
+        Feedback collection needs K drafts per question; one call with
+        num_return_sequences=K shares the prompt's prefill and decodes the K
+        drafts as one batch, instead of K sequential generations.
+        """
+        options = options_from(opts)
+        if n < 1:
+            raise ValueError("n must be at least 1")
+        inputs = self.encode(messages)
+        active = self._active
+        kwargs = self.generation_kwargs(options)
+        if n > 1 and options.greedy:
+            raise ValueError("n > 1 identical greedy drafts are useless: set temperature > 0")
+        try:
+            if options.seed is not None:
+                torch.manual_seed(options.seed)
+            with torch.inference_mode():
+                out = active.model.generate(**inputs, **kwargs, num_return_sequences=n)
+        except Exception as exc:
+            raise as_backend_error(exc) from exc
+        prompt_len = inputs["input_ids"].shape[1]
+        return [self.tokenizer.decode(seq[prompt_len:], skip_special_tokens=True) for seq in out]
+

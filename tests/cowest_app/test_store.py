@@ -5,6 +5,7 @@ from __future__ import annotations
 import multiprocessing
 import sqlite3
 import threading
+from contextlib import closing
 from pathlib import Path
 
 import pytest
@@ -40,7 +41,7 @@ def store(tmp_path: Path) -> LogStore:
 
 def test_creates_parent_dirs_schema_and_wal(store: LogStore) -> None:
     assert store.path.is_file()
-    with sqlite3.connect(store.path) as conn:
+    with closing(sqlite3.connect(store.path)) as conn:
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         assert conn.execute("PRAGMA user_version").fetchone()[0] == 1
         tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
@@ -57,7 +58,7 @@ def test_reopening_an_existing_db_is_harmless(store: LogStore) -> None:
 
 
 def test_newer_schema_is_refused(store: LogStore) -> None:
-    with sqlite3.connect(store.path) as conn:
+    with closing(sqlite3.connect(store.path)) as conn:
         conn.execute("PRAGMA user_version=99")
     with pytest.raises(StoreError, match="v99"):
         LogStore(store.path)

@@ -150,3 +150,12 @@ def test_abandoned_stream_stops_the_worker(tiny_model_dir: Path):
     iterator.close()  # the consumer went away
     stream._thread.join(timeout=30)
     assert not stream._thread.is_alive()
+
+
+def test_sample_returns_n_distinct_drafts_in_one_call(tiny_model_dir: Path):
+    backend = TransformersBackend(str(tiny_model_dir))
+    drafts = backend.sample(MESSAGES, 4, max_new_tokens=8, temperature=1.0, seed=3)
+    assert len(drafts) == 4 and len(set(drafts)) > 1
+    assert drafts == backend.sample(MESSAGES, 4, max_new_tokens=8, temperature=1.0, seed=3)
+    with pytest.raises(ValueError, match="temperature"):
+        backend.sample(MESSAGES, 2, max_new_tokens=4)
