@@ -5,8 +5,9 @@ adapter swap builds a complete new model (base + adapter) on the side, then
 replaces the active one in a single assignment: a running generation keeps the
 model it started with, the next one gets the new model, and no request ever
 sees an adapter half loaded. Loading a fresh base instead of mutating the live
-one also sidesteps a bitsandbytes CPU quirk: injecting LoRA layers into an NF4
-model that has already run a forward pass corrupts its output.
+one also sidesteps a bitsandbytes CPU quirk: NF4 weights are repacked in place
+on the first forward pass, after which injecting LoRA layers corrupts the
+output (see `_warm_up`).
 """
 
 from __future__ import annotations
@@ -140,13 +141,22 @@ class TransformersBackend:
 
     def _build(self, source: str | None, version: str) -> ActiveModel:
         model = load_causal_lm(self.path, self.load_4bit, self.device, self.dtype)
-        if source is None:
-            return ActiveModel(model, BASE_VERSION, None)
-        from peft import PeftModel
+        if source is not None:
+            from peft import PeftModel
 
-        model = PeftModel.from_pretrained(model, source, adapter_name=version, is_trainable=False)
-        model.eval()
-        return ActiveModel(model, version, source)
+            model = PeftModel.from_pretrained(model, source, adapter_name=version, is_trainable=False)
+            model.eval()
+        self._warm_up(model)
+        return ActiveModel(model, version if source else BASE_VERSION, source)
+
+    def _warm_up(self, model: Any) -> None:
+        # On CPUs with AVX512-BF16, bitsandbytes repacks each NF4 weight in
+        # place on its first forward pass. Two threads doing that first pass at
+        # once corrupt the weights, so run it here, before any request (or any
+        # LoRA injection) can reach the model.
+        batch = self.tokenizer("warm up", return_tensors="pt").to(self.device)
+        with torch.inference_mode():
+            model(**batch)
 
     # -- facts -----------------------------------------------------------
     @property

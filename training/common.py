@@ -1,0 +1,335 @@
+"""Shared pieces of the training entry points (`training.dpo`, `training.sft`).
+
+A recipe is a YAML file whose keys are exactly the fields of a frozen
+dataclass; `--set key=value` on the command line overrides single fields and is
+parsed to the field's type. Every run writes, inside its output directory:
+
+- the LoRA adapter (`adapter_config.json`, `adapter_model.safetensors`),
+- `resolved_config.yaml`: the recipe after overrides, loadable as a recipe again,
+- `progress.jsonl`: one JSON line per trainer log event, appended as training
+  goes, so a parent process (the app's dashboard) can follow a child run,
+- `metrics.json`: written last, so its presence means the run finished.
+
+Relative paths in a recipe are relative to the working directory of the run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import sys
+import time
+import types
+import typing
+from pathlib import Path
+from typing import Any, Callable, Sequence, TypeVar
+
+import torch
+import yaml
+from transformers import TrainerCallback
+
+log = logging.getLogger(__name__)
+
+R = TypeVar("R")
+
+RESOLVED_CONFIG = "resolved_config.yaml"
+PROGRESS_FILE = "progress.jsonl"
+METRICS_FILE = "metrics.json"
+
+
+class RecipeError(ValueError):
+    """A recipe that cannot be used, with a message that names the file and key."""
+
+
+# -- recipes ---------------------------------------------------------------
+_TRUE = {"true", "yes", "on", "1"}
+_FALSE = {"false", "no", "off", "0"}
+_NONE = {"none", "null", "~", ""}
+
+
+def _coerce(value: Any, hint: Any, where: str) -> Any:
+    """Convert a YAML or command-line value to the annotated type of a field.
+
+    Command-line values arrive as strings, and PyYAML reads `5e-5` (no dot) as a
+    string too, so strings are parsed for every non-string type.
+    """
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None or (isinstance(value, str) and value.strip().lower() in _NONE):
+            if type(None) in args:
+                return None
+        inner = [a for a in args if a is not type(None)]
+        if len(inner) == 1:
+            return _coerce(value, inner[0], where)
+        raise RecipeError(f"{where}: unsupported field type {hint}")
+    if origin is tuple:
+        items = [s.strip() for s in value.split(",") if s.strip()] if isinstance(value, str) else value
+        if not isinstance(items, (list, tuple)):
+            raise RecipeError(f"{where}: expected a list, got {value!r}")
+        return tuple(_coerce(item, args[0], where) for item in items)
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        text = str(value).strip().lower()
+        if text in _TRUE | _FALSE:
+            return text in _TRUE
+        raise RecipeError(f"{where}: expected true or false, got {value!r}")
+    if hint in (int, float):
+        if isinstance(value, bool):  # bool is an int subclass; `true` is never a number here
+            raise RecipeError(f"{where}: expected a number, got {value!r}")
+        try:
+            number = float(value) if hint is float else _to_int(value)
+        except (TypeError, ValueError):
+            raise RecipeError(f"{where}: expected {hint.__name__}, got {value!r}") from None
+        return number
+    if hint is str:
+        if isinstance(value, (dict, list)) or value is None:
+            raise RecipeError(f"{where}: expected a string, got {value!r}")
+        return str(value)
+    raise RecipeError(f"{where}: unsupported field type {hint}")
+
+
+def _to_int(value: Any) -> int:
+    if isinstance(value, str):
+        try:
+            return int(value.strip())
+        except ValueError:
+            value = float(value)  # "1e3" is a whole number written as a float
+    if isinstance(value, float) and not value.is_integer():
+        raise ValueError(value)
+    return int(value)
+
+
+def _parse_override(item: str) -> tuple[str, str]:
+    key, sep, value = item.partition("=")
+    if not sep or not key.strip():
+        raise RecipeError(f"--set expects key=value, got {item!r}")
+    return key.strip(), value
+
+
+def load_recipe(cls: type[R], path: str | Path, overrides: Sequence[str] = ()) -> R:
+    """Build the recipe dataclass `cls` from a YAML file plus `key=value` overrides."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise RecipeError(f"recipe {path} does not exist") from None
+    except yaml.YAMLError as exc:
+        raise RecipeError(f"recipe {path} is not valid YAML: {exc}") from None
+    raw = raw or {}
+    if not isinstance(raw, dict):
+        raise RecipeError(f"recipe {path} must be a mapping of key: value, got {type(raw).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    sources: dict[str, tuple[Any, str]] = {k: (v, f"{path}: key {k!r}") for k, v in raw.items()}
+    for item in overrides:
+        key, value = _parse_override(item)
+        sources[key] = (value, f"--set {key}")
+    unknown = [k for k in sources if k not in names]
+    if unknown:
+        origin = sources[unknown[0]][1]
+        raise RecipeError(f"{origin}: unknown key {unknown[0]!r} for {cls.__name__}; known keys: {', '.join(names)}")
+    values = {k: _coerce(v, hints[k], where) for k, (v, where) in sources.items()}
+    try:
+        return cls(**values)
+    except TypeError as exc:  # a required field left out
+        raise RecipeError(f"recipe {path}: {exc}") from None
+    except ValueError as exc:  # a field validation in __post_init__
+        raise RecipeError(f"recipe {path}: {exc}") from None
+
+
+def recipe_dict(config: Any) -> dict[str, Any]:
+    """The recipe as plain YAML/JSON-friendly values (tuples become lists)."""
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(config).items()}
+
+
+def save_resolved_config(config: Any, out_dir: str | Path) -> Path:
+    """Write the recipe as used (after overrides) beside the outputs; it loads back as a recipe."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    target = out / RESOLVED_CONFIG
+    target.write_text(yaml.safe_dump(recipe_dict(config), sort_keys=False), encoding="utf-8")
+    return target
+
+
+def write_json(path: Path, data: dict[str, Any]) -> None:
+    # Written to a temporary name then renamed, so a reader never sees half a file.
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    tmp.replace(path)
+
+
+# -- models ----------------------------------------------------------------
+def set_threads(n: int | None) -> None:
+    """Use n CPU threads for torch ops; 0 or None keeps torch's default."""
+    if n and n > 0:
+        torch.set_num_threads(n)
+
+
+def load_base_model(ref: str, load_4bit: bool, cache_dir: str | Path | None, device: str | None = None):
+    """Load (model, tokenizer) the way the app does: packaged names, directories or Hub ids."""
+    from transformers import AutoTokenizer
+
+    from cowest_app.models import refs
+    from cowest_app.models.local import default_device, load_causal_lm
+
+    cache = Path(cache_dir).expanduser() if cache_dir else refs.default_cache_dir()
+    path = refs.resolve(ref, cache)
+    model = load_causal_lm(path, load_4bit, device or default_device())
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return model, tokenizer
+
+
+def lora_config(r: int, alpha: int, dropout: float, target_modules: Sequence[str]):
+    from peft import LoraConfig
+
+    return LoraConfig(
+        r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=list(target_modules), task_type="CAUSAL_LM"
+    )
+
+
+def prepare_policy(model: Any, load_4bit: bool, init_adapter: str | None, gradient_checkpointing: bool, new_lora: Any):
+    """Return (model, peft_config) ready for a TRL trainer.
+
+    A fresh adapter is left to the trainer (it receives `new_lora`); an existing
+    one is loaded trainable here, and the trainer must then get no peft_config.
+    LoRA layers are injected before the model's first forward pass (see the
+    bitsandbytes CPU note in cowest_app.models.local).
+    """
+    if load_4bit:
+        from peft import prepare_model_for_kbit_training
+
+        # Freezes the NF4 base and upcasts norms/embeddings to fp32 for stable gradients.
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing)
+    if init_adapter is None:
+        return model, new_lora
+    from peft import PeftModel
+
+    if not Path(init_adapter, "adapter_config.json").is_file():
+        raise RecipeError(f"init_adapter {init_adapter} has no adapter_config.json")
+    return PeftModel.from_pretrained(model, init_adapter, is_trainable=True), None
+
+
+def precision_args(model: Any) -> dict[str, Any]:
+    """TrainingArguments precision flags for where the model lives.
+
+    TRL configs default to bf16=True, which on CPU means slow autocast; CPU
+    trains in fp32 and GPUs use bf16 when they support it.
+    """
+    on_cuda = next(model.parameters()).device.type == "cuda"
+    bf16 = on_cuda and torch.cuda.is_bf16_supported()
+    return {"bf16": bf16, "fp16": False, "use_cpu": not on_cuda}
+
+
+def upcast_adapter_on_cpu(model: Any) -> None:
+    """Undo TRL's bf16 cast of QLoRA adapter weights when training on CPU.
+
+    TRL casts trainable weights of a quantised model to bf16 (the QLoRA recipe
+    for GPUs). On CPU the NF4 compute dtype is fp32 (`nf4_config`), so bf16
+    adapters only lose optimizer precision and speed. Must run before the
+    optimizer is created, i.e. before `trainer.train()`.
+    """
+    for param in model.parameters():
+        if param.requires_grad and param.device.type == "cpu" and param.dtype == torch.bfloat16:
+            param.data = param.data.float()
+
+
+def save_adapter(model: Any, out_dir: Path) -> None:
+    """Save only the trained LoRA adapter.
+
+    For a continued adapter TRL adds a frozen copy named "ref" as the DPO
+    reference; `selected_adapters` keeps it out of the saved directory.
+    """
+    model.save_pretrained(str(out_dir), selected_adapters=["default"])
+
+
+def lora_shape(model: Any) -> dict[str, Any]:
+    config = model.peft_config["default"]
+    return {"r": config.r, "lora_alpha": config.lora_alpha, "target_modules": sorted(config.target_modules)}
+
+
+# -- progress and metrics --------------------------------------------------
+_PROGRESS_KEYS = (
+    "loss",
+    "learning_rate",
+    "grad_norm",
+    "rewards/margins",
+    "rewards/accuracies",
+    "rewards/chosen",
+    "rewards/rejected",
+    "train_loss",
+    "train_runtime",
+)
+
+
+class JsonlProgress(TrainerCallback):
+    """Appends one JSON line per trainer log event to `out_dir/progress.jsonl`.
+
+    Each line has `event` ("begin", "log" or "end"), `step`, `max_steps`,
+    `epoch`, `time`, and the logged values that are present (`loss`, and for DPO
+    `rewards/margins`, `rewards/accuracies`). The file is reopened for every line
+    so another process can tail it while training runs.
+    """
+
+    def __init__(self, out_dir: str | Path) -> None:
+        self.path = Path(out_dir) / PROGRESS_FILE
+
+    def _write(self, state: Any, event: str, values: dict[str, Any]) -> None:
+        if not state.is_world_process_zero:
+            return
+        line = {"event": event, "step": state.global_step, "max_steps": state.max_steps, "epoch": state.epoch}
+        line.update(values)
+        line["time"] = round(time.time(), 3)
+        with self.path.open("a", encoding="utf-8") as f:
+            f.write(json.dumps(line) + "\n")
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if state.is_world_process_zero:
+            self.path.write_text("", encoding="utf-8")  # a rerun into the same directory starts a fresh log
+        self._write(state, "begin", {})
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        values = {k: float(logs[k]) for k in _PROGRESS_KEYS if logs and k in logs}
+        self._write(state, "log", values)
+
+    def on_train_end(self, args, state, control, **kwargs):
+        self._write(state, "end", {})
+
+
+def last_logged(history: list[dict[str, Any]], key: str) -> float | None:
+    """The most recent value of `key` in a trainer's log history."""
+    for entry in reversed(history):
+        if key in entry:
+            return float(entry[key])
+    return None
+
+
+def library_versions() -> dict[str, str]:
+    import peft
+    import transformers
+    import trl
+
+    return {"torch": torch.__version__, "transformers": transformers.__version__, "trl": trl.__version__, "peft": peft.__version__}
+
+
+# -- command line ----------------------------------------------------------
+def run_cli(cls: type[R], main: Callable[[R], dict[str, Any]], argv: Sequence[str] | None, description: str) -> int:
+    """`--config recipe.yaml [--set key=value ...]`: run `main`, print its metrics as JSON."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--config", required=True, help="YAML recipe")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override one recipe key")
+    ns = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        config = load_recipe(cls, ns.config, ns.set)
+    except RecipeError as exc:
+        parser.error(str(exc))  # exits with status 2 and the message on stderr
+    metrics = main(config)
+    print(json.dumps(metrics, sort_keys=True), file=sys.stdout, flush=True)
+    return 0
