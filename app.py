@@ -10,6 +10,7 @@ import logging
 
 def main() -> None:
     from cowest_app.config import from_env
+    from cowest_app.control import build_control
     from cowest_app.service import CollabService
     from cowest_app.ui import build_ui
 
@@ -17,9 +18,13 @@ def main() -> None:
     config = from_env()
     logging.getLogger("cowest").info("config: %s", config)
     service = CollabService.build(config)
-    demo = build_ui(service)
+    control = build_control(config, service)
+    demo = build_ui(service, control)
     demo.queue(default_concurrency_limit=config.concurrency, max_size=64)
-    demo.launch(server_name=config.host, server_port=config.port, show_error=True)
+    try:
+        demo.launch(server_name=config.host, server_port=config.port, show_error=True)
+    finally:
+        control.shutdown()
 
 
 if __name__ == "__main__":

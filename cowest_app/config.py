@@ -23,6 +23,7 @@ PROFILES: dict[str, tuple[str, str]] = {
 }
 
 STRONG_BACKENDS = ("transformers", "inference-client")
+FEEDBACK_EVALUATORS = ("weak_judge", "strong_judge")
 
 
 class ConfigError(ValueError):
@@ -61,6 +62,23 @@ class AppConfig:
     host: str = "127.0.0.1"
     port: int = 7860
     concurrency: int = 1
+    # -- self-improvement loop (feedback -> pairs -> DPO -> gate -> swap -> push)
+    train_every_minutes: float = 60.0
+    train_min_pairs: int = 32
+    feedback_k: int = 4
+    feedback_evaluator: str = "weak_judge"
+    feedback_min_margin: float = 0.1
+    feedback_min_confidence: float = 0.6
+    feedback_file: Path | None = None
+    collect_max_questions: int = 16
+    eval_file: Path | None = None
+    eval_max_items: int = 16
+    eval_tolerance: float = 0.0
+    train_recipe: Path = Path("training/recipes/dpo.yaml")
+    train_threads: int = 1
+    hub_repo: str | None = None
+    hub_log_repo: str | None = None
+    hub_endpoint: str | None = None
     secrets: Secrets = field(default_factory=Secrets)
 
     @property
@@ -96,6 +114,22 @@ ENV_VARS: dict[str, tuple[str, str]] = {
     "COWEST_HOST": ("host", "address the server binds (`0.0.0.0` by default on a Space, where `SPACE_ID` is set)"),
     "COWEST_PORT": ("port", "server port"),
     "COWEST_CONCURRENCY": ("concurrency", "questions answered at once; others wait in the queue"),
+    "COWEST_TRAIN_EVERY_MINUTES": ("train_every_minutes", "how often the retraining job runs (`0` = only when an admin starts it)"),
+    "COWEST_TRAIN_MIN_PAIRS": ("train_min_pairs", "new trainable preference pairs needed before a scheduled run trains"),
+    "COWEST_FEEDBACK_K": ("feedback_k", "weak drafts sampled per question for collaborative feedback"),
+    "COWEST_FEEDBACK_EVALUATOR": ("feedback_evaluator", "scores answers without a reference: `weak_judge` (cheap) or `strong_judge`; references and human ratings always win"),
+    "COWEST_FEEDBACK_MIN_MARGIN": ("feedback_min_margin", "smallest influence gap between chosen and rejected draft that makes a pair"),
+    "COWEST_FEEDBACK_MIN_CONFIDENCE": ("feedback_min_confidence", "weak-judge pairs below this confidence are stored but not trained on"),
+    "COWEST_FEEDBACK_FILE": ("feedback_file", "optional JSONL of questions with references (`question`, `domain`, `reference`, `task_type`, `options`) to collect feedback on"),
+    "COWEST_COLLECT_MAX_QUESTIONS": ("collect_max_questions", "questions turned into feedback per job run (bounds a run's time)"),
+    "COWEST_EVAL_FILE": ("eval_file", "held-out JSONL (same fields) for the promotion gate; unset = the shipped general set"),
+    "COWEST_EVAL_MAX_ITEMS": ("eval_max_items", "held-out questions scored per candidate"),
+    "COWEST_EVAL_TOLERANCE": ("eval_tolerance", "a candidate is promoted when its score >= active score - tolerance"),
+    "COWEST_TRAIN_RECIPE": ("train_recipe", "DPO recipe YAML used by the job"),
+    "COWEST_TRAIN_THREADS": ("train_threads", "torch threads of the training child process (the app keeps the rest)"),
+    "COWEST_HUB_REPO": ("hub_repo", "model repo the adapters are pushed to (one commit and tag `vN` per version); unset = no push"),
+    "COWEST_HUB_LOG_REPO": ("hub_log_repo", "dataset repo the feedback log is synced to; unset = no sync"),
+    "HF_ENDPOINT": ("hub_endpoint", "Hub API endpoint (unset = huggingface.co)"),
 }
 
 # Secrets: env var -> Secrets field. Read here only.
@@ -136,6 +170,18 @@ _FIELD_KINDS: dict[str, type] = {
     "data_dir": Path,
     "cache_dir": Path,
     "max_question_chars": int,
+    "train_every_minutes": float,
+    "train_min_pairs": int,
+    "feedback_k": int,
+    "feedback_min_margin": float,
+    "feedback_min_confidence": float,
+    "feedback_file": Path,
+    "collect_max_questions": int,
+    "eval_file": Path,
+    "eval_max_items": int,
+    "eval_tolerance": float,
+    "train_recipe": Path,
+    "train_threads": int,
     "max_comment_chars": int,
     "weak_max_new_tokens": int,
     "strong_max_new_tokens": int,
@@ -176,9 +222,18 @@ def validate(config: AppConfig) -> None:
         raise ConfigError(f"COWEST_STRONG_BACKEND={config.strong_backend!r}: expected one of {STRONG_BACKENDS}")
     if config.strong_backend == "inference-client" and not (config.strong_base_url or config.strong_model):
         raise ConfigError("inference-client needs COWEST_STRONG_BASE_URL or a provider model id in COWEST_STRONG_MODEL")
-    for name in ("max_question_chars", "max_comment_chars", "weak_max_new_tokens", "strong_max_new_tokens", "concurrency"):
+    for name in ("max_question_chars", "max_comment_chars", "weak_max_new_tokens", "strong_max_new_tokens", "concurrency", "feedback_k"):
         if getattr(config, name) < 1:
             raise ConfigError(f"{name} must be at least 1")
+    if config.feedback_evaluator not in FEEDBACK_EVALUATORS:
+        raise ConfigError(f"COWEST_FEEDBACK_EVALUATOR={config.feedback_evaluator!r}: expected one of {FEEDBACK_EVALUATORS}")
+    if config.feedback_k < 2:
+        raise ConfigError("feedback_k must be at least 2: a pair needs two drafts")
+    for name in ("train_min_pairs", "collect_max_questions", "eval_max_items", "train_threads"):
+        if getattr(config, name) < 1:
+            raise ConfigError(f"{name} must be at least 1")
+    if config.train_every_minutes < 0:
+        raise ConfigError("train_every_minutes must be >= 0")
     if config.temperature < 0:
         raise ConfigError("temperature must be >= 0")
     if not 0 < config.port < 65536:

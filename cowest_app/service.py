@@ -34,12 +34,20 @@ class AskUpdate:
 
 
 def build_weak(config: AppConfig) -> Backend:
+    """The weak model with the last promoted adapter (or the configured one)."""
+    from cowest_app.registry import AdapterRegistry
+
+    adapter, version = config.weak_adapter, None
+    active = AdapterRegistry(config.adapters_dir).active()
+    if adapter is None and active is not None:
+        adapter, version = str(config.adapters_dir / active.version), active.version
     return create_backend(
         "transformers",
         model=config.weak_model,
         cache_dir=config.cache_dir,
         load_4bit=config.weak_4bit,
-        adapter=config.weak_adapter,
+        adapter=adapter,
+        adapter_version=version,
     )
 
 

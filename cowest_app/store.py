@@ -57,6 +57,32 @@ _SCHEMA = (
     "CREATE INDEX IF NOT EXISTS feedback_interaction ON feedback(interaction_id)",
 )
 
+# Preference pairs for DPO, derived from collaborative or human feedback. Added
+# with CREATE TABLE IF NOT EXISTS, so an existing v1 log gains the table on its
+# next open and the schema version stays 1.
+_SCHEMA += (
+    """CREATE TABLE IF NOT EXISTS pairs (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        created_at TEXT NOT NULL,
+        domain TEXT NOT NULL,
+        question TEXT NOT NULL,
+        prompt_json TEXT NOT NULL,
+        chosen TEXT NOT NULL,
+        rejected TEXT NOT NULL,
+        chosen_score REAL,
+        rejected_score REAL,
+        margin REAL NOT NULL,
+        evaluator TEXT NOT NULL CHECK (evaluator IN ('reference', 'strong_judge', 'weak_judge', 'human')),
+        confidence REAL,
+        trainable INTEGER NOT NULL CHECK (trainable IN (0, 1)),
+        interaction_ids TEXT NOT NULL DEFAULT '[]',
+        details_json TEXT NOT NULL DEFAULT '{}',
+        weak_model TEXT,
+        strong_model TEXT,
+        adapter_version TEXT
+    )""",
+)
+
 # Column order shared by INSERT, SELECT and the dataclass fields.
 INTERACTION_COLUMNS = (
     "id", "created_at", "session_id", "domain", "question", "weak_draft", "final_answer",
@@ -287,3 +313,138 @@ class LogStore:
             record["timings"] = json.loads(record["timings"])
             record["feedback"] = by_interaction[row["id"]]
             yield record
+
+    # -- preference pairs ---------------------------------------------------
+
+    def log_pair(self, pair: PreferencePair) -> int:
+        """Append one preference pair; returns its id (ids only grow, so training
+        can resume from the last id it consumed)."""
+        row = _pair_row(pair)
+        columns = [c for c in PAIR_COLUMNS if c != "id"]
+        with self._write() as conn:
+            cursor = conn.execute(
+                f"INSERT INTO pairs ({', '.join(columns)}) VALUES ({', '.join(':' + c for c in columns)})", row
+            )
+            return int(cursor.lastrowid)
+
+    def iter_pairs(self, after_id: int = 0, trainable_only: bool = True, batch: int = 500) -> Iterator[PreferencePair]:
+        """Pairs with id > after_id in id order, from one consistent snapshot."""
+        if batch < 1:
+            raise ValueError("batch must be >= 1")
+        where = "id > ?" + (" AND trainable = 1" if trainable_only else "")
+        with self._connect() as conn:
+            conn.execute("BEGIN")
+            try:
+                cursor = conn.execute(f"SELECT {', '.join(PAIR_COLUMNS)} FROM pairs WHERE {where} ORDER BY id", (after_id,))
+                while rows := cursor.fetchmany(batch):
+                    yield from (_pair_from_row(row) for row in rows)
+            finally:
+                conn.execute("COMMIT")
+
+    def pair_counts(self) -> dict[str, dict[str, int]]:
+        """{evaluator: {"total": n, "trainable": m}} for every known evaluator, zeros included."""
+        counts = {name: {"total": 0, "trainable": 0} for name in PAIR_EVALUATORS}
+        with self._connect() as conn:
+            for evaluator, total, trainable in conn.execute(
+                "SELECT evaluator, count(*), coalesce(sum(trainable), 0) FROM pairs GROUP BY evaluator"
+            ):
+                counts[evaluator] = {"total": int(total), "trainable": int(trainable)}
+        return counts
+
+    def max_pair_id(self) -> int:
+        """The newest pair id, 0 when there are none."""
+        with self._connect() as conn:
+            return int(conn.execute("SELECT coalesce(max(id), 0) FROM pairs").fetchone()[0])
+
+
+PAIR_EVALUATORS = ("reference", "strong_judge", "weak_judge", "human")
+PAIR_COLUMNS = (
+    "id", "created_at", "domain", "question", "prompt_json", "chosen", "rejected", "chosen_score",
+    "rejected_score", "margin", "evaluator", "confidence", "trainable", "interaction_ids", "details_json",
+    "weak_model", "strong_model", "adapter_version",
+)
+
+
+@dataclass(frozen=True)
+class PreferencePair:
+    """One DPO example with its provenance.
+
+    `prompt` is exactly what the weak model saw when drafting (system + user
+    messages); `chosen` and `rejected` are two of its drafts. Scores are those
+    of the final answers built on each draft; `margin` is their influence gap.
+    """
+
+    domain: str
+    question: str
+    prompt: list[dict[str, str]]
+    chosen: str
+    rejected: str
+    margin: float
+    evaluator: str
+    chosen_score: float | None = None
+    rejected_score: float | None = None
+    confidence: float | None = None
+    trainable: bool = True
+    interaction_ids: tuple[str, ...] = ()
+    details: dict[str, Any] = field(default_factory=dict)
+    weak_model: str | None = None
+    strong_model: str | None = None
+    adapter_version: str | None = None
+    id: int | None = None  # set by the store
+    created_at: str | None = None  # set by the store when None
+
+
+def _finite_or_none(name: str, value: float | None) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise StoreError(f"{name} must be a finite number, got {value!r}")
+    return float(value)
+
+
+def _pair_row(pair: PreferencePair) -> dict[str, Any]:
+    if pair.evaluator not in PAIR_EVALUATORS:
+        raise StoreError(f"evaluator must be one of {PAIR_EVALUATORS}, got {pair.evaluator!r}")
+    if not pair.chosen or not pair.rejected or pair.chosen == pair.rejected:
+        raise StoreError("chosen and rejected must be two different, non-empty texts")
+    if not pair.prompt or not all(isinstance(m, dict) and {"role", "content"} <= set(m) for m in pair.prompt):
+        raise StoreError("prompt must be a non-empty list of {role, content} messages")
+    confidence = _finite_or_none("confidence", pair.confidence)
+    if confidence is not None and not 0.0 <= confidence <= 1.0:
+        raise StoreError(f"confidence must be in [0, 1], got {confidence}")
+    margin = _finite_or_none("margin", pair.margin)
+    if margin is None:
+        raise StoreError("margin is required")
+    prompt = [{str(k): clean_text(str(v)) for k, v in m.items()} for m in pair.prompt]
+    try:  # strict JSON: NaN in details would make the DPO export and log exports invalid
+        details = json.dumps(pair.details, ensure_ascii=False, allow_nan=False, default=str)
+    except ValueError as exc:
+        raise StoreError(f"details must be finite JSON: {exc}") from exc
+    return {
+        "created_at": pair.created_at or utc_now(),
+        "domain": clean_text(pair.domain),
+        "question": clean_text(pair.question),
+        "prompt_json": json.dumps(prompt, ensure_ascii=False),
+        "chosen": clean_text(pair.chosen),
+        "rejected": clean_text(pair.rejected),
+        "chosen_score": _finite_or_none("chosen_score", pair.chosen_score),
+        "rejected_score": _finite_or_none("rejected_score", pair.rejected_score),
+        "margin": margin,
+        "evaluator": pair.evaluator,
+        "confidence": confidence,
+        "trainable": int(bool(pair.trainable)),
+        "interaction_ids": json.dumps([clean_text(str(i)) for i in pair.interaction_ids]),
+        "details_json": clean_text(details),
+        "weak_model": clean_text(pair.weak_model),
+        "strong_model": clean_text(pair.strong_model),
+        "adapter_version": clean_text(pair.adapter_version),
+    }
+
+
+def _pair_from_row(row: sqlite3.Row) -> PreferencePair:
+    data = dict(row)
+    data["prompt"] = json.loads(data.pop("prompt_json"))
+    data["details"] = json.loads(data.pop("details_json"))
+    data["interaction_ids"] = tuple(json.loads(data["interaction_ids"]))
+    data["trainable"] = bool(data["trainable"])
+    return PreferencePair(**data)

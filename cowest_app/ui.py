@@ -7,13 +7,16 @@ markup in an answer is displayed as text and never executed.
 from __future__ import annotations
 
 from functools import partial
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import gradio as gr
 
 from cowest_app import prompts
 from cowest_app.pipeline import COLLAB, STRONG_ALONE, WEAK, WEAK_ALONE, Snapshot
 from cowest_app.service import CollabService
+
+if TYPE_CHECKING:
+    from cowest_app.control import TrainingControl
 
 STAGE_TITLES = {
     WEAK: "Weak draft",
@@ -67,7 +70,7 @@ def log_counts(service: CollabService) -> str:
     )
 
 
-def build_ui(service: CollabService) -> gr.Blocks:
+def build_ui(service: CollabService, control: "TrainingControl | None" = None) -> gr.Blocks:
     with gr.Blocks(title="CoWeSt: weak-strong collaboration") as demo:
         gr.Markdown(
             "# CoWeSt — weak–strong collaboration\n"
@@ -109,6 +112,9 @@ def build_ui(service: CollabService) -> gr.Blocks:
             fmt = gr.Radio(["jsonl", "parquet"], value="jsonl", label="Format")
             export_btn = gr.Button("Export the interaction and feedback log")
             export_file = gr.File(label="Download", interactive=False)
+        if control is not None:
+            with gr.Tab("Training"):
+                training_tab(service, control)
 
         def on_ask(q: str, d: str, cmp: bool, request: gr.Request):
             try:
@@ -159,3 +165,106 @@ def _render(snapshot: Snapshot, interaction_id: str | None) -> tuple[Any, ...]:
         stage_table(snapshot),
         interaction_id or "",
     )
+
+
+# -- training dashboard ---------------------------------------------------------
+HISTORY_COLUMNS = ["version", "status", "parent", "pairs", "train loss", "reward margin",
+                   "held-out (candidate)", "held-out (previous)", "created", "hub", "error"]
+
+
+def job_state_md(state: dict[str, Any]) -> str:
+    phase = state["phase"]
+    line = f"**State:** {phase}"
+    if phase == "training" and state.get("total_steps"):
+        line += f" — step {state['step']} of {state['total_steps']}"
+    if state.get("detail"):
+        line += f" — {state['detail']}"
+    parts = [line]
+    if state.get("version"):
+        parts.append(f"**Run:** {state['version']}")
+    if state.get("last_result"):
+        parts.append(f"**Last result:** {_escape(state['last_result'])}")
+    if state.get("last_error"):
+        parts.append(f"**Last error:** {_escape(state['last_error'][-500:])}")
+    return "  \n".join(parts)
+
+
+def pair_counts_md(counts: dict[str, dict[str, int]]) -> str:
+    if not counts:
+        return "No preference pairs yet."
+    rows = ["| evaluator | pairs | trainable |", "|---|---|---|"]
+    rows += [f"| {name} | {c['total']} | {c['trainable']} |" for name, c in sorted(counts.items())]
+    return "\n".join(rows)
+
+
+def push_md(status: dict[str, Any]) -> str:
+    if not status:
+        return "Hub push: off (set `COWEST_HUB_REPO`)."
+    text = f"Hub push: {len(status.get('pending', []))} pending · {len(status.get('failed', []))} failed · {len(status.get('done', []))} done"
+    if status.get("last_error"):
+        text += f"  \nLast push error: {_escape(str(status['last_error']))}"
+    return text
+
+
+def training_tab(service: CollabService, control: "TrainingControl") -> None:
+    import pandas as pd
+
+    from cowest_app.control import AdminError
+    from cowest_app.registry import RegistryError
+    from cowest_app.training_job import JobError
+
+    state_md = gr.Markdown()
+    plot = gr.LinePlot(x="step", y="value", color="series", title="DPO loss and reward margin", height=260)
+    with gr.Row():
+        pairs_md = gr.Markdown()
+        hub_md = gr.Markdown()
+    history = gr.Dataframe(headers=HISTORY_COLUMNS, label="Adapter versions", interactive=False, wrap=True)
+    with gr.Row():
+        version_pick = gr.Dropdown([], label="Adapter version", allow_custom_value=False)
+        download_btn = gr.Button("Download adapter (.zip with model card)")
+    download_file = gr.File(label="Adapter", interactive=False)
+    with gr.Accordion("Admin", open=False, visible=control.gate.enabled):
+        secret = gr.Textbox(label="Admin secret", type="password")
+        with gr.Row():
+            start_btn = gr.Button("Start a run now", variant="primary")
+            stop_btn = gr.Button("Stop the run", variant="stop")
+            rollback_btn = gr.Button("Roll back to selected version")
+            base_btn = gr.Button("Roll back to the base model")
+            retry_btn = gr.Button("Retry failed pushes")
+        admin_md = gr.Markdown()
+
+    def refresh():
+        rows = control.history()
+        versions = [r["version"] for r in rows if r["status"] != "failed"]
+        curve = pd.DataFrame(control.curve(), columns=["step", "value", "series"])
+        return (job_state_md(control.state()), curve, pair_counts_md(service.store.pair_counts()),
+                push_md(control.push_status()),
+                pd.DataFrame(rows, columns=HISTORY_COLUMNS),
+                gr.Dropdown(choices=versions))
+
+    outputs = [state_md, plot, pairs_md, hub_md, history, version_pick]
+    gr.Timer(2.0).tick(refresh, None, outputs, api_name=False, show_progress="hidden")
+
+    def admin(action):
+        def run(*args):
+            try:
+                return action(*args)
+            except (AdminError, JobError, RegistryError) as exc:
+                raise gr.Error(str(exc), duration=8) from None
+        return run
+
+    start_btn.click(admin(control.start_run), secret, admin_md, api_name="admin_start")
+    stop_btn.click(admin(control.stop_run), secret, admin_md, api_name="admin_stop")
+    rollback_btn.click(admin(control.rollback), [secret, version_pick], admin_md, api_name="admin_rollback")
+    base_btn.click(admin(lambda s: control.rollback(s, None)), secret, admin_md, api_name="admin_rollback_base")
+    retry_btn.click(admin(control.retry_pushes), secret, admin_md, api_name="admin_retry_pushes")
+
+    def on_download(version: str | None) -> str:
+        if not version:
+            raise gr.Error("Pick an adapter version first.")
+        try:
+            return str(control.download(version))
+        except RegistryError as exc:
+            raise gr.Error(str(exc)) from None
+
+    download_btn.click(on_download, version_pick, download_file, api_name="download_adapter")

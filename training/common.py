@@ -16,6 +16,7 @@ Relative paths in a recipe are relative to the working directory of the run.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import logging
@@ -24,7 +25,7 @@ import time
 import types
 import typing
 from pathlib import Path
-from typing import Any, Callable, Sequence, TypeVar
+from typing import Any, Callable, Iterator, Sequence, TypeVar
 
 import torch
 import yaml
@@ -155,6 +156,21 @@ def save_resolved_config(config: Any, out_dir: str | Path) -> Path:
     return target
 
 
+def start_run(config: Any, out_dir: str | Path) -> Path:
+    """Prepare the output directory of a new run and record its recipe.
+
+    A stale metrics.json (whose presence means "finished") and progress.jsonl
+    from an earlier run into the same directory are removed first, so a
+    dashboard never mistakes them for this run's.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / METRICS_FILE).unlink(missing_ok=True)
+    (out / PROGRESS_FILE).unlink(missing_ok=True)
+    save_resolved_config(config, out)
+    return out
+
+
 def write_json(path: Path, data: dict[str, Any]) -> None:
     # Written to a temporary name then renamed, so a reader never sees half a file.
     tmp = path.with_name(path.name + ".tmp")
@@ -167,6 +183,17 @@ def set_threads(n: int | None) -> None:
     """Use n CPU threads for torch ops; 0 or None keeps torch's default."""
     if n and n > 0:
         torch.set_num_threads(n)
+
+
+@contextlib.contextmanager
+def torch_threads(n: int | None) -> Iterator[None]:
+    """set_threads for the duration of a run; an in-process caller gets its setting back."""
+    previous = torch.get_num_threads()
+    set_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
 
 
 def load_base_model(ref: str, load_4bit: bool, cache_dir: str | Path | None, device: str | None = None):
@@ -226,17 +253,28 @@ def precision_args(model: Any) -> dict[str, Any]:
     return {"bf16": bf16, "fp16": False, "use_cpu": not on_cuda}
 
 
-def upcast_adapter_on_cpu(model: Any) -> None:
+def trainable_snapshot(model: Any) -> dict[str, torch.Tensor]:
+    """Copies of a loaded adapter's trainable weights, taken before a TRL trainer touches them."""
+    if not hasattr(model, "peft_config"):  # a bare base: nothing to keep (and far too much to copy)
+        return {}
+    return {name: p.detach().clone() for name, p in model.named_parameters() if p.requires_grad}
+
+
+def upcast_adapter_on_cpu(model: Any, snapshot: dict[str, torch.Tensor] | None = None) -> None:
     """Undo TRL's bf16 cast of QLoRA adapter weights when training on CPU.
 
     TRL casts trainable weights of a quantised model to bf16 (the QLoRA recipe
     for GPUs). On CPU the NF4 compute dtype is fp32 (`nf4_config`), so bf16
-    adapters only lose optimizer precision and speed. Must run before the
-    optimizer is created, i.e. before `trainer.train()`.
+    adapters only lose optimizer precision and speed. Weights found in
+    `snapshot` (a continued adapter) get their exact fp32 values back, not the
+    bf16-rounded ones. Must run before the optimizer is created, i.e. before
+    `trainer.train()`.
     """
-    for param in model.parameters():
+    snapshot = snapshot or {}
+    for name, param in model.named_parameters():
         if param.requires_grad and param.device.type == "cpu" and param.dtype == torch.bfloat16:
-            param.data = param.data.float()
+            original = snapshot.get(name)
+            param.data = original if original is not None and original.dtype == torch.float32 else param.data.float()
 
 
 def save_adapter(model: Any, out_dir: Path) -> None:
@@ -290,8 +328,6 @@ class JsonlProgress(TrainerCallback):
 
     def on_train_begin(self, args, state, control, **kwargs):
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        if state.is_world_process_zero:
-            self.path.write_text("", encoding="utf-8")  # a rerun into the same directory starts a fresh log
         self._write(state, "begin", {})
 
     def on_log(self, args, state, control, logs=None, **kwargs):
@@ -315,7 +351,8 @@ def library_versions() -> dict[str, str]:
     import transformers
     import trl
 
-    return {"torch": torch.__version__, "transformers": transformers.__version__, "trl": trl.__version__, "peft": peft.__version__}
+    modules = {"torch": torch, "transformers": transformers, "trl": trl, "peft": peft}
+    return {name: module.__version__ for name, module in modules.items()}
 
 
 # -- command line ----------------------------------------------------------
@@ -330,6 +367,25 @@ def run_cli(cls: type[R], main: Callable[[R], dict[str, Any]], argv: Sequence[st
         config = load_recipe(cls, ns.config, ns.set)
     except RecipeError as exc:
         parser.error(str(exc))  # exits with status 2 and the message on stderr
-    metrics = main(config)
+    from cowest_app.models.refs import ModelRefError
+
+    try:
+        metrics = main(config)
+    except (RecipeError, ModelRefError) as exc:  # bad data or model reference: one clear line, no traceback
+        _log_failure(config, exc)
+        print(f"{parser.prog}: error: {exc}", file=sys.stderr, flush=True)
+        return 1
+    except BaseException as exc:
+        _log_failure(config, exc)
+        raise
     print(json.dumps(metrics, sort_keys=True), file=sys.stdout, flush=True)
     return 0
+
+
+def _log_failure(config: Any, exc: BaseException) -> None:
+    """Record the failure in progress.jsonl too, for a dashboard that only reads the file."""
+    out = Path(getattr(config, "output_dir", "") or ".")
+    if out.is_dir():
+        line = {"event": "error", "error": f"{type(exc).__name__}: {exc}", "time": round(time.time(), 3)}
+        with (out / PROGRESS_FILE).open("a", encoding="utf-8") as f:
+            f.write(json.dumps(line) + "\n")

@@ -1,0 +1,84 @@
+"""Draft stage of feedback collection: K drafts in one batched `sample` call vs K generate calls.
+
+    .venv/bin/python -m bench.collect [--questions 32] [--k 4] [--tokens 64] [--no-4bit]
+
+Run from the repository root. Uses the packaged SmolLM2 weak model, NF4 as in
+the app unless --no-4bit. Both paths run `cowest_app.collect.weak_drafts`,
+exactly what collection runs, on the same questions with the same sampling
+settings; the sequential path (one generate call per draft) is the baseline.
+Prints one markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+from cowest_app import prompts
+from cowest_app.collect import weak_drafts
+from cowest_app.config import WEAK_DEFAULT
+from cowest_app.models.base import GenerationOptions
+from cowest_app.models.local import TransformersBackend
+
+QUESTIONS = [
+    ("medicine", "Which vitamin deficiency causes scurvy?"),
+    ("medicine", "What is the first-line treatment for anaphylaxis?"),
+    ("medicine", "Why are beta blockers used after a heart attack?"),
+    ("medicine", "What does a high HbA1c value indicate?"),
+    ("counterfactual", "If the Moon were twice as far away, what would happen to the tides?"),
+    ("counterfactual", "If humans could photosynthesise, how would daily meals change?"),
+    ("counterfactual", "If ice sank in water, what would happen to lakes in winter?"),
+    ("counterfactual", "If the Earth had no axial tilt, would there be seasons?"),
+    ("ethics", "Is it acceptable to read a partner's messages without asking?"),
+    ("ethics", "I kept extra change a cashier gave me by mistake. Was that okay?"),
+    ("ethics", "Should a doctor tell a patient a hard truth they did not ask about?"),
+    ("ethics", "Is it wrong to skip a queue for a friend who is late?"),
+    ("general", "Why does the sky look blue during the day?"),
+    ("general", "How does a refrigerator keep food cold?"),
+    ("general", "Why do we have leap years?"),
+    ("general", "What makes bread rise?"),
+]
+
+
+def run(backend: TransformersBackend, questions: list[tuple[str, str]], k: int, tokens: int, sequential: bool) -> tuple[int, float, int]:
+    """(drafts, seconds, generated tokens) for drafting every question."""
+    drafts, tokens_out = 0, 0
+    started = time.perf_counter()
+    for i, (domain, question) in enumerate(questions):
+        messages = prompts.weak_draft_messages(prompts.DOMAINS[domain], question)
+        options = GenerationOptions(max_new_tokens=tokens, temperature=0.8, seed=1000 + i)
+        out = weak_drafts(backend, messages, k, options, sequential=sequential)
+        drafts += len(out)
+        tokens_out += sum(len(backend.tokenizer(d, add_special_tokens=False)["input_ids"]) for d in out)
+    return drafts, time.perf_counter() - started, tokens_out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--questions", type=int, default=32)
+    parser.add_argument("--k", type=int, default=4)
+    parser.add_argument("--tokens", type=int, default=64, help="max new tokens per draft")
+    parser.add_argument("--no-4bit", action="store_true", help="full precision instead of NF4")
+    args = parser.parse_args()
+
+    backend = TransformersBackend(WEAK_DEFAULT, load_4bit=not args.no_4bit)
+    questions = [QUESTIONS[i % len(QUESTIONS)] for i in range(args.questions)]
+    weak_drafts(backend, prompts.weak_draft_messages(prompts.DOMAINS["general"], "warm up"), 2,
+                GenerationOptions(max_new_tokens=4, temperature=0.8))  # first-call costs out of the timing
+
+    rows = [
+        ("sequential: K generate calls (baseline)", run(backend, questions, args.k, args.tokens, sequential=True)),
+        ("batched: one sample call", run(backend, questions, args.k, args.tokens, sequential=False)),
+    ]
+    print(f"weak model {WEAK_DEFAULT} ({backend.memory_summary()}), {args.questions} questions, "
+          f"K={args.k}, up to {args.tokens} new tokens, temperature 0.8\n")
+    print("| path | drafts | seconds | drafts/s | ratio vs baseline | tokens/s |")
+    print("|---|---|---|---|---|---|")
+    base_rate = rows[0][1][0] / rows[0][1][1]
+    for name, (drafts, seconds, tokens_out) in rows:
+        rate = drafts / seconds
+        print(f"| {name} | {drafts} | {seconds:.1f} | {rate:.2f} | {rate / base_rate:.2f}x | {tokens_out / seconds:.1f} |")
+
+
+if __name__ == "__main__":
+    main()

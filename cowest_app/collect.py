@@ -1,0 +1,268 @@
+"""Collaborative feedback collection: questions in, preference pairs out.
+
+For each question the weak model samples K drafts in one batched call, the
+strong model refines each draft and also answers alone, an evaluator scores
+the K finals and the strong-alone answer, and the drafts whose finals gained
+most and least over the strong model alone become a DPO pair. The pair's
+prompt is exactly what the weak model saw when drafting, so DPO trains the
+weak model to write the drafts that help the strong model.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field, replace
+from collections.abc import Sized
+from typing import Any, Callable, Iterable, Sequence
+
+from cowest_app import prompts
+from cowest_app.evaluators import Evaluator, Score
+from cowest_app.feedback import PairChoice, Reference, choose_pair, influences
+from cowest_app.models.base import Backend, BackendError, GenerationOptions, Message
+from cowest_app.store import LogStore, PreferencePair
+
+# Drafts must differ to be compared, so the weak model samples; the strong
+# model answers greedily so differences in finals come from the drafts.
+WEAK_SAMPLING = GenerationOptions(max_new_tokens=192, temperature=0.8, top_p=0.95)
+STRONG_GREEDY = GenerationOptions(max_new_tokens=256, temperature=0.0)
+
+
+@dataclass(frozen=True)
+class QuestionItem:
+    question: str
+    domain: str = prompts.DEFAULT_DOMAIN
+    reference: Reference | None = None
+    options: tuple[str, ...] | None = None  # multiple choice / labels; shown to the models
+    interaction_ids: tuple[str, ...] = ()  # when the question came from the log
+
+
+@dataclass(frozen=True)
+class CollectionResult:
+    question: str  # as the models saw it (options appended)
+    domain: str
+    prompt: list[Message]  # the weak model's drafting prompt = the DPO prompt
+    drafts: list[str]
+    finals: list[str]  # finals[i] is the strong refinement of drafts[i]
+    strong_alone: str
+    final_scores: list[Score]
+    strong_alone_score: Score
+    influences: list[float | None]
+    pair: PreferencePair | None
+    reason: str | None  # why there is no pair, or why the pair is not trainable
+    skipped: int  # answers the evaluator could not score
+    timings: dict[str, float] = field(default_factory=dict)
+    pair_id: int | None = None  # set when the pair was logged
+
+
+@dataclass(frozen=True)
+class Progress:
+    done: int
+    total: int | None  # None when the question stream has no length
+    pairs: int
+    elapsed_s: float
+
+    @property
+    def pairs_per_s(self) -> float:
+        return self.pairs / self.elapsed_s if self.elapsed_s > 0 else 0.0
+
+
+@dataclass(frozen=True)
+class CollectSummary:
+    results: list[CollectionResult]
+    errors: list[tuple[int, str]]  # (question index, message) for questions that failed
+    pairs: int
+    trainable: int
+    elapsed_s: float
+
+    @property
+    def pairs_per_s(self) -> float:
+        return self.pairs / self.elapsed_s if self.elapsed_s > 0 else 0.0
+
+
+def format_question(question: str, options: Sequence[str] | None = None) -> str:
+    """The question with lettered options appended, as every model sees it."""
+    question = prompts.clean_text(question)
+    if not options:
+        return question
+    lines = [f"{chr(ord('A') + i)}. {prompts.clean_text(o)}" for i, o in enumerate(options)]
+    return question + "\n\nOptions:\n" + "\n".join(lines)
+
+
+def _opts(options: GenerationOptions) -> dict[str, Any]:
+    return {name: getattr(options, name) for name in GenerationOptions.__dataclass_fields__}
+
+
+def complete(backend: Backend, messages: list[Message], options: GenerationOptions) -> str:
+    """One whole reply, with echoed template tokens stripped."""
+    return prompts.clean_generation("".join(backend.generate(messages, **_opts(options))))
+
+
+def weak_drafts(weak: Any, messages: list[Message], k: int, options: GenerationOptions, sequential: bool = False) -> list[str]:
+    """K sampled drafts: one batched `weak.sample` call, or (the benchmark
+    baseline) K separate generations. With a seed, the sequential path seeds
+    each call differently; the same seed K times would give K equal drafts."""
+    if options.greedy:
+        raise ValueError("drafts must be sampled: set a temperature > 0")
+    if not sequential:
+        return [prompts.clean_generation(d) for d in weak.sample(messages, k, **_opts(options))]
+    drafts = []
+    for i in range(k):
+        seed = None if options.seed is None else options.seed + i
+        drafts.append(complete(weak, messages, replace(options, seed=seed)))
+    return drafts
+
+
+def collect_for_question(
+    question: str,
+    domain_key: str,
+    weak: Any,
+    strong: Backend,
+    evaluator: Evaluator,
+    k: int = 4,
+    reference: Reference | None = None,
+    options: Sequence[str] | None = None,
+    *,
+    min_margin: float = 0.0,
+    min_confidence: float = 0.6,
+    weak_opts: GenerationOptions = WEAK_SAMPLING,
+    strong_opts: GenerationOptions = STRONG_GREEDY,
+    sequential: bool = False,
+    store: LogStore | None = None,
+    interaction_ids: Sequence[str] = (),
+) -> CollectionResult:
+    """Run the collaboration K times for one question and derive at most one pair.
+
+    Raises BackendError when a model fails (the caller decides whether to go
+    on). With `store`, the pair is logged, trainable or not: pairs whose
+    confidence is below `min_confidence` are kept for audit with trainable=0.
+    """
+    if k < 2:
+        raise ValueError("k must be at least 2: a pair needs two drafts")
+    if reference is None and getattr(evaluator, "needs_reference", False):
+        raise ValueError(f"the {evaluator.name} evaluator needs a reference answer for this question")
+    domain = prompts.get_domain(domain_key)
+    shown = format_question(question, options)
+    prompt = prompts.weak_draft_messages(domain, shown)
+    weak_info, strong_info = weak.describe(), strong.describe()  # provenance, read before drafting
+    timings: dict[str, float] = {}
+
+    started = time.perf_counter()
+    drafts = weak_drafts(weak, prompt, k, weak_opts, sequential)
+    timings["weak_s"] = time.perf_counter() - started
+
+    started = time.perf_counter()
+    finals = [complete(strong, prompts.strong_refine_messages(domain, shown, d), strong_opts) for d in drafts]
+    strong_alone = complete(strong, prompts.direct_answer_messages(domain, shown), strong_opts)
+    timings["strong_s"] = time.perf_counter() - started
+
+    started = time.perf_counter()
+    scores = evaluator.score_answers(shown, finals + [strong_alone], reference, options)
+    final_scores, alone_score = scores[:-1], scores[-1]
+    gains = influences([s.value for s in final_scores], alone_score.value)
+    choice = choose_pair(drafts, gains, min_margin)
+    reason = choice if isinstance(choice, str) else None
+    if alone_score.value is None:
+        reason = "the strong-alone answer could not be scored"
+
+    pair: PreferencePair | None = None
+    if isinstance(choice, PairChoice):
+        confidence = _pair_confidence(evaluator, shown, finals, final_scores, choice, reference, options)
+        trainable = confidence >= min_confidence
+        if not trainable:
+            reason = f"confidence {confidence:.3f} < min_confidence {min_confidence:.3f}: kept, not trained on"
+        pair = PreferencePair(
+            domain=domain.key,
+            question=shown,
+            prompt=prompt,
+            chosen=drafts[choice.chosen],
+            rejected=drafts[choice.rejected],
+            chosen_score=final_scores[choice.chosen].value,
+            rejected_score=final_scores[choice.rejected].value,
+            margin=choice.margin,
+            evaluator=evaluator.name,
+            confidence=confidence,
+            trainable=trainable,
+            interaction_ids=tuple(interaction_ids),
+            details={
+                "k": k,
+                "chosen_index": choice.chosen,
+                "rejected_index": choice.rejected,
+                "final_scores": [s.value for s in final_scores],
+                "final_confidences": [s.confidence for s in final_scores],
+                "influences": gains,
+                "strong_alone_score": alone_score.value,
+                "skipped": sum(s.value is None for s in scores),
+                "reference": reference,
+                "finals": finals,
+                "strong_alone": strong_alone,
+                "weak_options": _opts(weak_opts),
+                "strong_options": _opts(strong_opts),
+                "min_margin": min_margin,
+                "min_confidence": min_confidence,
+            },
+            weak_model=weak_info.get("model"),
+            strong_model=strong_info.get("model") or strong_info.get("endpoint"),
+            adapter_version=weak_info.get("adapter_version"),
+        )
+    timings["judge_s"] = time.perf_counter() - started
+
+    pair_id = store.log_pair(pair) if store is not None and pair is not None else None
+    return CollectionResult(
+        question=shown, domain=domain.key, prompt=prompt, drafts=drafts, finals=finals, strong_alone=strong_alone,
+        final_scores=list(final_scores), strong_alone_score=alone_score, influences=gains, pair=pair,
+        reason=reason, skipped=sum(s.value is None for s in scores), timings=timings, pair_id=pair_id,
+    )
+
+
+def _pair_confidence(
+    evaluator: Evaluator, question: str, finals: list[str], scores: Sequence[Score], choice: PairChoice,
+    reference: Reference | None, options: Sequence[str] | None,
+) -> float:
+    # An evaluator that can compare two answers directly (the weak judge) says
+    # how sure it is of this pair; otherwise the weaker of the two pointwise
+    # confidences bounds it.
+    compare = getattr(evaluator, "pair_confidence", None)
+    if compare is not None:
+        return float(compare(question, finals[choice.chosen], finals[choice.rejected], reference, options))
+    return min(scores[choice.chosen].confidence, scores[choice.rejected].confidence)
+
+
+def collect(
+    questions: Iterable[QuestionItem],
+    weak: Any,
+    strong: Backend,
+    evaluator: Evaluator,
+    *,
+    k: int = 4,
+    min_margin: float = 0.0,
+    min_confidence: float = 0.6,
+    weak_opts: GenerationOptions = WEAK_SAMPLING,
+    strong_opts: GenerationOptions = STRONG_GREEDY,
+    sequential: bool = False,
+    store: LogStore | None = None,
+    progress: Callable[[Progress], None] | None = None,
+) -> CollectSummary:
+    """Collect for many questions; a question whose models fail is reported in
+    `errors` and skipped, the run goes on. `progress` gets a Progress after each."""
+    total = len(questions) if isinstance(questions, Sized) else None  # a generator streams on
+    results: list[CollectionResult] = []
+    errors: list[tuple[int, str]] = []
+    pairs = trainable = 0
+    started = time.perf_counter()
+    for index, item in enumerate(questions):
+        try:
+            result = collect_for_question(
+                item.question, item.domain, weak, strong, evaluator, k, item.reference, item.options,
+                min_margin=min_margin, min_confidence=min_confidence, weak_opts=weak_opts,
+                strong_opts=strong_opts, sequential=sequential, store=store, interaction_ids=item.interaction_ids,
+            )
+        except (BackendError, ValueError) as exc:  # ValueError covers bad items (unknown domain, no reference)
+            errors.append((index, f"{type(exc).__name__}: {exc}"))
+        else:
+            results.append(result)
+            if result.pair is not None:
+                pairs += 1
+                trainable += result.pair.trainable
+        if progress is not None:
+            progress(Progress(index + 1, total, pairs, time.perf_counter() - started))
+    return CollectSummary(results, errors, pairs, trainable, time.perf_counter() - started)

@@ -1,0 +1,160 @@
+"""Admin controls and the training dashboard's data, behind an admin secret.
+
+Every admin action checks the secret itself, so calling the API directly is
+refused exactly like the hidden buttons. Without a configured secret, admin
+actions are disabled altogether.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from cowest_app.config import AppConfig
+from cowest_app.registry import AdapterRegistry, RegistryError
+from cowest_app.training_job import JobError, TrainingJob, start_scheduler, trigger_now
+
+log = logging.getLogger(__name__)
+
+
+class AdminError(PermissionError):
+    pass
+
+
+@dataclass(frozen=True)
+class AdminGate:
+    secret: str | None
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.secret)
+
+    def check(self, provided: str | None) -> None:
+        if not self.secret:
+            raise AdminError("Admin actions are disabled: set COWEST_ADMIN_SECRET to enable them.")
+        if not provided or not hmac.compare_digest(provided.encode(), self.secret.encode()):
+            raise AdminError("Wrong admin secret.")
+
+
+class TrainingControl:
+    def __init__(self, config: AppConfig, service: Any, registry: AdapterRegistry, publisher: Any | None = None,
+                 start: bool = True) -> None:
+        self.config = config
+        self.registry = registry
+        self.publisher = publisher
+        self.gate = AdminGate(config.secrets.admin_secret)
+        self.job = TrainingJob(config, service, registry, publisher)
+        self.scheduler = start_scheduler(self.job, config.train_every_minutes) if start else None
+        if publisher is not None and start:
+            publisher.start()
+
+    # -- admin actions -------------------------------------------------------
+    def start_run(self, secret: str | None) -> str:
+        self.gate.check(secret)
+        if self.scheduler is None:
+            raise JobError("the scheduler is not running")
+        return trigger_now(self.scheduler, self.job)
+
+    def stop_run(self, secret: str | None) -> str:
+        self.gate.check(secret)
+        return "stopping the run" if self.job.stop() else "no run in progress"
+
+    def rollback(self, secret: str | None, version: str | None) -> str:
+        self.gate.check(secret)
+        return self.job.rollback(version or None)
+
+    def retry_pushes(self, secret: str | None) -> str:
+        self.gate.check(secret)
+        if self.publisher is None:
+            return "no Hub repo configured (COWEST_HUB_REPO)"
+        self.publisher.retry_failed()
+        return "failed pushes queued again"
+
+    # -- dashboard -----------------------------------------------------------
+    def state(self) -> dict[str, Any]:
+        return self.job.snapshot()
+
+    def curve(self) -> list[dict[str, Any]]:
+        """Loss and reward margin per logged step of the current or last run."""
+        path = self.job.progress_file() or self._last_progress_file()
+        if path is None:
+            return []
+        rows = []
+        for line in path.read_text(errors="replace").splitlines():
+            try:
+                entry = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            step = entry.get("step")
+            for key, name in (("loss", "loss"), ("rewards/margins", "reward margin")):
+                if step is not None and isinstance(entry.get(key), (int, float)):
+                    rows.append({"step": step, "value": float(entry[key]), "series": name})
+        return rows
+
+    def _last_progress_file(self) -> Path | None:
+        for meta in reversed(self.registry.versions()):
+            path = self.registry.path(meta.version) / "progress.jsonl"
+            if path.is_file():
+                return path
+        return None
+
+    def history(self) -> list[dict[str, Any]]:
+        rows = []
+        for meta in reversed(self.registry.versions()):
+            m = meta.metrics
+            rows.append({
+                "version": meta.version,
+                "status": meta.status,
+                "parent": meta.parent or "base",
+                "pairs": meta.n_pairs,
+                "train loss": _fmt(m.get("train_loss")),
+                "reward margin": _fmt(m.get("rewards/margins")),
+                "held-out (candidate)": _fmt(m.get("candidate_score")),
+                "held-out (previous)": _fmt(m.get("active_score")),
+                "created": meta.created_at,
+                "hub": meta.hub.get("tag", "") if meta.hub else "",
+                "error": (meta.error or "")[:120],
+            })
+        return rows
+
+    def push_status(self) -> dict[str, Any]:
+        return self.publisher.status() if self.publisher is not None else {}
+
+    def download(self, version: str) -> Path:
+        from cowest_app.hub import render_model_card
+
+        meta = self.registry.get(version)
+        card = render_model_card(repo_id=self.config.hub_repo or "local/cowest-adapter", version=version,
+                                 base_model=meta.base_model or self.config.weak_model, metrics=meta.metrics,
+                                 data_stats={"pairs": meta.n_pairs, "data_sha256": meta.data_hash},
+                                 parent=meta.parent, created_at=meta.created_at)
+        return self.registry.zip(version, card, Path(tempfile.mkdtemp(prefix="cowest-adapter-")))
+
+    def shutdown(self) -> None:
+        self.job.stop()
+        if self.scheduler is not None:
+            self.scheduler.shutdown(wait=False)
+        if self.publisher is not None:
+            self.publisher.stop()
+
+
+def build_control(config: AppConfig, service: Any) -> TrainingControl:
+    """Registry, Hub publisher (when a repo is configured) and the scheduled job."""
+    publisher = None
+    if config.hub_repo:
+        from cowest_app.hub import HubPublisher
+
+        publisher = HubPublisher(config.hub_repo, config.secrets.hf_token, config.hub_endpoint,
+                                 queue_path=config.data_dir / "hub_queue.json")
+    return TrainingControl(config, service, AdapterRegistry(config.adapters_dir), publisher)
+
+
+def _fmt(value: Any) -> str:
+    return f"{value:.3f}" if isinstance(value, (int, float)) else ""
+
+

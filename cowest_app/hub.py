@@ -1,0 +1,641 @@
+"""Publish retrained weak-model LoRA adapters to the Hugging Face Hub, and sync the feedback log.
+
+Three pieces:
+
+* `render_model_card(...)`: the adapter repo's README.md (YAML front matter, metrics,
+  data stats, how to load a given version). Pure function.
+* `HubPublisher`: pushes one adapter version as ONE commit (adapter files + README.md,
+  message `Adapter {version}`) and tags that commit `{version}`, retrying transient
+  failures with exponential backoff. It also keeps a persistent JSON queue drained by a
+  background thread, so serving never waits on the Hub: `enqueue` returns at once.
+* `start_log_sync(...)`: a `CommitScheduler` that mirrors an append-only folder of JSONL
+  shards (the exported feedback log) into a dataset repo.
+
+Secrets: the token goes to `HfApi` and nowhere else. It is never stored in the queue
+file, in `status()`, in log lines or in exception messages; every message built from a
+Hub error is passed through `_redact` first, in case a server echoes something back.
+
+Timeouts: huggingface_hub 2.4's shared HTTP client (`httpx2`) has NO timeout, so a Hub
+that accepts a connection and then hangs would block a push forever. Requests made by
+this module get `request_timeout_s` through a request hook that only acts inside
+`_request_timeout(...)` (a context variable), so other huggingface_hub users in the
+process (model downloads) keep their own settings.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import json
+import logging
+import os
+import re
+import tempfile
+import threading
+import time
+import uuid
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from email.utils import parsedate_to_datetime
+from pathlib import Path
+from typing import Any, Callable, Iterator, Mapping
+
+import httpx2
+import yaml
+from huggingface_hub import CommitOperationAdd, CommitScheduler, HfApi
+from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled, RepositoryNotFoundError
+from huggingface_hub.utils import get_session
+
+logger = logging.getLogger(__name__)
+
+QUEUE_FORMAT = 1
+KEEP_DONE = 200  # finished jobs remembered in the queue file; older ones are dropped
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*$")
+_VERSION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")  # a safe git tag name
+_TOKEN_LIKE = re.compile(r"hf_[A-Za-z0-9]{6,}")
+_BEARER = re.compile(r"(?i)(bearer\s+)\S+")
+
+
+# --------------------------------------------------------------------------- model card
+
+
+def render_model_card(
+    *,
+    repo_id: str,
+    version: str,
+    base_model: str,
+    metrics: Mapping[str, Any],
+    data_stats: Mapping[str, Any],
+    parent: str | None,
+    created_at: str,
+) -> str:
+    """The README.md of an adapter version: front matter, description, tables, loading snippet."""
+    front: dict[str, Any] = {"library_name": "peft"}
+    # The Hub validates `base_model` as a model id; a local path or `packaged:` ref would
+    # make the whole commit fail, so such values only appear in the text.
+    if _HUB_ID.match(base_model):
+        front["base_model"] = base_model
+    front.update({"tags": ["cowest", "dpo", "lora"], "license": "apache-2.0"})
+    header = yaml.safe_dump(front, sort_keys=False, default_flow_style=None, allow_unicode=True)
+
+    about = [
+        ("version", version),
+        ("parent version", parent or "none (first adapter)"),
+        ("base model", base_model),
+        ("created", created_at),
+    ]
+    snippet = (
+        "```python\n"
+        "from peft import PeftModel\n"
+        "from transformers import AutoModelForCausalLM\n\n"
+        f"base = AutoModelForCausalLM.from_pretrained({json.dumps(base_model)})\n"
+        f"model = PeftModel.from_pretrained(base, {json.dumps(repo_id)}, revision={json.dumps(version)})\n"
+        "```\n"
+    )
+    return (
+        f"---\n{header}---\n\n"
+        f"# {repo_id} ({version})\n\n"
+        "LoRA adapter for the weak model of CoWeSt (*Synergistic Weak-Strong Collaboration by "
+        "Aligning Preferences*, ACL 2025). It was retrained with DPO on preference pairs built from "
+        "user feedback, so that the weak model's drafts help the strong model more. "
+        f"Each version is a commit tagged with its name; load `revision=\"{version}\"` to get exactly this one.\n\n"
+        f"{_table(('field', 'value'), about)}\n\n"
+        f"## Metrics\n\n{_table(('metric', 'value'), sorted(metrics.items())) if metrics else '_none recorded_'}\n\n"
+        f"## Training data\n\n{_table(('statistic', 'value'), sorted(data_stats.items())) if data_stats else '_none recorded_'}\n\n"
+        f"## How to load\n\n{snippet}"
+    )
+
+
+def _table(columns: tuple[str, str], rows: Any) -> str:
+    lines = [f"| {columns[0]} | {columns[1]} |", "|---|---|"]
+    lines += [f"| {_cell(name)} | {_cell(value)} |" for name, value in rows]
+    return "\n".join(lines)
+
+
+def _cell(value: Any) -> str:
+    """A markdown table cell: floats rounded, pipes escaped, one line."""
+    text = f"{value:.4g}" if isinstance(value, float) else str(value)
+    return " ".join(text.replace("|", "\\|").split())
+
+
+# --------------------------------------------------------------------------- errors
+
+
+class HubPushError(RuntimeError):
+    """A push that failed for good (permanent error, or retries used up). Message is token-free."""
+
+    def __init__(self, message: str, *, retryable: bool, status: int | None, attempts: int) -> None:
+        super().__init__(message)
+        self.retryable = retryable  # True: it was transient, retrying later may work
+        self.status = status  # HTTP status, when there was one
+        self.attempts = attempts
+
+
+class HubAuthError(HubPushError):
+    """The Hub rejected the credentials (401/403). Never retried: the same token fails again."""
+
+
+@dataclass(frozen=True)
+class _Failure:
+    retryable: bool
+    status: int | None
+    message: str
+    retry_after_s: float | None = None
+
+
+@dataclass(frozen=True)
+class PushResult:
+    repo_id: str
+    version: str
+    commit_id: str
+    commit_url: str | None
+    attempts: int
+    already_existed: bool = False  # the tag was already there (an earlier push, or a lost response)
+
+
+def _redact(text: str, token: str | None) -> str:
+    if token:
+        text = text.replace(token, "***")
+    return _BEARER.sub(r"\1***", _TOKEN_LIKE.sub("hf_***", text))
+
+
+def _one_line(text: str, limit: int = 400) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _retry_after(response: httpx2.Response) -> float | None:
+    raw = response.headers.get("Retry-After")
+    if not raw:
+        return None
+    try:
+        return max(0.0, float(raw))
+    except ValueError:
+        try:
+            return max(0.0, (parsedate_to_datetime(raw) - datetime.now(timezone.utc)).total_seconds())
+        except (TypeError, ValueError):
+            return None
+
+
+def _describe(exc: BaseException, repo_id: str) -> _Failure:
+    """Sort an exception into transient (retry) or permanent, with a human message."""
+    if isinstance(exc, HfHubHTTPError) and exc.response is not None:
+        status = exc.response.status_code
+        detail = _one_line(exc.server_message or str(exc))
+        if status in (401, 403):
+            return _Failure(False, status, (
+                f"authentication failed (HTTP {status}) pushing to {repo_id}: the Hub rejected the token; "
+                "check that HF_TOKEN is set, valid, and has write access to this repo"
+            ))
+        if status in (408, 429) or status >= 500:
+            return _Failure(True, status, f"Hub unavailable (HTTP {status}): {detail}", _retry_after(exc.response))
+        if status == 404 and isinstance(exc, RepositoryNotFoundError):
+            # Right after create_repo the repo can take a moment to be visible: worth a retry.
+            return _Failure(True, status, f"repo {repo_id} not found (HTTP 404): {detail}")
+        return _Failure(False, status, f"the Hub refused the push (HTTP {status}): {detail}")
+    if isinstance(exc, OfflineModeIsEnabled):
+        return _Failure(False, None, "HF_HUB_OFFLINE is set: huggingface_hub refuses all network calls")
+    if isinstance(exc, (httpx2.TimeoutException, TimeoutError)):
+        return _Failure(True, None, f"timed out talking to the Hub ({type(exc).__name__})")
+    if isinstance(exc, (httpx2.TransportError, ConnectionError)):
+        return _Failure(True, None, f"could not reach the Hub ({type(exc).__name__}: {_one_line(str(exc))})")
+    return _Failure(False, None, f"{type(exc).__name__}: {_one_line(str(exc))}")
+
+
+# --------------------------------------------------------------------------- request timeouts
+
+_TIMEOUT_S: contextvars.ContextVar[float | None] = contextvars.ContextVar("cowest_hub_timeout_s", default=None)
+_HOOK_LOCK = threading.Lock()
+
+
+def _apply_timeout(request: httpx2.Request) -> None:
+    """httpx2 request hook: impose our timeout, but only inside `_request_timeout`."""
+    seconds = _TIMEOUT_S.get()
+    if seconds is not None:
+        request.extensions["timeout"] = httpx2.Timeout(seconds).as_dict()
+
+
+@contextmanager
+def _request_timeout(seconds: float | None) -> Iterator[None]:
+    """Give every Hub request made by this thread in the block a connect/read/write timeout."""
+    if seconds is None:
+        yield
+        return
+    # Installed on the live shared client each time: huggingface_hub replaces that client
+    # after some connection errors, and the new one would not have the hook.
+    hooks = get_session().event_hooks["request"]
+    with _HOOK_LOCK:
+        if _apply_timeout not in hooks:
+            hooks.append(_apply_timeout)
+    reset = _TIMEOUT_S.set(seconds)
+    try:
+        yield
+    finally:
+        _TIMEOUT_S.reset(reset)
+
+
+# --------------------------------------------------------------------------- publisher
+
+
+class _Stopped(Exception):
+    """stop() was called while a queued push waited between attempts; the job stays pending."""
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+class HubPublisher:
+    """Push adapter versions to a Hub model repo, directly or through a persistent queue.
+
+    Direct: `push_adapter(dir, "v3", card)` blocks, retries transient failures, returns a
+    `PushResult` or raises `HubPushError` / `HubAuthError`.
+
+    Queued: `enqueue(dir, "v3", card)` writes the job to `queue_path` and returns; the
+    thread started by `start()` pushes it. `adapter_dir` must stay on disk until the job
+    is done. One publisher per queue file: two processes sharing a file would overwrite
+    each other's changes.
+
+    `sleep(seconds)` waits between attempts (inject a recorder in tests). By default a
+    direct push uses `time.sleep` and the worker waits on the event that `stop()` sets,
+    so stopping does not sit out a long backoff.
+    """
+
+    def __init__(
+        self,
+        repo_id: str,
+        token: str | None,
+        endpoint: str | None = None,
+        *,
+        queue_path: Path,
+        max_attempts: int = 5,
+        base_delay_s: float = 1.0,
+        max_delay_s: float = 60.0,
+        sleep: Callable[[float], object] | None = None,
+        request_timeout_s: float | None = 60.0,
+        private: bool | None = None,
+    ) -> None:
+        if not _HUB_ID.match(repo_id):
+            raise ValueError(f"repo_id must look like 'namespace/name', got {repo_id!r}")
+        if max_attempts < 1:
+            raise ValueError("max_attempts must be at least 1")
+        self.repo_id = repo_id
+        self.endpoint = endpoint
+        self.queue_path = Path(queue_path)
+        self.max_attempts = max_attempts
+        self.base_delay_s = base_delay_s
+        self.max_delay_s = max_delay_s
+        self.request_timeout_s = request_timeout_s
+        self.private = private
+        # An explicit endpoint: HF_ENDPOINT is read once, when huggingface_hub is imported.
+        self._api = HfApi(endpoint=endpoint, token=token, library_name="cowest")
+        self._token = token  # only for redaction
+        self._stop = threading.Event()
+        self._sleep = sleep  # None: time.sleep for direct pushes, the stop event for the worker
+        self._wake = threading.Event()
+        self._lock = threading.RLock()
+        self._thread: threading.Thread | None = None
+        self._current: str | None = None  # id of the job being pushed
+        self._jobs, self._done, self._last_error = self._load()
+
+    def __repr__(self) -> str:  # the token must not leak through a repr either
+        return f"HubPublisher(repo_id={self.repo_id!r}, endpoint={self.endpoint!r}, queue_path={str(self.queue_path)!r})"
+
+    # ---- direct push ------------------------------------------------------------
+
+    def push_adapter(self, adapter_dir: Path, version: str, card_md: str) -> PushResult:
+        """Create the repo if needed, commit files + README.md, tag the commit `version`."""
+        return self._push(Path(adapter_dir), version, card_md)
+
+    def _push(
+        self,
+        adapter_dir: Path,
+        version: str,
+        card_md: str,
+        on_failure: Callable[[int, str], None] | None = None,
+        stop: threading.Event | None = None,
+    ) -> PushResult:
+        _check_version(version)
+        _adapter_files(adapter_dir)  # fail fast (no retry) when the folder is not an adapter
+        for attempt in range(1, self.max_attempts + 1):
+            try:
+                with _request_timeout(self.request_timeout_s):
+                    commit_id, url, existed = self._push_once(adapter_dir, version, card_md)
+                logger.info("pushed adapter %s to %s (commit %s, attempt %d)", version, self.repo_id, commit_id, attempt)
+                return PushResult(self.repo_id, version, commit_id, url, attempt, existed)
+            except Exception as exc:  # noqa: BLE001 - every failure is classified below
+                failure = _describe(exc, self.repo_id)
+                message = _redact(failure.message, self._token)
+                if on_failure is not None:
+                    on_failure(attempt, message)
+                if not failure.retryable or attempt == self.max_attempts:
+                    logger.error("push of adapter %s failed after %d attempt(s): %s", version, attempt, message)
+                    error_type = HubAuthError if failure.status in (401, 403) else HubPushError
+                    # `from None`: the chained client exception may carry request objects.
+                    raise error_type(message, retryable=failure.retryable, status=failure.status, attempts=attempt) from None
+                delay = self._backoff(attempt, failure.retry_after_s)
+                logger.warning(
+                    "push of adapter %s failed (attempt %d/%d): %s; retrying in %.1fs",
+                    version, attempt, self.max_attempts, message, delay,
+                )
+                if self._sleep is not None:
+                    self._sleep(delay)
+                elif stop is not None:
+                    stop.wait(delay)  # stop() cuts a long backoff short
+                else:
+                    time.sleep(delay)
+                if stop is not None and stop.is_set():
+                    raise _Stopped from None
+        raise AssertionError("unreachable")
+
+    def _backoff(self, attempt: int, retry_after_s: float | None) -> float:
+        """Exponential: base, 2*base, 4*base... capped; a server's Retry-After wins if longer."""
+        delay = min(self.max_delay_s, self.base_delay_s * 2 ** (attempt - 1))
+        if retry_after_s is not None:
+            delay = max(delay, min(retry_after_s, self.max_delay_s))
+        return delay
+
+    def _push_once(self, adapter_dir: Path, version: str, card_md: str) -> tuple[str, str | None, bool]:
+        self._api.create_repo(self.repo_id, repo_type="model", exist_ok=True, private=self.private)
+        # A tag that exists means an earlier attempt got through (perhaps its answer was lost).
+        if (target := self._tag_target(version)) is not None:
+            return target, None, True
+        operations = [CommitOperationAdd(path_in_repo=rel, path_or_fileobj=str(path)) for rel, path in _adapter_files(adapter_dir)]
+        operations.append(CommitOperationAdd(path_in_repo="README.md", path_or_fileobj=card_md.encode("utf-8")))
+        info = self._api.create_commit(self.repo_id, operations, commit_message=f"Adapter {version}", repo_type="model")
+        try:
+            self._api.create_tag(self.repo_id, tag=version, revision=info.oid, tag_message=f"Adapter {version}")
+        except HfHubHTTPError as exc:
+            # 409: the tag appeared meanwhile (a concurrent push, or our own lost response).
+            if exc.response is None or exc.response.status_code != 409 or (target := self._tag_target(version)) is None:
+                raise
+            return target, None, target != info.oid
+        return info.oid, info.commit_url, False
+
+    def _tag_target(self, version: str) -> str | None:
+        refs = self._api.list_repo_refs(self.repo_id, repo_type="model")
+        return next((tag.target_commit for tag in refs.tags if tag.name == version), None)
+
+    # ---- queue -----------------------------------------------------------------
+
+    def enqueue(self, adapter_dir: Path, version: str, card_md: str) -> str:
+        """Record a push for the worker and return its job id at once (no network)."""
+        _check_version(version)
+        adapter_dir = Path(adapter_dir).resolve()
+        if not adapter_dir.is_dir():
+            raise ValueError(f"adapter folder not found: {adapter_dir}")
+        with self._lock:
+            # The same version queued twice would push twice: keep one (a failed one gets another go).
+            job = next((job for job in self._jobs if job["version"] == version), None)
+            if job is not None:
+                job.update(adapter_dir=str(adapter_dir), card_md=card_md, state="pending", updated_at=_now())
+            else:
+                job = self._new_job(version, adapter_dir, card_md)
+                self._jobs.append(job)
+            self._save()
+        self._wake.set()
+        return str(job["id"])
+
+    @staticmethod
+    def _new_job(version: str, adapter_dir: Path, card_md: str) -> dict[str, Any]:
+        return {
+            "id": uuid.uuid4().hex[:12],
+            "version": version,
+            "adapter_dir": str(adapter_dir),
+            "card_md": card_md,
+            "state": "pending",
+            "attempts": 0,
+            "last_error": None,
+            "enqueued_at": _now(),
+            "updated_at": _now(),
+        }
+
+    def retry_failed(self) -> int:
+        """Put failed jobs back to pending; returns how many."""
+        with self._lock:
+            failed = [job for job in self._jobs if job["state"] == "failed"]
+            for job in failed:
+                job.update(state="pending", updated_at=_now())
+            if failed:
+                self._save()
+        self._wake.set()
+        return len(failed)
+
+    def status(self) -> dict[str, Any]:
+        """A JSON-able snapshot for the UI. Contains no token and no model card text."""
+        with self._lock:
+            def summary(job: dict[str, Any]) -> dict[str, Any]:
+                return {key: value for key, value in job.items() if key != "card_md"}
+
+            return {
+                "repo_id": self.repo_id,
+                "worker_running": self.is_running(),
+                "current": next((job["version"] for job in self._jobs if job["id"] == self._current), None),
+                "pending": [summary(job) for job in self._jobs if job["state"] == "pending"],
+                "failed": [summary(job) for job in self._jobs if job["state"] == "failed"],
+                "done": [dict(item) for item in self._done],
+                "last_error": self._last_error,
+            }
+
+    def start(self) -> None:
+        """Start the background worker (no-op if it runs)."""
+        if self.is_running():
+            return
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, name="cowest-hub-publisher", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float | None = 30.0) -> None:
+        """Ask the worker to stop and wait for it; an in-flight request ends by itself or times out."""
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def is_running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def wait_idle(self, timeout: float) -> bool:
+        """Wait until no job is pending (for tests and shutdown); True if that happened."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self._lock:
+                if not any(job["state"] == "pending" for job in self._jobs):
+                    return True
+            time.sleep(0.02)
+        return False
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self._wake.clear()  # before looking, so an enqueue during the look is not missed
+            job = self._next_pending()
+            if job is None:
+                self._wake.wait(5.0)
+                continue
+            self._process(job)
+
+    def _next_pending(self) -> dict[str, Any] | None:
+        with self._lock:
+            return next((dict(job) for job in self._jobs if job["state"] == "pending"), None)
+
+    def _process(self, job: dict[str, Any]) -> None:
+        job_id = job["id"]
+        self._current = job_id
+        try:
+            result = self._push(
+                Path(job["adapter_dir"]), job["version"], job["card_md"],
+                on_failure=lambda attempt, message: self._record_failure(job_id, message), stop=self._stop,
+            )
+        except _Stopped:
+            return  # stays pending; the next start() resumes it
+        except HubPushError as err:
+            self._finish_failed(job_id, str(err))
+        except Exception as exc:  # noqa: BLE001 - a bug here must not kill the worker thread
+            self._finish_failed(job_id, _redact(f"{type(exc).__name__}: {_one_line(str(exc))}", self._token))
+        else:
+            self._finish_done(job_id, result)
+        finally:
+            self._current = None
+
+    def _record_failure(self, job_id: str, message: str) -> None:
+        """One failed attempt: visible in status() while the job is still being retried."""
+        with self._lock:
+            for job in self._jobs:
+                if job["id"] == job_id:
+                    job["attempts"] += 1
+                    job.update(last_error=message, updated_at=_now())
+            self._last_error = message
+            self._save()
+
+    def _finish_failed(self, job_id: str, message: str) -> None:
+        with self._lock:
+            for job in self._jobs:
+                if job["id"] == job_id:
+                    job.update(state="failed", last_error=message, updated_at=_now())
+            self._last_error = message
+            self._save()
+
+    def _finish_done(self, job_id: str, result: PushResult) -> None:
+        with self._lock:
+            job = next(job for job in self._jobs if job["id"] == job_id)
+            self._jobs.remove(job)
+            self._done.append({
+                "id": job_id,
+                "version": result.version,
+                "commit_id": result.commit_id,
+                "commit_url": result.commit_url,
+                "already_existed": result.already_existed,
+                "attempts": job["attempts"] + 1,  # the failures were counted, plus the success
+                "finished_at": _now(),
+            })
+            self._done = self._done[-KEEP_DONE:]
+            self._last_error = None
+            self._save()
+
+    # ---- queue file ----------------------------------------------------------------
+
+    def _load(self) -> tuple[list[dict[str, Any]], list[dict[str, Any]], str | None]:
+        if not self.queue_path.exists():
+            return [], [], None
+        try:
+            data = json.loads(self.queue_path.read_text(encoding="utf-8"))
+            jobs, done = list(data["jobs"]), list(data["done"])
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            # Keep the unreadable file for a human, start empty rather than refuse to serve.
+            aside = self.queue_path.with_name(f"{self.queue_path.name}.corrupt-{datetime.now():%Y%m%d%H%M%S}")
+            os.replace(self.queue_path, aside)
+            logger.error("hub queue %s was unreadable (%s); moved to %s", self.queue_path, type(exc).__name__, aside)
+            return [], [], None
+        return jobs, done, data.get("last_error")
+
+    def _save(self) -> None:
+        """Write the queue atomically: a reader (or a crash) never sees half a file."""
+        payload = {"format": QUEUE_FORMAT, "jobs": self._jobs, "done": self._done, "last_error": self._last_error}
+        self.queue_path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=self.queue_path.parent, prefix=f".{self.queue_path.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as out:
+                json.dump(payload, out, ensure_ascii=False, indent=1)
+                out.flush()
+                os.fsync(out.fileno())
+            os.replace(tmp, self.queue_path)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+
+
+def _check_version(version: str) -> None:
+    if not _VERSION.match(version) or version == "main":
+        raise ValueError(f"version must be a tag name like 'v3' (letters, digits, '.', '_', '-'), got {version!r}")
+
+
+def _adapter_files(adapter_dir: Path) -> list[tuple[str, Path]]:
+    """(path in repo, local path) for every file to upload; hidden files and README.md are left out."""
+    if not (adapter_dir / "adapter_config.json").is_file():
+        raise ValueError(f"not a PEFT adapter folder (no adapter_config.json): {adapter_dir}")
+    files = []
+    for path in sorted(adapter_dir.rglob("*")):
+        rel = path.relative_to(adapter_dir).as_posix()
+        if path.is_file() and rel != "README.md" and not any(part.startswith(".") for part in rel.split("/")):
+            files.append((rel, path))
+    return files
+
+
+# --------------------------------------------------------------------------- feedback log sync
+
+
+class _TimedCommitScheduler(CommitScheduler):
+    """CommitScheduler whose Hub requests get our timeout (they run on its own worker thread)."""
+
+    def __init__(self, *, request_timeout_s: float | None, **kwargs: Any) -> None:
+        self.request_timeout_s = request_timeout_s  # set first: the base __init__ starts pushing
+        with _request_timeout(request_timeout_s):  # base __init__ calls create_repo on this thread
+            super().__init__(**kwargs)
+
+    def push_to_hub(self) -> Any:
+        with _request_timeout(self.request_timeout_s):
+            return super().push_to_hub()
+
+
+def start_log_sync(
+    folder: Path,
+    repo_id: str,
+    token: str | None,
+    endpoint: str | None,
+    every_minutes: float,
+    *,
+    private: bool = True,
+    allow_patterns: str | list[str] = "*.jsonl",
+    request_timeout_s: float | None = 60.0,
+) -> CommitScheduler:
+    """Mirror `folder` (append-only JSONL shards) into dataset repo `repo_id` every `every_minutes`.
+
+    The dataset is private by default: the feedback log holds users' questions. Only
+    files matching `allow_patterns` are pushed, so half-written temp files are not.
+    Note that `CommitScheduler.__init__` creates the repo synchronously, so this call
+    needs the Hub (and raises if it is unreachable); pushes then happen in the
+    background, the first one at once. Stop it with `scheduler.stop()`; a `with` block
+    also pushes once more on exit.
+    """
+    # CommitScheduler takes no endpoint in 2.4, but it takes a ready HfApi.
+    api = HfApi(endpoint=endpoint, token=token, library_name="cowest")
+    return _TimedCommitScheduler(
+        request_timeout_s=request_timeout_s,
+        repo_id=repo_id,
+        folder_path=folder,
+        every=every_minutes,
+        repo_type="dataset",
+        private=private,
+        allow_patterns=allow_patterns,
+        hf_api=api,
+    )
+
+
+__all__ = [
+    "HubAuthError",
+    "HubPublisher",
+    "HubPushError",
+    "PushResult",
+    "render_model_card",
+    "start_log_sync",
+]

@@ -1,0 +1,196 @@
+"""Recipe loading, overrides and data validation: no model is loaded here."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from training.common import RecipeError, load_recipe, run_cli, save_resolved_config, torch_threads
+from training.dpo import DPORecipe, load_pairs
+from training.sft import SFTRecipe, chunk_documents, load_corpus
+
+ROOT = Path(__file__).resolve().parents[2]
+RECIPES = sorted((ROOT / "training" / "recipes").glob("*.yaml"))
+
+
+def recipe_class(path: Path) -> type:
+    return SFTRecipe if path.name.startswith("sft") else DPORecipe
+
+
+def test_recipes_exist() -> None:
+    names = {p.name for p in RECIPES}
+    assert {"dpo.yaml", "sft.yaml", "dpo-tiny.yaml"} <= names
+
+
+@pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.name)
+def test_every_recipe_loads(path: Path) -> None:
+    config = load_recipe(recipe_class(path), path)
+    assert config.base_model
+    assert isinstance(config.target_modules, tuple)
+    assert isinstance(config.learning_rate, float)  # `5.0e-5`-style YAML is parsed as a number
+
+
+@pytest.mark.parametrize("path", [p for p in RECIPES if p.name in ("dpo.yaml", "sft.yaml")], ids=lambda p: p.name)
+def test_default_recipes_point_at_shipped_data(path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(ROOT)  # recipe paths are relative to the repo root
+    config = load_recipe(recipe_class(path), path)
+    assert config.base_model == "packaged:smollm2-135m-instruct"
+    assert config.load_4bit is True
+    if isinstance(config, DPORecipe):
+        assert len(load_pairs(config.dataset)) >= 5
+    else:
+        assert len(load_corpus(config.corpus)) == 2
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "recipe.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_unknown_key_names_key_and_file(tmp_path: Path) -> None:
+    path = write(tmp_path, "base_model: x\nlearning_rat: 0.1\n")
+    with pytest.raises(RecipeError) as info:
+        load_recipe(DPORecipe, path)
+    assert "learning_rat" in str(info.value)
+    assert str(path) in str(info.value)
+    assert "learning_rate" in str(info.value)  # the known keys are listed
+
+
+def test_overrides_are_parsed_to_field_types(tmp_path: Path) -> None:
+    path = write(tmp_path, "base_model: x\nlearning_rate: 5e-5\ninit_adapter: /a\n")
+    config = load_recipe(
+        DPORecipe,
+        path,
+        [
+            "max_steps=7",
+            "beta=0.25",
+            "load_4bit=false",
+            "init_adapter=none",
+            "target_modules=q_proj,v_proj",
+            "base_model=packaged:smollm2-135m-instruct",
+            "num_train_epochs=2",
+        ],
+    )
+    assert config.max_steps == 7
+    assert config.beta == 0.25
+    assert config.load_4bit is False
+    assert config.init_adapter is None
+    assert config.target_modules == ("q_proj", "v_proj")
+    assert config.base_model == "packaged:smollm2-135m-instruct"  # only the first '=' splits
+    assert config.num_train_epochs == 2.0 and isinstance(config.num_train_epochs, float)
+    assert config.learning_rate == 5e-5  # PyYAML reads 5e-5 as a string
+
+
+@pytest.mark.parametrize(
+    "override, fragment",
+    [("max_steps=abc", "max_steps"), ("load_4bit=maybe", "load_4bit"), ("nope=1", "nope"), ("max_steps", "key=value")],
+)
+def test_bad_overrides_are_clear(tmp_path: Path, override: str, fragment: str) -> None:
+    path = write(tmp_path, "base_model: x\n")
+    with pytest.raises(RecipeError, match=fragment):
+        load_recipe(DPORecipe, path, [override])
+
+
+def test_invalid_values_are_rejected(tmp_path: Path) -> None:
+    with pytest.raises(RecipeError, match="reference"):
+        load_recipe(DPORecipe, write(tmp_path, "reference: nonsense\n"))
+    with pytest.raises(RecipeError, match="precompute_ref_log_probs"):
+        load_recipe(DPORecipe, write(tmp_path, "init_adapter: /a\nreference: base\nprecompute_ref_log_probs: true\n"))
+    with pytest.raises(RecipeError, match="lora_r"):
+        load_recipe(SFTRecipe, write(tmp_path, "lora_r: 0\n"))
+    with pytest.raises(RecipeError, match="max_steps"):
+        load_recipe(SFTRecipe, write(tmp_path, "max_steps: 1.5\n"))
+    with pytest.raises(RecipeError, match="mapping"):
+        load_recipe(SFTRecipe, write(tmp_path, "- a\n- b\n"))
+    with pytest.raises(RecipeError, match="does not exist"):
+        load_recipe(SFTRecipe, tmp_path / "missing.yaml")
+
+
+def test_thread_setting_is_scoped() -> None:
+    before = torch.get_num_threads()
+    with torch_threads(1):
+        assert torch.get_num_threads() == 1
+    assert torch.get_num_threads() == before
+
+
+def test_resolved_config_round_trips(tmp_path: Path) -> None:
+    config = load_recipe(DPORecipe, RECIPES[0], ["max_steps=3", "init_adapter=/some/adapter"])
+    written = save_resolved_config(config, tmp_path / "out")
+    assert written.name == "resolved_config.yaml"
+    assert load_recipe(DPORecipe, written) == config
+
+
+def test_cli_rejects_unknown_key(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = write(tmp_path, "bogus: 1\n")
+    with pytest.raises(SystemExit) as info:
+        run_cli(DPORecipe, lambda config: {}, ["--config", str(path)], "test")
+    assert info.value.code == 2
+    assert "bogus" in capsys.readouterr().err
+
+
+def test_cli_passes_overrides(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    seen = []
+    path = write(tmp_path, "base_model: x\n")
+    argv = ["--config", str(path), "--set", "beta=0.5"]
+    run_cli(DPORecipe, lambda config: seen.append(config) or {"ok": 1}, argv, "t")
+    assert seen[0].beta == 0.5
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1]) == {"ok": 1}
+
+
+def test_cli_reports_bad_data_in_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from training.dpo import main
+
+    out = tmp_path / "out"
+    path = write(tmp_path, f"dataset: {tmp_path / 'missing.jsonl'}\noutput_dir: {out}\n")
+    out.mkdir()
+    (out / "progress.jsonl").write_text('{"event": "log", "step": 9}\n')  # left by an earlier run
+    assert run_cli(DPORecipe, main, ["--config", str(path)], "t") == 1
+    assert "missing.jsonl does not exist" in capsys.readouterr().err
+    lines = [json.loads(line) for line in (out / "progress.jsonl").read_text().splitlines()]
+    assert len(lines) == 1 and lines[0]["event"] == "error" and "does not exist" in lines[0]["error"]
+
+
+# -- data ------------------------------------------------------------------
+def test_example_pairs_are_valid() -> None:
+    pairs = load_pairs(ROOT / "training" / "data" / "example_pairs.jsonl")
+    for pair in pairs:
+        assert [m["role"] for m in pair["prompt"]] == ["system", "user"]
+        assert pair["chosen"][0]["role"] == pair["rejected"][0]["role"] == "assistant"
+        assert pair["chosen"][0]["content"] != pair["rejected"][0]["content"]
+
+
+def test_bad_pair_names_the_line(tmp_path: Path) -> None:
+    good = {"prompt": [{"role": "user", "content": "q"}], "chosen": [{"role": "assistant", "content": "a"}],
+            "rejected": [{"role": "assistant", "content": "b"}]}  # fmt: skip
+    bad = dict(good, chosen=[{"role": "user", "content": "a"}])
+    path = tmp_path / "pairs.jsonl"
+    path.write_text(json.dumps(good) + "\n\n" + json.dumps(bad) + "\n")
+    with pytest.raises(RecipeError, match=r"pairs.jsonl:3 chosen"):
+        load_pairs(path)
+    path.write_text(json.dumps(dict(good, id=7, images=["x"])) + "\n")
+    assert set(load_pairs(path)[0]) == {"prompt", "chosen", "rejected"}  # extra columns never reach TRL
+    path.write_text("")
+    with pytest.raises(RecipeError, match="no preference pairs"):
+        load_pairs(path)
+
+
+def test_corpus_from_jsonl_and_chunking(tmp_path: Path, smollm2_dir: Path) -> None:
+    from transformers import AutoTokenizer
+
+    path = tmp_path / "corpus.jsonl"
+    path.write_text(json.dumps({"text": "word " * 300}) + "\n" + json.dumps({"text": "short one"}) + "\n")
+    texts = load_corpus(path)
+    assert len(texts) == 2
+    tokenizer = AutoTokenizer.from_pretrained(smollm2_dir)
+    chunks = chunk_documents(texts, tokenizer, max_length=64)
+    assert all(2 <= len(c) <= 64 for c in chunks)
+    total = sum(len(tokenizer(t)["input_ids"]) + 1 for t in texts)  # +1: each document's EOS
+    assert total - len(texts) <= sum(len(c) for c in chunks) <= total  # at most a 1-token tail per document dropped
+    assert chunks[-1][-1] == tokenizer.eos_token_id
+    with pytest.raises(RecipeError, match="text"):
+        path.write_text(json.dumps({"body": "x"}) + "\n")
+        load_corpus(path)

@@ -1,0 +1,246 @@
+"""DPO on collaborative-feedback preference pairs: retrains the weak model's LoRA adapter.
+
+    python -m training.dpo --config training/recipes/dpo.yaml [--set key=value ...]
+
+The dataset is a JSONL file of preference pairs in TRL's conversational format,
+one object per line:
+
+    {"prompt":   [{"role": "system", "content": ...}, {"role": "user", "content": ...}],
+     "chosen":   [{"role": "assistant", "content": ...}],
+     "rejected": [{"role": "assistant", "content": ...}]}
+
+Without `init_adapter` a fresh LoRA adapter is trained and the DPO reference is
+the base model. With `init_adapter` that adapter is trained further; the
+reference is, by default, a frozen copy of it as loaded (`reference:
+init_adapter`, the policy that wrote the drafts being judged), or the base
+model with adapters disabled (`reference: base`).
+
+Outputs in `output_dir`: the adapter, `resolved_config.yaml`, `progress.jsonl`
+(followed live by the app) and, last, `metrics.json`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from training.common import (
+    METRICS_FILE,
+    JsonlProgress,
+    RecipeError,
+    last_logged,
+    library_versions,
+    load_base_model,
+    lora_config,
+    lora_shape,
+    precision_args,
+    prepare_policy,
+    run_cli,
+    save_adapter,
+    start_run,
+    torch_threads,
+    trainable_snapshot,
+    upcast_adapter_on_cpu,
+    write_json,
+)
+
+log = logging.getLogger(__name__)
+
+REFERENCES = ("init_adapter", "base")
+
+
+@dataclass(frozen=True)
+class DPORecipe:
+    base_model: str = "packaged:smollm2-135m-instruct"  # packaged:NAME, a directory or a Hub id
+    dataset: str = "training/data/example_pairs.jsonl"
+    output_dir: str = "data/training/dpo"
+    load_4bit: bool = True  # QLoRA: NF4 base, LoRA in full precision
+    init_adapter: str | None = None  # continue training this adapter (its own r/alpha/targets apply)
+    reference: str = "init_adapter"  # with init_adapter: "init_adapter" (frozen copy) or "base"
+    lora_r: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.05
+    target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")
+    learning_rate: float = 5e-5
+    beta: float = 0.1
+    num_train_epochs: float = 3.0
+    max_steps: int = -1  # > 0 overrides num_train_epochs
+    per_device_train_batch_size: int = 2
+    gradient_accumulation_steps: int = 2
+    max_length: int = 1024  # prompt + completion tokens; longer pairs are truncated, prompt kept
+    seed: int = 42
+    torch_threads: int = 0  # 0: torch's default
+    logging_steps: int = 1
+    precompute_ref_log_probs: bool = False
+    gradient_checkpointing: bool = False
+    cache_dir: str | None = None  # model cache; None: $COWEST_CACHE_DIR or ~/.cache/cowest
+
+    def __post_init__(self) -> None:
+        if self.reference not in REFERENCES:
+            raise ValueError(f"reference must be one of {REFERENCES}, got {self.reference!r}")
+        if self.reference == "base" and self.precompute_ref_log_probs and self.init_adapter:
+            # TRL precomputes inside its constructor, before the reference can be switched to the base.
+            raise ValueError("reference: base cannot be combined with precompute_ref_log_probs")
+        positive = ("lora_r", "lora_alpha", "per_device_train_batch_size", "gradient_accumulation_steps", "max_length")
+        for name in positive:
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.beta <= 0:
+            raise ValueError(f"beta must be positive, got {self.beta}")
+
+
+# -- data ------------------------------------------------------------------
+def _check_messages(value: Any, where: str, assistant_only: bool) -> list[dict[str, str]]:
+    if not isinstance(value, list) or not value:
+        raise RecipeError(f"{where}: expected a non-empty list of messages")
+    for message in value:
+        if not isinstance(message, dict) or not isinstance(message.get("content"), str) or "role" not in message:
+            raise RecipeError(f"{where}: each message needs a role and a string content, got {message!r}")
+    if assistant_only and (len(value) != 1 or value[0]["role"] != "assistant"):
+        raise RecipeError(f"{where}: expected exactly one assistant message")
+    return [{"role": m["role"], "content": m["content"]} for m in value]
+
+
+def load_pairs(path: str | Path) -> list[dict[str, list[dict[str, str]]]]:
+    """Read and validate preference pairs; extra keys (ids, metadata) are dropped.
+
+    Only prompt/chosen/rejected are kept: TRL inspects dataset columns (an
+    `images` column would switch it to its vision path).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise RecipeError(f"dataset {path} does not exist")
+    pairs = []
+    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        where = f"{path}:{lineno}"
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise RecipeError(f"{where}: not valid JSON ({exc})") from None
+        if not isinstance(row, dict):
+            raise RecipeError(f"{where}: expected an object with prompt, chosen and rejected")
+        pairs.append(
+            {
+                "prompt": _check_messages(row.get("prompt"), f"{where} prompt", assistant_only=False),
+                "chosen": _check_messages(row.get("chosen"), f"{where} chosen", assistant_only=True),
+                "rejected": _check_messages(row.get("rejected"), f"{where} rejected", assistant_only=True),
+            }
+        )
+    if not pairs:
+        raise RecipeError(f"dataset {path} holds no preference pairs")
+    return pairs
+
+
+# -- training --------------------------------------------------------------
+def dpo_args(config: DPORecipe, model: Any):
+    from trl import DPOConfig
+
+    return DPOConfig(
+        output_dir=config.output_dir,
+        learning_rate=config.learning_rate,
+        beta=config.beta,
+        num_train_epochs=config.num_train_epochs,
+        max_steps=config.max_steps,
+        per_device_train_batch_size=config.per_device_train_batch_size,
+        gradient_accumulation_steps=config.gradient_accumulation_steps,
+        max_length=config.max_length,
+        seed=config.seed,
+        logging_steps=config.logging_steps,
+        precompute_ref_log_probs=config.precompute_ref_log_probs,
+        # transformers 5 renamed it; TRL's `gradient_checkpointing` (default True) then mirrors this value
+        activation_checkpointing=config.gradient_checkpointing,
+        report_to=[],
+        save_strategy="no",  # only the final adapter is saved, by us
+        **precision_args(model),
+    )
+
+
+def _use_base_as_reference(trainer: Any) -> None:
+    # TRL 1.16 gives a PeftModel passed without peft_config a frozen "ref" copy
+    # of its adapter and uses it as the reference; without that copy it falls
+    # back to the model with adapters disabled.
+    if "ref" in trainer.model.peft_config:
+        trainer.model.delete_adapter("ref")
+
+
+def build_trainer(config: DPORecipe, pairs: list[dict[str, Any]]):
+    from datasets import Dataset
+    from transformers import set_seed
+    from trl import DPOTrainer
+
+    set_seed(config.seed)  # the trainer seeds itself only after LoRA's random init
+    model, tokenizer = load_base_model(config.base_model, config.load_4bit, config.cache_dir)
+    new_lora = lora_config(config.lora_r, config.lora_alpha, config.lora_dropout, config.target_modules)
+    model, peft_config = prepare_policy(
+        model, config.load_4bit, config.init_adapter, config.gradient_checkpointing, new_lora
+    )
+    before = trainable_snapshot(model)  # a continued adapter's exact weights (TRL rounds them to bf16)
+    trainer = DPOTrainer(
+        model=model,
+        args=dpo_args(config, model),
+        train_dataset=Dataset.from_list(pairs),
+        processing_class=tokenizer,
+        peft_config=peft_config,
+        callbacks=[JsonlProgress(config.output_dir)],
+    )
+    if config.init_adapter and config.reference == "base":
+        _use_base_as_reference(trainer)
+    upcast_adapter_on_cpu(trainer.model, before)
+    if len(trainer.train_dataset) == 0:
+        raise RecipeError(f"every pair's prompt is longer than max_length={config.max_length}")
+    return trainer
+
+
+def main(config: DPORecipe) -> dict[str, Any]:
+    """Train the adapter described by `config`; return the metrics also written to metrics.json."""
+    with torch_threads(config.torch_threads):
+        return _run(config)
+
+
+def _run(config: DPORecipe) -> dict[str, Any]:
+    started = time.perf_counter()
+    out = start_run(config, config.output_dir)  # first: a dashboard must not read a stale run's files
+    pairs = load_pairs(config.dataset)  # fail on bad data before loading any model
+    trainer = build_trainer(config, pairs)
+    train_started = time.perf_counter()
+    result = trainer.train()
+    seconds = time.perf_counter() - train_started
+    save_adapter(trainer.model, out)
+
+    history = trainer.state.log_history
+    n_pairs = len(trainer.train_dataset)
+    metrics = {
+        "kind": "dpo",
+        "train_loss": float(result.training_loss),
+        "first_loss": last_logged(history[:1], "loss"),
+        "final_loss": last_logged(history, "loss"),
+        "rewards/margins": last_logged(history, "rewards/margins"),
+        "rewards/accuracies": last_logged(history, "rewards/accuracies"),
+        "n_pairs": n_pairs,
+        "n_pairs_dropped": len(pairs) - n_pairs,
+        "steps": trainer.state.global_step,
+        "epochs": float(trainer.state.epoch or 0.0),
+        "seconds": round(seconds, 3),
+        "total_seconds": round(time.perf_counter() - started, 3),
+        "pairs_per_second": round(n_pairs * float(trainer.state.epoch or 0.0) / seconds, 4) if seconds else None,
+        "adapter_dir": str(out),
+        "init_adapter": config.init_adapter,
+        "reference": config.reference if config.init_adapter else "base",
+        "lora": lora_shape(trainer.model),
+        "load_4bit": config.load_4bit,
+        "versions": library_versions(),
+    }
+    write_json(out / METRICS_FILE, metrics)
+    log.info("DPO done: %d steps on %d pairs in %.1fs, adapter in %s", metrics["steps"], n_pairs, seconds, out)
+    return metrics
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(DPORecipe, main, None, __doc__.splitlines()[0]))

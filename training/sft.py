@@ -1,0 +1,218 @@
+"""Domain specialisation of the weak model: LoRA fine-tuning on a text corpus.
+
+    python -m training.sft --config training/recipes/sft.yaml [--set key=value ...]
+
+The corpus is a directory of .txt/.md files (read recursively) or a JSONL file
+with a `text` field per line. Each document, followed by an end-of-sequence
+token, is cut into chunks of at most `max_length` tokens, and the model learns
+every token (plain language modelling).
+
+Outputs in `output_dir`: the adapter, `resolved_config.yaml`, `progress.jsonl`
+and, last, `metrics.json`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from training.common import (
+    METRICS_FILE,
+    JsonlProgress,
+    RecipeError,
+    last_logged,
+    library_versions,
+    load_base_model,
+    lora_config,
+    lora_shape,
+    precision_args,
+    prepare_policy,
+    run_cli,
+    save_adapter,
+    start_run,
+    torch_threads,
+    trainable_snapshot,
+    upcast_adapter_on_cpu,
+    write_json,
+)
+
+log = logging.getLogger(__name__)
+
+TEXT_SUFFIXES = (".txt", ".md")
+MIN_CHUNK_TOKENS = 2  # a single token gives no next-token target
+
+
+@dataclass(frozen=True)
+class SFTRecipe:
+    base_model: str = "packaged:smollm2-135m-instruct"  # packaged:NAME, a directory or a Hub id
+    corpus: str = "training/data/example_corpus"  # directory of .txt/.md, or JSONL with "text"
+    output_dir: str = "data/training/sft"
+    load_4bit: bool = True  # QLoRA: NF4 base, LoRA in full precision
+    init_adapter: str | None = None  # continue training this adapter (its own r/alpha/targets apply)
+    lora_r: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.05
+    target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")
+    learning_rate: float = 2e-4
+    num_train_epochs: float = 3.0
+    max_steps: int = -1  # > 0 overrides num_train_epochs
+    per_device_train_batch_size: int = 4
+    gradient_accumulation_steps: int = 1
+    max_length: int = 512  # tokens per chunk
+    seed: int = 42
+    torch_threads: int = 0  # 0: torch's default
+    logging_steps: int = 1
+    gradient_checkpointing: bool = False
+    cache_dir: str | None = None  # model cache; None: $COWEST_CACHE_DIR or ~/.cache/cowest
+
+    def __post_init__(self) -> None:
+        for name in ("lora_r", "lora_alpha", "per_device_train_batch_size", "gradient_accumulation_steps"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.max_length < MIN_CHUNK_TOKENS:
+            raise ValueError(f"max_length must be at least {MIN_CHUNK_TOKENS}, got {self.max_length}")
+
+
+# -- data ------------------------------------------------------------------
+def _jsonl_texts(path: Path) -> list[str]:
+    texts = []
+    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise RecipeError(f"{path}:{lineno}: not valid JSON ({exc})") from None
+        if not isinstance(row, dict) or not isinstance(row.get("text"), str):
+            raise RecipeError(f"{path}:{lineno}: expected an object with a string `text` field")
+        texts.append(row["text"])
+    return texts
+
+
+def load_corpus(path: str | Path) -> list[str]:
+    """The corpus documents, in a stable order, empty ones left out."""
+    path = Path(path)
+    if path.is_dir():
+        files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in TEXT_SUFFIXES)
+        texts = [p.read_text(encoding="utf-8") for p in files]
+    elif path.is_file():
+        texts = _jsonl_texts(path)
+    else:
+        raise RecipeError(f"corpus {path} does not exist")
+    texts = [t for t in texts if t.strip()]
+    if not texts:
+        raise RecipeError(f"corpus {path} holds no text (.txt/.md files or JSONL `text` lines)")
+    return texts
+
+
+def chunk_documents(texts: list[str], tokenizer: Any, max_length: int) -> list[list[int]]:
+    """Token-id chunks of at most max_length, each inside one document.
+
+    Chunking token ids (not characters) makes every chunk fit exactly; the
+    trainer receives them pre-tokenised and so neither re-tokenises nor truncates.
+    """
+    chunks = []
+    for text in texts:
+        ids = tokenizer(text, verbose=False)["input_ids"] + [tokenizer.eos_token_id]
+        for start in range(0, len(ids), max_length):
+            chunk = ids[start : start + max_length]
+            if len(chunk) >= MIN_CHUNK_TOKENS:
+                chunks.append(chunk)
+    return chunks
+
+
+# -- training --------------------------------------------------------------
+def sft_args(config: SFTRecipe, model: Any):
+    from trl import SFTConfig
+
+    return SFTConfig(
+        output_dir=config.output_dir,
+        learning_rate=config.learning_rate,
+        num_train_epochs=config.num_train_epochs,
+        max_steps=config.max_steps,
+        per_device_train_batch_size=config.per_device_train_batch_size,
+        gradient_accumulation_steps=config.gradient_accumulation_steps,
+        max_length=config.max_length,
+        packing=False,  # chunks are already max_length-sized
+        seed=config.seed,
+        logging_steps=config.logging_steps,
+        # transformers 5 renamed it; TRL's `gradient_checkpointing` (default True) then mirrors this value
+        activation_checkpointing=config.gradient_checkpointing,
+        report_to=[],
+        save_strategy="no",  # only the final adapter is saved, by us
+        **precision_args(model),
+    )
+
+
+def main(config: SFTRecipe) -> dict[str, Any]:
+    """Train the adapter described by `config`; return the metrics also written to metrics.json."""
+    with torch_threads(config.torch_threads):
+        return _run(config)
+
+
+def _run(config: SFTRecipe) -> dict[str, Any]:
+    from datasets import Dataset
+    from transformers import set_seed
+    from trl import SFTTrainer
+
+    started = time.perf_counter()
+    out = start_run(config, config.output_dir)  # first: a dashboard must not read a stale run's files
+    texts = load_corpus(config.corpus)  # fail on a bad corpus before loading any model
+
+    set_seed(config.seed)  # the trainer seeds itself only after LoRA's random init
+    model, tokenizer = load_base_model(config.base_model, config.load_4bit, config.cache_dir)
+    chunks = chunk_documents(texts, tokenizer, config.max_length)
+    new_lora = lora_config(config.lora_r, config.lora_alpha, config.lora_dropout, config.target_modules)
+    model, peft_config = prepare_policy(
+        model, config.load_4bit, config.init_adapter, config.gradient_checkpointing, new_lora
+    )
+    before = trainable_snapshot(model)  # a continued adapter's exact weights (TRL rounds them to bf16)
+    trainer = SFTTrainer(
+        model=model,
+        args=sft_args(config, model),
+        train_dataset=Dataset.from_dict({"input_ids": chunks}),
+        processing_class=tokenizer,
+        peft_config=peft_config,
+        callbacks=[JsonlProgress(out)],
+    )
+    upcast_adapter_on_cpu(trainer.model, before)
+
+    train_started = time.perf_counter()
+    result = trainer.train()
+    seconds = time.perf_counter() - train_started
+    save_adapter(trainer.model, out)
+
+    history = trainer.state.log_history
+    n_tokens = sum(len(c) for c in chunks)
+    epochs = float(trainer.state.epoch or 0.0)
+    metrics = {
+        "kind": "sft",
+        "train_loss": float(result.training_loss),
+        "first_loss": last_logged(history[:1], "loss"),
+        "final_loss": last_logged(history, "loss"),
+        "n_documents": len(texts),
+        "n_chunks": len(chunks),
+        "n_tokens": n_tokens,
+        "steps": trainer.state.global_step,
+        "epochs": epochs,
+        "seconds": round(seconds, 3),
+        "total_seconds": round(time.perf_counter() - started, 3),
+        "tokens_per_second": round(n_tokens * epochs / seconds, 2) if seconds else None,
+        "adapter_dir": str(out),
+        "init_adapter": config.init_adapter,
+        "lora": lora_shape(trainer.model),
+        "load_4bit": config.load_4bit,
+        "versions": library_versions(),
+    }
+    write_json(out / METRICS_FILE, metrics)
+    log.info("SFT done: %d steps on %d chunks in %.1fs, adapter in %s", metrics["steps"], len(chunks), seconds, out)
+    return metrics
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(SFTRecipe, main, None, __doc__.splitlines()[0]))
