@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from dataclasses import dataclass
 
 from cowest_app import prompts
 from cowest_app.collect import weak_drafts
@@ -40,17 +41,33 @@ QUESTIONS = [
 ]
 
 
-def run(backend: TransformersBackend, questions: list[tuple[str, str]], k: int, tokens: int, sequential: bool) -> tuple[int, float, int]:
-    """(drafts, seconds, generated tokens) for drafting every question."""
-    drafts, tokens_out = 0, 0
+@dataclass
+class Tally:
+    drafts: int = 0
+    seconds: float = 0.0
+    tokens: int = 0
+
+
+def draft_once(backend: TransformersBackend, messages: list, k: int, options: GenerationOptions, sequential: bool, tally: Tally) -> None:
     started = time.perf_counter()
+    drafts = weak_drafts(backend, messages, k, options, sequential=sequential)
+    tally.seconds += time.perf_counter() - started
+    tally.drafts += len(drafts)
+    tally.tokens += sum(len(backend.tokenizer(d, add_special_tokens=False)["input_ids"]) for d in drafts)
+
+
+def run(backend: TransformersBackend, questions: list[tuple[str, str]], k: int, tokens: int) -> tuple[Tally, Tally]:
+    """(sequential, batched) totals. The paths alternate question by question,
+    and which goes first alternates too, so background load on a shared
+    machine hits both alike instead of whichever ran second."""
+    sequential, batched = Tally(), Tally()
     for i, (domain, question) in enumerate(questions):
         messages = prompts.weak_draft_messages(prompts.DOMAINS[domain], question)
         options = GenerationOptions(max_new_tokens=tokens, temperature=0.8, seed=1000 + i)
-        out = weak_drafts(backend, messages, k, options, sequential=sequential)
-        drafts += len(out)
-        tokens_out += sum(len(backend.tokenizer(d, add_special_tokens=False)["input_ids"]) for d in out)
-    return drafts, time.perf_counter() - started, tokens_out
+        order = [(True, sequential), (False, batched)]
+        for is_sequential, tally in order if i % 2 == 0 else order[::-1]:
+            draft_once(backend, messages, k, options, is_sequential, tally)
+    return sequential, batched
 
 
 def main() -> None:
@@ -66,18 +83,15 @@ def main() -> None:
     weak_drafts(backend, prompts.weak_draft_messages(prompts.DOMAINS["general"], "warm up"), 2,
                 GenerationOptions(max_new_tokens=4, temperature=0.8))  # first-call costs out of the timing
 
-    rows = [
-        ("sequential: K generate calls (baseline)", run(backend, questions, args.k, args.tokens, sequential=True)),
-        ("batched: one sample call", run(backend, questions, args.k, args.tokens, sequential=False)),
-    ]
+    sequential, batched = run(backend, questions, args.k, args.tokens)
     print(f"weak model {WEAK_DEFAULT} ({backend.memory_summary()}), {args.questions} questions, "
           f"K={args.k}, up to {args.tokens} new tokens, temperature 0.8\n")
     print("| path | drafts | seconds | drafts/s | ratio vs baseline | tokens/s |")
     print("|---|---|---|---|---|---|")
-    base_rate = rows[0][1][0] / rows[0][1][1]
-    for name, (drafts, seconds, tokens_out) in rows:
-        rate = drafts / seconds
-        print(f"| {name} | {drafts} | {seconds:.1f} | {rate:.2f} | {rate / base_rate:.2f}x | {tokens_out / seconds:.1f} |")
+    base_rate = sequential.drafts / sequential.seconds
+    for name, t in (("sequential: K generate calls (baseline)", sequential), ("batched: one sample call", batched)):
+        rate = t.drafts / t.seconds
+        print(f"| {name} | {t.drafts} | {t.seconds:.1f} | {rate:.2f} | {rate / base_rate:.2f}x | {t.tokens / t.seconds:.1f} |")
 
 
 if __name__ == "__main__":

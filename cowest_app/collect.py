@@ -144,16 +144,9 @@ def collect_for_question(
     shown = format_question(question, options)
     prompt = prompts.weak_draft_messages(domain, shown)
     weak_info, strong_info = weak.describe(), strong.describe()  # provenance, read before drafting
-    timings: dict[str, float] = {}
-
-    started = time.perf_counter()
-    drafts = weak_drafts(weak, prompt, k, weak_opts, sequential)
-    timings["weak_s"] = time.perf_counter() - started
-
-    started = time.perf_counter()
-    finals = [complete(strong, prompts.strong_refine_messages(domain, shown, d), strong_opts) for d in drafts]
-    strong_alone = complete(strong, prompts.direct_answer_messages(domain, shown), strong_opts)
-    timings["strong_s"] = time.perf_counter() - started
+    drafts, finals, strong_alone, timings = _collaborate(
+        weak, strong, domain, shown, prompt, k, weak_opts, strong_opts, sequential
+    )
 
     started = time.perf_counter()
     scores = evaluator.score_answers(shown, finals + [strong_alone], reference, options)
@@ -212,6 +205,20 @@ def collect_for_question(
         final_scores=list(final_scores), strong_alone_score=alone_score, influences=gains, pair=pair,
         reason=reason, skipped=sum(s.value is None for s in scores), timings=timings, pair_id=pair_id,
     )
+
+
+def _collaborate(
+    weak: Any, strong: Backend, domain: prompts.Domain, shown: str, prompt: list[Message], k: int,
+    weak_opts: GenerationOptions, strong_opts: GenerationOptions, sequential: bool,
+) -> tuple[list[str], list[str], str, dict[str, float]]:
+    """K drafts, the strong refinement of each, and the strong model alone, timed."""
+    started = time.perf_counter()
+    drafts = weak_drafts(weak, prompt, k, weak_opts, sequential)
+    drafted = time.perf_counter()
+    finals = [complete(strong, prompts.strong_refine_messages(domain, shown, d), strong_opts) for d in drafts]
+    strong_alone = complete(strong, prompts.direct_answer_messages(domain, shown), strong_opts)
+    timings = {"weak_s": drafted - started, "strong_s": time.perf_counter() - drafted}
+    return drafts, finals, strong_alone, timings
 
 
 def _pair_confidence(

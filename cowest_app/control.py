@@ -22,6 +22,9 @@ from cowest_app.training_job import JobError, TrainingJob, start_scheduler, trig
 log = logging.getLogger(__name__)
 
 
+LOG_SYNC_MINUTES = 10
+
+
 class AdminError(PermissionError):
     pass
 
@@ -50,8 +53,27 @@ class TrainingControl:
         self.gate = AdminGate(config.secrets.admin_secret)
         self.job = TrainingJob(config, service, registry, publisher)
         self.scheduler = start_scheduler(self.job, config.train_every_minutes) if start else None
+        self.log_sync = None
+        self.log_sync_error: str | None = None
         if publisher is not None and start:
             publisher.start()
+        if config.hub_log_repo and start:
+            self._start_log_sync(service)
+
+    def _start_log_sync(self, service: Any) -> None:
+        """Mirror the feedback log to a dataset repo; a Hub outage only disables it."""
+        from cowest_app.hub import start_log_sync
+        from cowest_app.log_sync import write_log_shards
+
+        folder = self.config.data_dir / "hub_log"
+        self.scheduler.add_job(write_log_shards, "interval", args=[service.store, folder], minutes=LOG_SYNC_MINUTES,
+                               id="log-shards", max_instances=1, coalesce=True)
+        try:
+            self.log_sync = start_log_sync(folder, self.config.hub_log_repo, self.config.secrets.hf_token,
+                                           self.config.hub_endpoint, every_minutes=LOG_SYNC_MINUTES)
+        except Exception as exc:
+            self.log_sync_error = f"feedback log sync disabled: {type(exc).__name__}"
+            log.warning(self.log_sync_error)
 
     # -- admin actions -------------------------------------------------------
     def start_run(self, secret: str | None) -> str:
@@ -123,7 +145,10 @@ class TrainingControl:
         return rows
 
     def push_status(self) -> dict[str, Any]:
-        return self.publisher.status() if self.publisher is not None else {}
+        status = self.publisher.status() if self.publisher is not None else {}
+        if self.log_sync_error:
+            status = {**status, "log_sync_error": self.log_sync_error}
+        return status
 
     def download(self, version: str) -> Path:
         from cowest_app.hub import render_model_card
@@ -141,6 +166,8 @@ class TrainingControl:
             self.scheduler.shutdown(wait=False)
         if self.publisher is not None:
             self.publisher.stop()
+        if self.log_sync is not None:
+            self.log_sync.stop()
 
 
 def build_control(config: AppConfig, service: Any) -> TrainingControl:

@@ -15,12 +15,15 @@ list[Score]`, one Score per answer in order:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Protocol, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Protocol, Sequence
 
 import torch
 
 from cowest_app.feedback import Reference, TaskType, judge_messages, parse_judge_score, score_with_reference
 from cowest_app.models.base import Backend, BackendError, Message
+
+if TYPE_CHECKING:  # importing it would load transformers for users of the other evaluators
+    from cowest_app.models.local import TransformersBackend
 
 
 @dataclass(frozen=True)
@@ -139,7 +142,7 @@ def answer_token_ids(tokenizer: Any, word: str) -> list[int]:
     return sorted(set(single or [ids[0] for ids in encoded if ids]))
 
 
-def next_token_logprobs(backend: Any, conversations: Sequence[list[Message]], batch_size: int = 8) -> torch.Tensor:
+def next_token_logprobs(backend: TransformersBackend, conversations: Sequence[list[Message]], batch_size: int = 8) -> torch.Tensor:
     """Log-probabilities (N, vocab) of the assistant's first token for each conversation.
 
     Batched with left padding and explicit position ids, so each row sees the
@@ -174,7 +177,7 @@ def two_way_probability(logprobs: torch.Tensor, first_ids: Sequence[int], second
 class WeakJudge:
     name = "weak_judge"
 
-    def __init__(self, backend: Any, batch_size: int = 8, max_chars: int = 4000) -> None:
+    def __init__(self, backend: TransformersBackend, batch_size: int = 8, max_chars: int = 4000) -> None:
         self.backend = backend
         self.batch_size = batch_size
         self.max_chars = max_chars
@@ -233,7 +236,7 @@ def _required(backend: Any, name: str, role: str) -> Any:
     return backend
 
 
-def make_evaluator(name: str, weak: Any = None, strong: Backend | None = None, **kw: Any) -> Evaluator:
+def make_evaluator(name: str, weak: TransformersBackend | None = None, strong: Backend | None = None, **kw: Any) -> Evaluator:
     """Build an evaluator by name; extra keywords go to its constructor."""
     if name not in _FACTORIES:
         raise ValueError(f"unknown evaluator {name!r}; known: {', '.join(EVALUATORS)}")

@@ -198,11 +198,15 @@ def pair_counts_md(counts: dict[str, dict[str, int]]) -> str:
 
 
 def push_md(status: dict[str, Any]) -> str:
-    if not status:
-        return "Hub push: off (set `COWEST_HUB_REPO`)."
-    text = f"Hub push: {len(status.get('pending', []))} pending · {len(status.get('failed', []))} failed · {len(status.get('done', []))} done"
-    if status.get("last_error"):
-        text += f"  \nLast push error: {_escape(str(status['last_error']))}"
+    if "pending" in status:
+        text = (f"Hub push: {len(status['pending'])} pending · {len(status.get('failed', []))} failed "
+                f"· {len(status.get('done', []))} done")
+        if status.get("last_error"):
+            text += f"  \nLast push error: {_escape(str(status['last_error']))}"
+    else:
+        text = "Hub push: off (set `COWEST_HUB_REPO`)."
+    if status.get("log_sync_error"):
+        text += f"  \n{_escape(status['log_sync_error'])}"
     return text
 
 

@@ -19,6 +19,8 @@ import pytest
 from gradio_client import Client
 
 ROOT = Path(__file__).parents[1]
+ADMIN_SECRET = "admin-secret-for-tests"
+HF_TOKEN = "hf_token_that_must_never_leak"
 
 
 def free_port() -> int:
@@ -39,6 +41,9 @@ def app_server(tmp_path_factory, smollm2_dir):
         "COWEST_WEAK_MAX_NEW_TOKENS": "24",
         "COWEST_STRONG_MAX_NEW_TOKENS": "24",
         "GRADIO_ANALYTICS_ENABLED": "False",
+        "COWEST_ADMIN_SECRET": ADMIN_SECRET,
+        "HF_TOKEN": HF_TOKEN,
+        "COWEST_TRAIN_EVERY_MINUTES": "0",
     }
     log_path = data_dir / "server.log"
     with log_path.open("w") as log:
@@ -103,3 +108,27 @@ def test_bad_input_gets_a_clear_error_and_the_app_keeps_serving(app_server):
         client.predict("", None, "", api_name="/rate_down")
     *_, interaction_id = client.predict("Is 7 prime?", "general", False, api_name="/ask")
     assert interaction_id
+
+
+def test_admin_actions_are_refused_through_the_api_without_the_secret(app_server):
+    url, _, _ = app_server
+    client = Client(url, verbose=False)
+    for api_name, args in (("/admin_start", ("nope",)), ("/admin_stop", ("",)), ("/admin_rollback_base", ("x",)),
+                           ("/admin_retry_pushes", ("x",))):
+        with pytest.raises(Exception, match="Wrong admin secret"):
+            client.predict(*args, api_name=api_name)
+    assert "no run in progress" in client.predict(ADMIN_SECRET, api_name="/admin_stop")
+    with pytest.raises(Exception, match="Pick an adapter version"):
+        client.predict(None, api_name="/download_adapter")
+
+
+def test_secrets_never_reach_the_page_or_the_log(app_server):
+    import urllib.request
+
+    url, _, log_path = app_server
+    for path in ("", "config", "gradio_api/info"):
+        with urllib.request.urlopen(url + path, timeout=30) as response:
+            body = response.read().decode(errors="replace")
+        assert HF_TOKEN not in body and ADMIN_SECRET not in body
+    log_text = log_path.read_text()
+    assert HF_TOKEN not in log_text and ADMIN_SECRET not in log_text
