@@ -81,10 +81,11 @@ def timed_phases(job: TrainingJob) -> tuple[str, dict[str, float]]:
     watcher.start()
     started = time.perf_counter()
     result = job.run_cycle(force=True)
-    phases["total"] = time.perf_counter() - started
+    total = time.perf_counter() - started
     done.set()
     watcher.join()
     phases.pop("idle", None)
+    phases["total cycle"] = total
     return result, phases
 
 
