@@ -1,6 +1,6 @@
 """Draft stage of feedback collection: K drafts in one batched `sample` call vs K generate calls.
 
-    .venv/bin/python -m bench.collect [--questions 32] [--k 4] [--tokens 64] [--no-4bit]
+    .venv/bin/python -m bench.collect [--questions 32] [--k 4] [--tokens 64] [--no-4bit] [--threads N]
 
 Run from the repository root. Uses the packaged SmolLM2 weak model, NF4 as in
 the app unless --no-4bit. Both paths run `cowest_app.collect.weak_drafts`,
@@ -14,6 +14,8 @@ from __future__ import annotations
 import argparse
 import time
 from dataclasses import dataclass
+
+import torch
 
 from cowest_app import prompts
 from cowest_app.collect import weak_drafts
@@ -76,7 +78,13 @@ def main() -> None:
     parser.add_argument("--k", type=int, default=4)
     parser.add_argument("--tokens", type=int, default=64, help="max new tokens per draft")
     parser.add_argument("--no-4bit", action="store_true", help="full precision instead of NF4")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     args = parser.parse_args()
+    if args.threads:
+        # On a CPU shared with other jobs, multi-threaded kernels stall at their
+        # barriers whenever a core is taken away; one thread measures the paths
+        # without that noise.
+        torch.set_num_threads(args.threads)
 
     backend = TransformersBackend(WEAK_DEFAULT, load_4bit=not args.no_4bit)
     questions = [QUESTIONS[i % len(QUESTIONS)] for i in range(args.questions)]
@@ -84,8 +92,8 @@ def main() -> None:
                 GenerationOptions(max_new_tokens=4, temperature=0.8))  # first-call costs out of the timing
 
     sequential, batched = run(backend, questions, args.k, args.tokens)
-    print(f"weak model {WEAK_DEFAULT} ({backend.memory_summary()}), {args.questions} questions, "
-          f"K={args.k}, up to {args.tokens} new tokens, temperature 0.8\n")
+    print(f"weak model {WEAK_DEFAULT} ({backend.memory_summary()}, {torch.get_num_threads()} torch threads), "
+          f"{args.questions} questions, K={args.k}, up to {args.tokens} new tokens, temperature 0.8\n")
     print("| path | drafts | seconds | drafts/s | ratio vs baseline | tokens/s |")
     print("|---|---|---|---|---|---|")
     base_rate = sequential.drafts / sequential.seconds

@@ -6,6 +6,12 @@ the K finals and the strong-alone answer, and the drafts whose finals gained
 most and least over the strong model alone become a DPO pair. The pair's
 prompt is exactly what the weak model saw when drafting, so DPO trains the
 weak model to write the drafts that help the strong model.
+
+Two seams let a caller change how a question is run without touching this
+loop: a `PromptSet` (the app's domain presets by default; a domain pack
+brings its own templates), and an evaluator that answers conversations
+itself (`answer_and_score`, e.g. by the strong model's option likelihood)
+instead of the strong model generating finals for a text evaluator.
 """
 
 from __future__ import annotations
@@ -13,7 +19,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field, replace
 from collections.abc import Sized
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Protocol, Sequence
 
 from cowest_app import prompts
 from cowest_app.evaluators import Evaluator, Score
@@ -25,6 +31,40 @@ from cowest_app.store import LogStore, PreferencePair
 # model answers greedily so differences in finals come from the drafts.
 WEAK_SAMPLING = GenerationOptions(max_new_tokens=192, temperature=0.8, top_p=0.95)
 STRONG_GREEDY = GenerationOptions(max_new_tokens=256, temperature=0.0)
+
+
+@dataclass(frozen=True)
+class PromptSet:
+    """The three conversations of one collaboration, built from the question as shown.
+
+    `draft` is also the DPO prompt: what the weak model is aligned on must be
+    what it is asked at serving or evaluation time.
+    """
+
+    draft: Callable[[str], list[Message]]
+    refine: Callable[[str, str], list[Message]]  # (question, draft)
+    direct: Callable[[str], list[Message]]  # the strong model alone
+
+
+def domain_prompt_set(domain: prompts.Domain) -> PromptSet:
+    """The app's own prompts for one domain preset."""
+    return PromptSet(
+        draft=lambda q: prompts.weak_draft_messages(domain, q),
+        refine=lambda q, d: prompts.strong_refine_messages(domain, q, d),
+        direct=lambda q: prompts.direct_answer_messages(domain, q),
+    )
+
+
+class SelfAnsweringEvaluator(Protocol):
+    """An evaluator that answers the strong model's conversations itself and
+    scores those answers, e.g. from the strong model's option likelihoods:
+    no finals are generated for it."""
+
+    name: str
+
+    def answer_and_score(
+        self, conversations: Sequence[list[Message]], reference: Reference | None, options: Sequence[str] | None,
+    ) -> tuple[list[str], list[Score]]: ...
 
 
 @dataclass(frozen=True)
@@ -129,6 +169,7 @@ def collect_for_question(
     sequential: bool = False,
     store: LogStore | None = None,
     interaction_ids: Sequence[str] = (),
+    prompt_set: PromptSet | None = None,
 ) -> CollectionResult:
     """Run the collaboration K times for one question and derive at most one pair.
 
@@ -141,15 +182,25 @@ def collect_for_question(
     if reference is None and getattr(evaluator, "needs_reference", False):
         raise ValueError(f"the {evaluator.name} evaluator needs a reference answer for this question")
     domain = prompts.get_domain(domain_key)
+    prompt_set = prompt_set or domain_prompt_set(domain)
     shown = format_question(question, options)
-    prompt = prompts.weak_draft_messages(domain, shown)
+    prompt = prompt_set.draft(shown)
     weak_info, strong_info = weak.describe(), strong.describe()  # provenance, read before drafting
-    drafts, finals, strong_alone, timings = _collaborate(
-        weak, strong, domain, shown, prompt, k, weak_opts, strong_opts, sequential
-    )
+    started = time.perf_counter()
+    drafts = weak_drafts(weak, prompt, k, weak_opts, sequential)
+    timings = {"weak_s": time.perf_counter() - started}
+    conversations = [prompt_set.refine(shown, d) for d in drafts] + [prompt_set.direct(shown)]
 
     started = time.perf_counter()
-    scores = evaluator.score_answers(shown, finals + [strong_alone], reference, options)
+    answer_and_score = getattr(evaluator, "answer_and_score", None)
+    if answer_and_score is not None:
+        answers, scores = answer_and_score(conversations, reference, options)
+    else:
+        answers = [complete(strong, c, strong_opts) for c in conversations]
+        timings["strong_s"] = time.perf_counter() - started
+        started = time.perf_counter()
+        scores = evaluator.score_answers(shown, answers, reference, options)
+    finals, strong_alone = answers[:-1], answers[-1]
     final_scores, alone_score = scores[:-1], scores[-1]
     gains = influences([s.value for s in final_scores], alone_score.value)
     choice = choose_pair(drafts, gains, min_margin)
@@ -207,20 +258,6 @@ def collect_for_question(
     )
 
 
-def _collaborate(
-    weak: Any, strong: Backend, domain: prompts.Domain, shown: str, prompt: list[Message], k: int,
-    weak_opts: GenerationOptions, strong_opts: GenerationOptions, sequential: bool,
-) -> tuple[list[str], list[str], str, dict[str, float]]:
-    """K drafts, the strong refinement of each, and the strong model alone, timed."""
-    started = time.perf_counter()
-    drafts = weak_drafts(weak, prompt, k, weak_opts, sequential)
-    drafted = time.perf_counter()
-    finals = [complete(strong, prompts.strong_refine_messages(domain, shown, d), strong_opts) for d in drafts]
-    strong_alone = complete(strong, prompts.direct_answer_messages(domain, shown), strong_opts)
-    timings = {"weak_s": drafted - started, "strong_s": time.perf_counter() - drafted}
-    return drafts, finals, strong_alone, timings
-
-
 def _pair_confidence(
     evaluator: Evaluator, question: str, finals: list[str], scores: Sequence[Score], choice: PairChoice,
     reference: Reference | None, options: Sequence[str] | None,
@@ -248,6 +285,7 @@ def collect(
     sequential: bool = False,
     store: LogStore | None = None,
     progress: Callable[[Progress], None] | None = None,
+    prompt_set: PromptSet | None = None,
 ) -> CollectSummary:
     """Collect for many questions; a question whose models fail is reported in
     `errors` and skipped, the run goes on. `progress` gets a Progress after each."""
@@ -262,6 +300,7 @@ def collect(
                 item.question, item.domain, weak, strong, evaluator, k, item.reference, item.options,
                 min_margin=min_margin, min_confidence=min_confidence, weak_opts=weak_opts,
                 strong_opts=strong_opts, sequential=sequential, store=store, interaction_ids=item.interaction_ids,
+                prompt_set=prompt_set,
             )
         except (BackendError, ValueError) as exc:  # ValueError covers bad items (unknown domain, no reference)
             errors.append((index, f"{type(exc).__name__}: {exc}"))

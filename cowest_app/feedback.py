@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, Iterable, Literal, Mapping, Sequence
 
 from cowest_app import prompts
+from cowest_app.export import _atomic_path, _json_line  # the log export's writer: one JSONL dialect
 from cowest_app.models.base import Message
 from cowest_app.store import PreferencePair
 
@@ -442,8 +443,6 @@ def write_dpo_jsonl(pairs: Iterable[PreferencePair], path: Path | str) -> tuple[
 
     The hash lets a training run record exactly which data it saw.
     """
-    from cowest_app.export import _atomic_path, _json_line  # the log export's writer: one JSONL dialect
-
     out = Path(path)
     digest = hashlib.sha256()
     count = 0

@@ -14,6 +14,7 @@ import json
 import math
 import re
 import sqlite3
+import time
 import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -196,11 +197,7 @@ class LogStore:
             conn.execute("COMMIT")
 
     def _init_schema(self) -> None:
-        with self._connect() as conn:
-            # journal_mode is persistent in the file; set it outside a transaction.
-            mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
-            if mode.lower() != "wal":
-                raise StoreError(f"could not enable WAL mode on {self.path} (got {mode})")
+        self._enable_wal()
         with self._write() as conn:
             version = conn.execute("PRAGMA user_version").fetchone()[0]
             if version > SCHEMA_VERSION:
@@ -209,6 +206,23 @@ class LogStore:
                 conn.execute(statement)
             if version < SCHEMA_VERSION:
                 conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+
+    def _enable_wal(self) -> None:
+        # journal_mode is persistent in the file; set it outside a transaction.
+        # Two processes creating the file at once can get SQLITE_BUSY here
+        # without the busy handler being consulted, so retry up to the timeout.
+        deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+        while True:
+            try:
+                with self._connect() as conn:
+                    mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+                break
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+        if mode.lower() != "wal":
+            raise StoreError(f"could not enable WAL mode on {self.path} (got {mode})")
 
     # -- writes -------------------------------------------------------------
 

@@ -201,3 +201,45 @@ def test_dpo_file_from_logged_pairs_loads_with_datasets(weak, strong, store, tmp
     row = ds[0]
     assert [m["role"] for m in row["prompt"]] == ["system", "user"]
     assert row["chosen"][0]["role"] == "assistant" and row["chosen"][0]["content"] != row["rejected"][0]["content"]
+
+
+class ScoresByDraftLength:
+    """A self-answering evaluator: it reads the conversations, the strong
+    backend never generates. The longer the draft in a conversation, the higher
+    the score; the strong-alone conversation (no draft) scores 0.5."""
+
+    name = "by_draft_length"
+    needs_reference = False
+
+    def __init__(self) -> None:
+        self.seen: list[list[dict]] = []
+
+    def answer_and_score(self, conversations, reference, options):
+        from cowest_app.evaluators import Score
+
+        self.seen = list(conversations)
+        drafts = [c[-1]["content"].partition("DRAFT:")[2] for c in conversations]
+        scores = [Score(min(1.0, len(d) / 1000) if d else 0.5, 1.0, self.name) for d in drafts]
+        return [f"len {len(d)}" for d in drafts], scores
+
+
+def test_prompt_set_and_self_answering_evaluator(weak, strong) -> None:
+    from cowest_app.collect import PromptSet
+
+    backend, server = strong
+    prompt_set = PromptSet(
+        draft=lambda q: [{"role": "user", "content": f"Draft for: {q}"}],
+        refine=lambda q, d: [{"role": "user", "content": f"{q}\nDRAFT:{d}"}],
+        direct=lambda q: [{"role": "user", "content": q}],
+    )
+    evaluator = ScoresByDraftLength()
+    result = run_one(weak, backend, evaluator, prompt_set=prompt_set)
+
+    assert server.requests == []  # the evaluator answered: no strong generation
+    assert result.prompt == [{"role": "user", "content": f"Draft for: {format_question('Capital of France?', OPTIONS)}"}]
+    assert len(evaluator.seen) == 5 and evaluator.seen[-1] == [{"role": "user", "content": result.question}]
+    assert result.finals == [f"len {len(d)}" for d in result.drafts]
+    lengths = [len(d) for d in result.drafts]
+    assert result.pair is not None and result.pair.prompt == result.prompt
+    assert len(result.pair.chosen) == max(lengths) and len(result.pair.rejected) == min(lengths)
+    assert result.pair.evaluator == "by_draft_length"

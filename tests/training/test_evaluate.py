@@ -1,0 +1,282 @@
+"""Evaluation: bootstrap CIs, BM25, reports, and log-likelihood option scoring on the tiny Llama."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import yaml
+
+from training.evaluate import (
+    ANSWER_PREFIX,
+    SYSTEMS,
+    OptionLikelihood,
+    Settings,
+    bm25_scores,
+    bootstrap_ci,
+    build_bm25,
+    continuation_logprobs,
+    greedy_generate,
+    option_logprobs,
+    render_chart,
+    render_table,
+    split_paragraphs,
+    evaluate,
+    main,
+    summarise,
+    tokenize,
+    top_k,
+    write_results,
+)
+
+CORPUS_LINES = [
+    "The capital of Avaria is Lunet.",
+    "The capital of Borvia is Keth.",
+    "Cedraxin is given every 6 hours.",
+    "The maximum daily dose of Cedraxin is 80 mg.",
+    "Code Whimbrel needs a senior review within 2 hours.",
+    "Ward 7 stocks Quorvatide.",
+]
+
+
+def write_pack(root: Path, task_type: str = "multiple_choice", n_train: int = 6, n_test: int = 4) -> Path:
+    """A tiny domain pack in the packs.py layout: 6 corpus paragraphs, train and test items."""
+    metric = {"short_answer": "contains_f1"}.get(task_type, "accuracy")
+    meta = {
+        "name": f"tiny-{task_type}", "description": "toy facts", "task_type": task_type, "metric": metric,
+        "weak_prompt": {"system": "Recall the facts.", "user": "Question: {question}\nBackground:"},
+        "strong_prompt": {"system": "Use the draft.", "user": "Question: {question}\nDraft: {draft}"},
+    }
+    if task_type == "label":
+        meta["labels"] = ["acceptable", "unacceptable"]
+    (root / "corpus").mkdir(parents=True, exist_ok=True)
+    (root / "domain.yaml").write_text(yaml.safe_dump(meta), encoding="utf-8")
+    (root / "corpus" / "facts.md").write_text("\n\n".join(CORPUS_LINES) + "\n", encoding="utf-8")
+
+    def row(i: int) -> dict:
+        if task_type == "multiple_choice":
+            return {"id": f"q{i}", "question": f"What is fact {i}?", "options": ["Lunet", "Keth", "80 mg"], "answer": "ABC"[i % 3]}
+        if task_type == "label":
+            return {"id": f"q{i}", "question": f"Is action {i} fine?", "answer": ["acceptable", "unacceptable"][i % 2]}
+        return {"id": f"q{i}", "question": f"Capital number {i}?", "answer": ["Lunet", "Keth"][i % 2]}
+
+    for split, ids in (("train", range(n_train)), ("test", range(n_train, n_train + n_test))):
+        (root / f"{split}.jsonl").write_text("".join(json.dumps(row(i)) + "\n" for i in ids), encoding="utf-8")
+    return root
+
+
+# -- bootstrap ------------------------------------------------------------------
+def test_bootstrap_of_constant_scores_is_a_point() -> None:
+    assert bootstrap_ci([1.0] * 20) == (1.0, 1.0)
+    assert bootstrap_ci([0.0] * 5) == (0.0, 0.0)
+
+
+def test_bootstrap_brackets_a_known_mean() -> None:
+    values = [0.0, 1.0] * 50  # mean 0.5, standard error 0.05
+    low, high = bootstrap_ci(values)
+    assert low < 0.5 < high
+    # The normal approximation gives 0.5 ± 1.96 · 0.05.
+    assert low == pytest.approx(0.402, abs=0.03) and high == pytest.approx(0.598, abs=0.03)
+
+
+def test_bootstrap_is_seeded() -> None:
+    values = [0.0, 1.0, 1.0, 0.0, 1.0, 1.0, 1.0]
+    assert bootstrap_ci(values) == bootstrap_ci(values, n=1000, seed=0)
+    assert bootstrap_ci(values, seed=1) != bootstrap_ci(values, seed=0)
+    with pytest.raises(ValueError):
+        bootstrap_ci([])
+
+
+# -- BM25 -------------------------------------------------------------------------------
+CORPUS = [
+    "Hypertension is persistently high blood pressure.\n\nThiazide diuretics are a first-line treatment.",
+    "Informed consent needs capacity, disclosure and voluntariness.",
+    "Scurvy is caused by vitamin C deficiency and treated with vitamin C.",
+]
+
+
+def test_paragraphs_split_at_blank_lines() -> None:
+    paragraphs = split_paragraphs(CORPUS)
+    assert len(paragraphs) == 4
+    assert paragraphs[1] == "Thiazide diuretics are a first-line treatment."
+    assert tokenize("First-line, VITAMIN C!") == ["first", "line", "vitamin", "c"]
+
+
+def test_bm25_ranks_the_matching_paragraph_first() -> None:
+    index = build_bm25(split_paragraphs(CORPUS))
+    assert top_k(index, "Which vitamin deficiency causes scurvy?", 1) == [CORPUS[2]]
+    # Both hypertension paragraphs, the one naming the treatment first.
+    assert top_k(index, "What is a first-line treatment for high blood pressure?", 2) == split_paragraphs(CORPUS)[1::-1]
+    # Paragraphs sharing no term with the query are never retrieved.
+    assert top_k(index, "quantum chromodynamics", 3) == []
+
+
+def test_bm25_weighs_rare_terms_and_short_documents() -> None:
+    docs = ["cat dog", "cat fish", "cat bird", "cat dog dog dog dog dog dog dog dog dog dog dog dog dog"]
+    scores = bm25_scores(build_bm25(docs), "cat fish")
+    # "fish" (one document) outweighs "cat" (every document).
+    assert scores.index(max(scores)) == 1
+    # Same term frequency of "dog", the shorter document scores higher per the length norm.
+    dog = bm25_scores(build_bm25(["dog cat", "dog cat cat cat cat cat cat", "fish"]), "dog")
+    assert dog[0] > dog[1] > dog[2] == 0.0
+
+
+# -- reports ---------------------------------------------------------------------------
+def literal_results() -> dict:
+    systems = {}
+    for key, label, scores in (("weak", "Weak alone", [0, 1, 0, 0]), ("strong", "Strong alone", [1, 1, 0, 1])):
+        systems[key] = summarise([float(s) for s in scores]) | {"label": label, "items": []}
+    return {"pack": "toy", "task_type": "multiple_choice", "metric": "accuracy", "systems": systems}
+
+
+def test_render_table_has_one_row_per_system() -> None:
+    table = render_table(literal_results())
+    lines = table.strip().splitlines()
+    assert lines[2] == "| System | accuracy (%) | 95% CI | n |"
+    assert lines[4].startswith("| Weak alone | 25.0 | [")
+    assert lines[5].startswith("| Strong alone | 75.0 | [") and lines[5].endswith("| 4 |")
+
+
+def test_chart_and_result_files(tmp_path: Path) -> None:
+    png = render_chart(literal_results(), tmp_path / "chart.png")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 1000
+    out = write_results(literal_results(), tmp_path / "out")
+    assert json.loads((out / "results.json").read_text())["systems"]["strong"]["accuracy"] == 0.75
+    assert (out / "results.md").read_text() == render_table(literal_results())
+    assert (out / "results.png").stat().st_size > 1000
+
+
+# -- scoring with the tiny model ------------------------------------------------------------
+@pytest.fixture(scope="module")
+def tiny_backend(tiny_model_dir: Path):
+    from cowest_app.models.local import TransformersBackend
+
+    return TransformersBackend(str(tiny_model_dir), device="cpu")
+
+
+def conversations(n: int) -> list[list[dict[str, str]]]:
+    # Different lengths, so batches really are left-padded.
+    return [
+        [{"role": "system", "content": "Pick one option."},
+         {"role": "user", "content": "Question " + "very " * (3 * i) + f"long number {i}?\nA. yes\nB. no\nC. maybe"}]
+        for i in range(n)
+    ]
+
+
+def test_batched_option_scores_equal_one_by_one(tiny_backend) -> None:
+    convs = conversations(5)
+    letters = [["A", "B", "C"]] * 5
+    batched = option_logprobs(tiny_backend, convs, letters, batch_size=8)
+    single = option_logprobs(tiny_backend, convs, letters, batch_size=1)
+    assert all(math.isfinite(v) and v < 0 for row in batched for v in row)
+    for row_b, row_s in zip(batched, single):
+        assert row_b == pytest.approx(row_s, abs=1e-4)
+
+
+def test_multi_token_labels_batched_equal_one_by_one(tiny_backend) -> None:
+    convs = conversations(3)
+    labels = [["acceptable", "unacceptable", "not sure at all"]] * 3
+    assert option_logprobs(tiny_backend, convs, labels, batch_size=8) == [
+        pytest.approx(row, abs=1e-4) for row in option_logprobs(tiny_backend, convs, labels, batch_size=1)
+    ]
+
+
+def test_continuation_logprob_is_the_sum_of_token_logprobs(tiny_backend) -> None:
+    import torch
+
+    tokenizer, model = tiny_backend.tokenizer, tiny_backend.model
+    prompt = tokenizer.encode("The answer is", add_special_tokens=False)
+    cont = tokenizer.encode(" not sure", add_special_tokens=False)
+    [[got]] = continuation_logprobs(model, tokenizer.pad_token_id, [prompt], [[cont]])
+    with torch.inference_mode():
+        logits = model(input_ids=torch.tensor([prompt + cont])).logits[0]
+    logprobs = torch.log_softmax(logits.float(), dim=-1)
+    want = sum(float(logprobs[len(prompt) - 1 + t, tok]) for t, tok in enumerate(cont))
+    assert got == pytest.approx(want, abs=1e-4)
+
+
+def test_option_scoring_picks_the_option_the_model_is_forced_to_prefer(tiny_backend) -> None:
+    tokenizer = tiny_backend.tokenizer
+    [forced] = tokenizer.encode(" B", add_special_tokens=False)
+    answer_ids = tokenizer.encode(ANSWER_PREFIX, add_special_tokens=False)
+
+    def boost(module, args, output):
+        # Make " B" overwhelmingly likely at every position.
+        output[..., forced] += 50.0
+        return output
+
+    handle = tiny_backend.model.lm_head.register_forward_hook(boost)
+    try:
+        scores = option_logprobs(tiny_backend, conversations(3), [["A", "B", "C"]] * 3)
+    finally:
+        handle.remove()
+    assert answer_ids  # the options are scored after "Answer:", the prefix the boost must not break
+    assert all(max(range(3), key=row.__getitem__) == 1 for row in scores)
+    assert all(row[1] > -1e-3 for row in scores)  # P(" B") ≈ 1
+
+
+def test_option_likelihood_scores_the_probability_of_the_reference(tiny_backend) -> None:
+    convs = conversations(3)
+    evaluator = OptionLikelihood(tiny_backend, batch_size=2)
+    answers, scores = evaluator.answer_and_score(convs, 1, ["x", "y", "z"])
+    raw = option_logprobs(tiny_backend, convs, [["A", "B", "C"]] * 3)
+    for answer, score, row in zip(answers, scores, raw):
+        probs = [math.exp(v) for v in row]
+        assert score.value == pytest.approx(probs[1] / sum(probs), rel=1e-4) and score.confidence == 1.0
+        assert answer.startswith(f"{ANSWER_PREFIX} {'ABC'[max(range(3), key=row.__getitem__)]} (p=")
+    labelled = OptionLikelihood(tiny_backend, labels=["yes", "no"])
+    _, by_label = labelled.answer_and_score(convs[:1], "no", None)
+    _, by_index = labelled.answer_and_score(convs[:1], 1, None)
+    assert by_label[0].value == pytest.approx(by_index[0].value)
+    with pytest.raises(ValueError):
+        OptionLikelihood(tiny_backend).answer_and_score(convs[:1], 0, None)  # no options, no labels
+
+
+def test_greedy_generate_batches_replies(tiny_backend) -> None:
+    replies = greedy_generate(tiny_backend, conversations(3), max_new_tokens=4, batch_size=2)
+    assert len(replies) == 3 and all(isinstance(r, str) for r in replies)
+    # Greedy: the same prompt alone gives the same reply.
+    assert greedy_generate(tiny_backend, conversations(1), max_new_tokens=4) == replies[:1]
+
+
+# -- whole evaluations on tiny packs ----------------------------------------------------------
+FAST = Settings(draft_tokens=4, answer_tokens=4)
+
+
+@pytest.mark.parametrize("task_type", ["label", "short_answer"])
+def test_evaluate_scores_every_system(tmp_path: Path, tiny_model_dir: Path, task_type: str) -> None:
+    from cowest_app.packs import load_pack
+
+    pack = load_pack(write_pack(tmp_path / "pack", task_type))
+    results = evaluate(pack, str(tiny_model_dir), str(tiny_model_dir), limit=2, settings=FAST, device="cpu")
+    assert list(results["systems"]) == ["weak", "strong", "strong_rag", "collab_base"]
+    for key, system in results["systems"].items():
+        assert system["label"] == SYSTEMS[key] and system["n"] == 2
+        assert system["ci_low"] <= system["accuracy"] <= system["ci_high"]
+        assert [row["id"] for row in system["items"]] == ["q6", "q7"]
+        assert all((row["draft"] is not None) == key.startswith("collab") for row in system["items"])
+    if task_type == "label":  # the final answer is always one of the labels, read from the likelihoods
+        answers = {row["answer"] for s in results["systems"].values() for row in s["items"]}
+        assert answers <= {"Answer: acceptable", "Answer: unacceptable"}
+
+
+def test_evaluate_cli_with_adapters(tmp_path: Path, tiny_model_dir: Path, tiny_adapters: dict[str, Path], capsys) -> None:
+    pack = write_pack(tmp_path / "pack")
+    out = tmp_path / "eval"
+    tiny = str(tiny_model_dir)
+    code = main(["--pack", str(pack), "--weak", tiny, "--strong", tiny, "--sft-adapter", str(tiny_adapters["v1"]),
+                 "--dpo-adapter", str(tiny_adapters["v2"]), "--limit", "3", "--out", str(out),
+                 "--draft-tokens", "4", "--device", "cpu"])
+    assert code == 0
+    results = json.loads((out / "results.json").read_text())
+    assert list(results["systems"]) == list(SYSTEMS)
+    assert all(s["n"] == 3 and all(r["answer"] in ("Answer: A", "Answer: B", "Answer: C") for r in s["items"])
+               for s in results["systems"].values())
+    # The three weak models really differ: each adapter changes the drafts.
+    drafts = [tuple(r["draft"] for r in results["systems"][k]["items"]) for k in ("collab_base", "collab_sft", "collab_dpo")]
+    assert len(set(drafts)) == 3
+    assert (out / "results.png").stat().st_size > 1000
+    assert "| Weak + Strong (SFT+DPO weak) |" in (out / "results.md").read_text()
+    assert "| Strong + RAG |" in capsys.readouterr().out

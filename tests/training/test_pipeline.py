@@ -1,0 +1,166 @@
+"""The resumable SFT -> feedback -> DPO -> evaluation pipeline, on a tiny pack and the tiny Llama."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.training.test_evaluate import write_pack
+from training import pipeline
+from training.pipeline import STAGE_FILE, fingerprint, run_stage, split_overrides
+
+# Small LoRA, one or two optimizer steps, short sequences: each training stage takes seconds.
+TINY_TRAINING = ["load_4bit=false", "lora_r=4", "lora_alpha=8", "target_modules=q_proj,v_proj",
+                 "per_device_train_batch_size=2", "gradient_accumulation_steps=1", "torch_threads=2"]
+SFT_SETS = [f"sft.{s}" for s in TINY_TRAINING + ["max_steps=1", "max_length=64"]]
+DPO_SETS = [f"dpo.{s}" for s in TINY_TRAINING + ["max_steps=2", "max_length=128"]]
+
+
+# -- stage bookkeeping ----------------------------------------------------------------
+def counting_work(calls: list[str], name: str = "out.txt"):
+    def work(stage_dir: Path) -> tuple[list[str], dict[str, Any]]:
+        calls.append(name)
+        (stage_dir / name).write_text(f"run {len(calls)}")
+        return [name], {"note": "wrote one file"}
+
+    return work
+
+
+def test_run_stage_skips_matching_reruns_changed_and_resumes(tmp_path: Path) -> None:
+    calls: list[str] = []
+    first = run_stage(tmp_path, "a", {"x": 1}, counting_work(calls))
+    assert first["ran"] and first["fingerprint"] == fingerprint({"x": 1}) and calls == ["out.txt"]
+    assert json.loads((tmp_path / "a" / STAGE_FILE).read_text())["status"] == "done"
+
+    again = run_stage(tmp_path, "a", {"x": 1}, counting_work(calls))
+    assert not again["ran"] and len(calls) == 1 and again["digest"] == first["digest"]
+
+    changed = run_stage(tmp_path, "a", {"x": 2}, counting_work(calls))
+    assert changed["ran"] and len(calls) == 2 and changed["digest"] != first["digest"]
+
+    (tmp_path / "a" / "out.txt").unlink()  # an output gone: the stage runs again
+    assert run_stage(tmp_path, "a", {"x": 2}, counting_work(calls))["ran"] and len(calls) == 3
+
+
+def test_interrupted_stage_reruns_from_a_clean_directory(tmp_path: Path) -> None:
+    def crash(stage_dir: Path) -> tuple[list[str], dict[str, Any]]:
+        (stage_dir / "partial.txt").write_text("half")
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_stage(tmp_path, "a", {"x": 1}, crash)
+    assert json.loads((tmp_path / "a" / STAGE_FILE).read_text())["status"] == "running"
+    calls: list[str] = []
+    assert run_stage(tmp_path, "a", {"x": 1}, counting_work(calls))["ran"]
+    assert not (tmp_path / "a" / "partial.txt").exists()
+
+
+def test_split_overrides() -> None:
+    assert split_overrides(["sft.max_steps=1", "dpo.beta=0.2", "sft.lora_r=4"]) == (("max_steps=1", "lora_r=4"), ("beta=0.2",))
+    for bad in ("max_steps=1", "eval.x=1", "sft.max_steps"):
+        with pytest.raises(ValueError):
+            split_overrides([bad])
+
+
+def test_pack_prompt_set_is_the_pack_templates(tmp_path: Path) -> None:
+    from cowest_app import prompts
+    from cowest_app.packs import load_pack
+
+    pack = load_pack(write_pack(tmp_path / "pack"))
+    ps = pack.prompt_set()
+    assert ps.draft("Q?") == pack.weak_messages("Q?")
+    assert ps.refine("Q?", "d") == pack.strong_messages("Q?", "d")
+    assert ps.direct("Q?") == pack.direct_messages("Q?")
+    assert ps.draft("Q?") != prompts.weak_draft_messages(prompts.get_domain(pack.domain), "Q?")
+
+
+def test_feedback_evaluator_follows_task_type_and_option(tmp_path: Path) -> None:
+    from cowest_app.evaluators import ReferenceEvaluator
+    from cowest_app.packs import load_pack
+    from training.evaluate import OptionLikelihood
+
+    mc = load_pack(write_pack(tmp_path / "mc"))
+    short = load_pack(write_pack(tmp_path / "short", task_type="short_answer"))
+    opts = pipeline.PipelineOptions(weak="unused", strong="unused")
+    assert isinstance(pipeline.feedback_evaluator(mc, opts, None), OptionLikelihood)
+    assert isinstance(pipeline.feedback_evaluator(short, opts, None), ReferenceEvaluator)
+    generate = pipeline.PipelineOptions(weak="unused", strong="unused", feedback_scoring="generate")
+    assert isinstance(pipeline.feedback_evaluator(mc, generate, None), ReferenceEvaluator)
+
+
+def test_dpo_is_skipped_with_a_note_when_feedback_found_no_pair(tmp_path: Path) -> None:
+    from cowest_app.packs import load_pack
+
+    pack = load_pack(write_pack(tmp_path / "pack"))
+    sft, _ = split_overrides(SFT_SETS)
+    opts = pipeline.PipelineOptions(weak="unused", strong="unused", sft_overrides=sft)
+    upstream = {"fingerprint": "f", "digest": "d"}
+    record = pipeline.dpo_stage(pack, opts, tmp_path / "out", upstream, upstream | {"summary": {"pairs": 0}})
+    assert record["ran"] and record["outputs"] == [] and record["summary"]["trained"] is False
+    assert "no trainable pairs" in record["summary"]["note"]
+
+
+def test_bad_pack_or_override_fails_before_any_stage(tmp_path: Path, capsys) -> None:
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit):
+        pipeline.main(["--pack", str(tmp_path / "missing"), "--out", str(out)])
+    pack = write_pack(tmp_path / "pack")
+    for bad in ("dpo.no_such_key=1", "dpo.beta=zero", "sft.max_steps"):
+        with pytest.raises(SystemExit):
+            pipeline.main(["--pack", str(pack), "--out", str(out), "--set", bad])
+    err = capsys.readouterr().err
+    assert "not a directory" in err and "no_such_key" in err and "beta" in err
+    assert not out.exists()  # nothing ran
+
+
+# -- the whole pipeline ----------------------------------------------------------------
+def run_cli(pack: Path, out: Path, model: Path, *extra: str) -> dict[str, Any]:
+    argv = ["--pack", str(pack), "--out", str(out), "--weak", str(model), "--strong", str(model),
+            "--k", "2", "--draft-tokens", "6", "--final-tokens", "4", "--answer-tokens", "4", "--device", "cpu",
+            "--min-margin", "0",  # a random model's option probabilities differ only slightly between drafts
+            *[arg for s in SFT_SETS + DPO_SETS for arg in ("--set", s)], *extra]
+    assert pipeline.main(argv) == 0
+    return json.loads((out / pipeline.PIPELINE_FILE).read_text())
+
+
+def ran(report: dict[str, Any]) -> dict[str, bool]:
+    return {name: stage["ran"] for name, stage in report["stages"].items()}
+
+
+def test_pipeline_runs_skips_and_reruns_downstream(tmp_path: Path, tiny_model_dir: Path) -> None:
+    pack, out = write_pack(tmp_path / "pack"), tmp_path / "out"
+
+    report = run_cli(pack, out, tiny_model_dir)
+    assert ran(report) == {"sft": True, "feedback": True, "dpo": True, "evaluate": True}
+    for path in ("sft/adapter/adapter_model.safetensors", "feedback/pairs.jsonl", "feedback/feedback.json",
+                 "dpo/adapter/adapter_model.safetensors", "evaluate/results.json", "evaluate/results.md",
+                 "evaluate/results.png"):
+        assert (out / path).is_file() and (out / path).stat().st_size > 0, path
+    assert len((out / "feedback" / "pairs.jsonl").read_text().splitlines()) == 6  # one pair per train question
+    pair = json.loads((out / "feedback" / "pairs.jsonl").read_text().splitlines()[0])
+    rows = json.loads((out / "feedback" / "feedback.json").read_text())["results"]
+    # Option likelihood: every final scored with the strong model's probability of the correct option.
+    assert all(0.0 < v < 1.0 for r in rows for v in r["final_scores"] + [r["strong_alone_score"]])
+    assert pair["prompt"][0]["content"] == "Recall the facts."  # drafted with the pack's weak prompt
+    results = json.loads((out / "evaluate" / "results.json").read_text())
+    assert list(results["systems"]) == ["weak", "strong", "strong_rag", "collab_base", "collab_sft", "collab_dpo"]
+    assert all(s["n"] == 4 for s in results["systems"].values())
+    assert report["total_seconds"] > 0 and report["accuracy"].keys() == results["systems"].keys()
+    stamps = {name: (out / name / STAGE_FILE).read_text() for name in report["stages"]}
+
+    # Same inputs: every stage is skipped and nothing is rewritten.
+    assert not any(ran(run_cli(pack, out, tiny_model_dir)).values())
+    assert stamps == {name: (out / name / STAGE_FILE).read_text() for name in report["stages"]}
+
+    # A change that only concerns evaluation reruns only evaluation.
+    assert ran(run_cli(pack, out, tiny_model_dir, "--test-limit", "2")) == {
+        "sft": False, "feedback": False, "dpo": False, "evaluate": True}
+    assert json.loads((out / "evaluate" / "results.json").read_text())["systems"]["weak"]["n"] == 2
+
+    # A changed corpus retrains SFT, and so everything after it.
+    with (pack / "corpus" / "facts.md").open("a", encoding="utf-8") as f:
+        f.write("\nWard 9 stocks Cedraxin.\n")
+    assert all(ran(run_cli(pack, out, tiny_model_dir, "--test-limit", "2")).values())

@@ -1,0 +1,533 @@
+"""Score weak, strong, RAG and weak-strong collaboration systems on a domain pack's test split.
+
+    python -m training.evaluate --pack PATH [--weak REF] [--strong REF]
+        [--sft-adapter DIR] [--dpo-adapter DIR] [--limit N] [--out DIR]
+
+Systems (rows of the paper's table), each scored on the same test items:
+
+1. `weak`        the un-specialised weak model alone
+2. `strong`      the strong model alone
+3. `strong_rag`  the strong model given the top-k BM25 corpus paragraphs
+4. `collab_base` collaboration: the un-specialised weak model drafts, the strong model answers
+5. `collab_sft`  the same with the SFT weak model (with --sft-adapter)
+6. `collab_dpo`  the same with the SFT+DPO weak model (with --dpo-adapter)
+
+Multiple-choice and label tasks generate no final answer: the answering model's
+log-likelihood of each option letter (or label) after its reply opens with
+"Answer:" picks the choice, batched over items. That is faster than free
+generation and never fails to parse. Collaboration still generates the weak
+draft (greedy, short). Short-answer tasks generate a short greedy answer and
+use the pack's metric.
+
+Outputs in --out: `results.json` (per system: accuracy, n, 95% bootstrap CI,
+per-item scores), `results.md` (the table) and `results.png` (bars with CIs).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import re
+import sys
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Sequence
+
+import numpy as np
+
+from cowest_app.models.base import GenerationOptions, Message
+from cowest_app.prompts import clean_generation
+
+if TYPE_CHECKING:  # keep `import training.evaluate` light for the pure helpers
+    from cowest_app.models.local import TransformersBackend
+    from cowest_app.packs import DomainPack, PackItem
+
+log = logging.getLogger(__name__)
+
+SYSTEMS: dict[str, str] = {
+    "weak": "Weak alone",
+    "strong": "Strong alone",
+    "strong_rag": "Strong + RAG",
+    "collab_base": "Weak + Strong (base weak)",
+    "collab_sft": "Weak + Strong (SFT weak)",
+    "collab_dpo": "Weak + Strong (SFT+DPO weak)",
+}
+ANSWER_PREFIX = "Answer:"  # the answering model's reply opens with it; options are scored after it
+CHOICE_TASKS = ("multiple_choice", "label")
+RESULTS_JSON, RESULTS_MD, RESULTS_PNG = "results.json", "results.md", "results.png"
+
+Progress = Callable[[int], None]  # called with the number of items just finished
+
+
+# -- statistics -------------------------------------------------------------
+def bootstrap_ci(values: Sequence[float], n: int = 1000, seed: int = 0, level: float = 0.95) -> tuple[float, float]:
+    """Percentile bootstrap interval of the mean of `values`.
+
+    Fixed seed: the same scores always give the same interval, so reruns and
+    systems scored on the same items are comparable.
+    """
+    scores = np.asarray(values, dtype=float)
+    if scores.size == 0:
+        raise ValueError("bootstrap_ci needs at least one value")
+    rng = np.random.default_rng(seed)
+    means = scores[rng.integers(0, scores.size, size=(n, scores.size))].mean(axis=1)
+    tail = (1.0 - level) / 2
+    low, high = np.quantile(means, [tail, 1.0 - tail])
+    return float(low), float(high)
+
+
+# -- BM25 retrieval -----------------------------------------------------------
+_WORD = re.compile(r"\w+")
+
+
+def tokenize(text: str) -> list[str]:
+    return _WORD.findall(text.lower())
+
+
+def split_paragraphs(texts: Sequence[str]) -> list[str]:
+    """Corpus documents cut at blank lines: a paragraph is a retrievable unit
+    short enough for several to fit in a prompt."""
+    return [p.strip() for text in texts for p in re.split(r"\n\s*\n", text) if p.strip()]
+
+
+@dataclass(frozen=True)
+class BM25Index:
+    docs: tuple[str, ...]
+    terms: tuple[Counter, ...]  # term frequencies per document
+    lengths: tuple[int, ...]
+    avg_length: float
+    df: dict[str, int]  # documents containing each term
+
+
+def build_bm25(docs: Sequence[str]) -> BM25Index:
+    terms = tuple(Counter(tokenize(d)) for d in docs)
+    lengths = tuple(sum(t.values()) for t in terms)
+    df: Counter = Counter()
+    for t in terms:
+        df.update(t.keys())
+    avg = sum(lengths) / len(lengths) if lengths else 0.0
+    return BM25Index(tuple(docs), terms, lengths, avg, dict(df))
+
+
+def bm25_scores(index: BM25Index, query: str, k1: float = 1.5, b: float = 0.75) -> list[float]:
+    """Okapi BM25 of every document for `query` (Lucene's idf, never negative)."""
+    n_docs = len(index.docs)
+    scores = [0.0] * n_docs
+    for term in set(tokenize(query)):
+        df = index.df.get(term, 0)
+        if df == 0:
+            continue
+        idf = math.log(1.0 + (n_docs - df + 0.5) / (df + 0.5))
+        for i, tf in enumerate(index.terms):
+            f = tf.get(term, 0)
+            if f:
+                norm = 1.0 - b + b * index.lengths[i] / (index.avg_length or 1.0)
+                scores[i] += idf * f * (k1 + 1.0) / (f + k1 * norm)
+    return scores
+
+
+def top_k(index: BM25Index, query: str, k: int) -> list[str]:
+    """The k best-matching documents, best first; documents sharing no term are never returned."""
+    scores = bm25_scores(index, query)
+    ranked = sorted(range(len(scores)), key=lambda i: (-scores[i], i))
+    return [index.docs[i] for i in ranked[:k] if scores[i] > 0]
+
+
+# -- model scoring --------------------------------------------------------------
+def _device(model: Any) -> Any:
+    return next(model.parameters()).device
+
+
+def _left_pad(rows: Sequence[Sequence[int]], pad_id: int, device: Any):
+    """(input_ids, attention_mask, position_ids) of left-padded rows.
+
+    Explicit position ids make each row see the positions it would alone, so
+    batched scores equal one-by-one scores.
+    """
+    import torch
+
+    width = max(len(r) for r in rows)
+    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros_like(input_ids)
+    for i, row in enumerate(rows):
+        input_ids[i, width - len(row):] = torch.tensor(row, dtype=torch.long)
+        mask[i, width - len(row):] = 1
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    return input_ids.to(device), mask.to(device), positions.to(device)
+
+
+def continuation_logprobs(
+    model: Any, pad_id: int, prompts: Sequence[Sequence[int]], continuations: Sequence[Sequence[Sequence[int]]],
+    batch_size: int = 8, progress: Progress | None = None,
+) -> list[list[float]]:
+    """log P(continuation | prompt) for every prompt and each of its continuations.
+
+    A continuation c is scored on the row prompt + c[:-1], whose last len(c)
+    positions predict c. Single-token continuations of one prompt share that
+    row, so option letters cost one forward pass per item, not one per letter.
+    Only the last positions are projected onto the vocabulary (`logits_to_keep`).
+    """
+    import torch
+
+    rows: dict[tuple[int, ...], list[tuple[int, int, Sequence[int]]]] = {}
+    for i, (prompt, conts) in enumerate(zip(prompts, continuations, strict=True)):
+        for j, cont in enumerate(conts):
+            if not cont:
+                raise ValueError(f"continuation {j} of prompt {i} is empty")
+            rows.setdefault(tuple(prompt) + tuple(cont[:-1]), []).append((i, j, cont))
+    out = [[0.0] * len(conts) for conts in continuations]  # sums over each continuation's tokens
+    # Similar lengths batched together waste less compute on padding.
+    ordered = sorted(rows, key=len)
+    device = _device(model)
+    for start in range(0, len(ordered), batch_size):
+        batch = ordered[start:start + batch_size]
+        keep = max(len(c) for row in batch for _, _, c in rows[row])
+        input_ids, mask, positions = _left_pad(batch, pad_id, device)
+        with torch.inference_mode():
+            logits = model(input_ids=input_ids, attention_mask=mask, position_ids=positions, logits_to_keep=keep).logits
+        logprobs = torch.log_softmax(logits.float(), dim=-1)
+        # Every (row, position, token) needed in this batch, gathered in one indexing op:
+        # on a GPU, one transfer instead of one per token.
+        wanted = [(b, keep - len(cont) + s, tok, i, j)
+                  for b, row in enumerate(batch) for i, j, cont in rows[row] for s, tok in enumerate(cont)]
+        picked = logprobs[[w[0] for w in wanted], [w[1] for w in wanted], [w[2] for w in wanted]].tolist()
+        for (_, _, _, i, j), value in zip(wanted, picked):
+            out[i][j] += value
+        if progress is not None:
+            progress(len({i for row in batch for i, _, _ in rows[row]}))
+    return out
+
+
+def answer_prompt_ids(backend: TransformersBackend, messages: list[Message]) -> list[int]:
+    """The chat prompt plus the opening of the reply, "Answer:"."""
+    ids = backend.encode(messages)["input_ids"][0].tolist()
+    return ids + backend.tokenizer.encode(ANSWER_PREFIX, add_special_tokens=False)
+
+
+def option_logprobs(
+    backend: TransformersBackend, conversations: Sequence[list[Message]], candidates: Sequence[Sequence[str]],
+    batch_size: int = 8, progress: Progress | None = None,
+) -> list[list[float]]:
+    """Per conversation, the model's log-likelihood of replying "Answer: <candidate>" for each candidate."""
+    tokenizer = backend.tokenizer
+    prompts = [answer_prompt_ids(backend, m) for m in conversations]
+    # A leading space: after "Answer:" the letter is a separate word, tokenised as in running text.
+    conts = [[tokenizer.encode(f" {c}", add_special_tokens=False) for c in cands] for cands in candidates]
+    return continuation_logprobs(backend.model, tokenizer.pad_token_id, prompts, conts, batch_size, progress)
+
+
+def greedy_generate(
+    backend: TransformersBackend, conversations: Sequence[list[Message]], max_new_tokens: int,
+    batch_size: int = 8, progress: Progress | None = None,
+) -> list[str]:
+    """Greedy replies, batched with left padding (the streaming backend API serves one at a time)."""
+    import torch
+
+    model, tokenizer = backend.model, backend.tokenizer
+    kwargs = backend.generation_kwargs(GenerationOptions(max_new_tokens=max_new_tokens, temperature=0.0))
+    replies: list[str] = []
+    for start in range(0, len(conversations), batch_size):
+        chunk = conversations[start:start + batch_size]
+        input_ids, mask, _ = _left_pad([backend.encode(m)["input_ids"][0].tolist() for m in chunk],
+                                       tokenizer.pad_token_id, _device(model))
+        with torch.inference_mode():
+            out = model.generate(input_ids=input_ids, attention_mask=mask, **kwargs)
+        width = input_ids.shape[1]
+        replies += [clean_generation(tokenizer.decode(seq[width:], skip_special_tokens=True)) for seq in out]
+        if progress is not None:
+            progress(len(chunk))
+    return replies
+
+
+class OptionLikelihood:
+    """Collaborative-feedback evaluator for choice tasks that generates nothing.
+
+    The strong model's reply to each conversation is read off its option
+    log-likelihoods after "Answer:" (as in evaluation), and the score is its
+    probability of the correct option, renormalised over the options. A soft
+    score tells apart drafts that all lead to the same argmax, so more
+    questions give a pair, and it costs one forward pass per conversation
+    instead of a generated reasoning chain.
+    """
+
+    name = "option_likelihood"
+    needs_reference = True
+
+    def __init__(self, backend: TransformersBackend, labels: Sequence[str] = (), batch_size: int = 8) -> None:
+        self.backend = backend
+        self.labels = tuple(labels)  # label tasks: the candidates; multiple choice: letters per question
+        self.batch_size = batch_size
+
+    def candidates(self, options: Sequence[str] | None) -> list[str]:
+        if options:
+            return [chr(ord("A") + i) for i in range(len(options))]
+        if self.labels:
+            return list(self.labels)
+        raise ValueError("option_likelihood needs the question's options or the pack's labels")
+
+    def answer_and_score(
+        self, conversations: Sequence[list[Message]], reference: Any, options: Sequence[str] | None,
+    ) -> tuple[list[str], list[Any]]:
+        from cowest_app.evaluators import Score
+
+        cands = self.candidates(options)
+        correct = reference if isinstance(reference, int) and not isinstance(reference, bool) else cands.index(str(reference))
+        rows = option_logprobs(self.backend, conversations, [cands] * len(conversations), self.batch_size)
+        answers, scores = [], []
+        for row in rows:
+            probs = np.exp(np.asarray(row) - np.max(row))
+            probs /= probs.sum()
+            best = int(np.argmax(probs))
+            answers.append(f"{ANSWER_PREFIX} {cands[best]} (p={probs[best]:.2f})")
+            scores.append(Score(float(probs[correct]), 1.0, self.name))
+        return answers, scores
+
+    def score_answers(self, question: str, answers: Sequence[str], reference: Any = None,
+                      options: Sequence[str] | None = None) -> list[Any]:
+        raise ValueError("option_likelihood scores conversations through answer_and_score, not answer texts")
+
+
+# -- systems ----------------------------------------------------------------------
+def torch_dtype(name: str | None) -> Any:
+    """"bfloat16" -> torch.bfloat16; None keeps the backend's default for the device."""
+    if name is None:
+        return None
+    import torch
+
+    dtype = getattr(torch, name, None)
+    if not isinstance(dtype, torch.dtype):
+        raise ValueError(f"unknown torch dtype {name!r}")
+    return dtype
+
+
+@dataclass(frozen=True)
+class Settings:
+    rag_k: int = 3
+    draft_tokens: int = 64  # weak drafts: short, they only carry background knowledge
+    answer_tokens: int = 32  # short-answer finals
+    batch_size: int = 8
+
+
+def shown_question(item: PackItem) -> str:
+    """The question with its lettered options, as every model sees it."""
+    from cowest_app.packs import format_item
+
+    return format_item(item)
+
+
+def candidates_for(pack: DomainPack, item: PackItem) -> list[str]:
+    if pack.task_type == "multiple_choice":
+        return [chr(ord("A") + i) for i in range(len(item.options or ()))]
+    return list(item.options or pack.labels or ())
+
+
+def final_answers(
+    pack: DomainPack, backend: TransformersBackend, items: Sequence[PackItem], conversations: Sequence[list[Message]],
+    settings: Settings, progress: Progress | None = None,
+) -> list[str]:
+    """The answering model's final answer per item: the likeliest option, or a short greedy reply."""
+    if pack.task_type not in CHOICE_TASKS:
+        return greedy_generate(backend, conversations, settings.answer_tokens, settings.batch_size, progress)
+    candidates = [candidates_for(pack, item) for item in items]
+    if any(not c for c in candidates):
+        raise ValueError(f"pack {pack.name}: a {pack.task_type} item has no options or labels to score")
+    scores = option_logprobs(backend, conversations, candidates, settings.batch_size, progress)
+    return [f"{ANSWER_PREFIX} {cands[int(np.argmax(s))]}" for cands, s in zip(candidates, scores)]
+
+
+def run_system(
+    pack: DomainPack, items: Sequence[PackItem], answerer: TransformersBackend, settings: Settings,
+    prompt: Callable[[str, str | None], list[Message]], drafter: TransformersBackend | None = None,
+    label: str = "",
+) -> dict[str, Any]:
+    """Score one system; `prompt(question, draft)` builds the answering model's conversation."""
+    from tqdm import tqdm
+
+    started = time.perf_counter()
+    questions = [shown_question(item) for item in items]
+    with tqdm(total=len(items) * (2 if drafter else 1), desc=label, unit="item", leave=False) as bar:
+        drafts: list[str | None] = [None] * len(items)
+        if drafter is not None:
+            weak_prompts = [pack.weak_messages(q) for q in questions]
+            drafts = list(greedy_generate(drafter, weak_prompts, settings.draft_tokens, settings.batch_size, bar.update))
+        conversations = [prompt(q, d) for q, d in zip(questions, drafts)]
+        answers = final_answers(pack, answerer, items, conversations, settings, bar.update)
+    scores = [float(pack.score(a, item)) for a, item in zip(answers, items)]
+    rows = [{"id": item.id, "score": s, "answer": a, "draft": d} for item, s, a, d in zip(items, scores, answers, drafts)]
+    return summarise(scores) | {"label": label, "seconds": round(time.perf_counter() - started, 3), "items": rows}
+
+
+def summarise(scores: Sequence[float]) -> dict[str, Any]:
+    low, high = bootstrap_ci(scores)
+    return {"accuracy": float(np.mean(scores)), "n": len(scores), "ci_low": low, "ci_high": high}
+
+
+def evaluate(
+    pack: DomainPack, weak_ref: str, strong_ref: str, *, sft_adapter: str | None = None,
+    dpo_adapter: str | None = None, limit: int | None = None, out: str | Path | None = None,
+    settings: Settings = Settings(), load_4bit: bool = False, device: str | None = None,
+    cache_dir: str | None = None, strong_dtype: str | None = None,
+) -> dict[str, Any]:
+    """Score every system on the test split; write the three result files to `out` when given."""
+    from cowest_app.models.local import TransformersBackend
+
+    items = list(pack.test[:limit] if limit is not None else pack.test)
+    if not items:
+        raise ValueError(f"pack {pack.name} has no test items to evaluate")
+    started = time.perf_counter()
+    weak = TransformersBackend(weak_ref, cache_dir=cache_dir, load_4bit=load_4bit, device=device)
+    strong = TransformersBackend(strong_ref, cache_dir=cache_dir, load_4bit=load_4bit, device=device,
+                                 dtype=torch_dtype(strong_dtype))
+    index = build_bm25(split_paragraphs(pack.corpus_texts()))
+
+    def direct(q: str, _draft: str | None) -> list[Message]:
+        return pack.direct_messages(q)
+
+    def rag(q: str, _draft: str | None) -> list[Message]:
+        return pack.rag_messages(q, "\n\n".join(top_k(index, q, settings.rag_k)))
+
+    def refine(q: str, draft: str | None) -> list[Message]:
+        return pack.strong_messages(q, draft or "")
+
+    systems: dict[str, dict[str, Any]] = {}
+
+    def score(key: str, answerer: Any, prompt: Callable, drafter: Any = None) -> None:
+        systems[key] = run_system(pack, items, answerer, settings, prompt, drafter, SYSTEMS[key])
+        log.info("%s: %.3f on %d items (%.1fs)", SYSTEMS[key], systems[key]["accuracy"], len(items), systems[key]["seconds"])
+
+    score("weak", weak, direct)
+    score("strong", strong, direct)
+    score("strong_rag", strong, rag)
+    score("collab_base", strong, refine, weak)
+    # Each adapter is built on a fresh copy of the weak base (swap_adapter), never stacked.
+    for key, adapter in (("collab_sft", sft_adapter), ("collab_dpo", dpo_adapter)):
+        if adapter:
+            weak.swap_adapter(str(adapter), key)
+            score(key, strong, refine, weak)
+
+    results = {
+        "pack": pack.name,
+        "pack_fingerprint": pack.fingerprint(),
+        "task_type": pack.task_type,
+        "metric": pack.metric,
+        "config": {
+            "weak": weak_ref, "strong": strong_ref, "sft_adapter": sft_adapter and str(sft_adapter),
+            "dpo_adapter": dpo_adapter and str(dpo_adapter), "limit": limit, "load_4bit": load_4bit,
+            "strong_dtype": strong_dtype or "default",
+            "rag_k": settings.rag_k, "draft_tokens": settings.draft_tokens,
+            "answer_tokens": settings.answer_tokens, "batch_size": settings.batch_size,
+            "bootstrap": {"resamples": 1000, "seed": 0, "level": 0.95},
+        },
+        "seconds": round(time.perf_counter() - started, 3),
+        "systems": systems,
+    }
+    if out is not None:
+        write_results(results, out)
+    return results
+
+
+# -- reports ------------------------------------------------------------------------
+def write_results(results: dict[str, Any], out: str | Path) -> Path:
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    # Not sort_keys: systems keep the table's order.
+    (out / RESULTS_JSON).write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+    (out / RESULTS_MD).write_text(render_table(results), encoding="utf-8")
+    render_chart(results, out / RESULTS_PNG)
+    return out
+
+
+def _pct(value: float) -> str:
+    return f"{100 * value:.1f}"
+
+
+def render_table(results: dict[str, Any]) -> str:
+    """Markdown table: one row per system, the metric in percent with its 95% CI."""
+    metric = str(results.get("metric") or "accuracy")
+    lines = [
+        f"### {results.get('pack', 'pack')} ({results.get('task_type', '')})",
+        "",
+        f"| System | {metric} (%) | 95% CI | n |",
+        "|---|---:|---:|---:|",
+    ]
+    for system in results["systems"].values():
+        ci = f"[{_pct(system['ci_low'])}, {_pct(system['ci_high'])}]"
+        lines.append(f"| {system['label']} | {_pct(system['accuracy'])} | {ci} | {system['n']} |")
+    return "\n".join(lines) + "\n"
+
+
+def render_chart(results: dict[str, Any], path: str | Path) -> Path:
+    """Bar chart of every system's score with 95% CI error bars, as PNG."""
+    from matplotlib.figure import Figure  # a bare Figure renders with Agg and touches no global pyplot state
+
+    systems = list(results["systems"].values())
+    values = [100 * s["accuracy"] for s in systems]
+    errors = [
+        [100 * (s["accuracy"] - s["ci_low"]) for s in systems],
+        [100 * (s["ci_high"] - s["accuracy"]) for s in systems],
+    ]
+    fig = Figure(figsize=(max(4.0, 1.4 * len(systems)), 4.0), layout="constrained")
+    ax = fig.add_subplot()
+    ax.bar(range(len(systems)), values, yerr=errors, capsize=4, color="#4C72B0")
+    ax.set_xticks(range(len(systems)), [s["label"] for s in systems], rotation=20, ha="right", fontsize=8)
+    ax.set_ylim(0, 100)
+    ax.set_ylabel(f"{results.get('metric') or 'accuracy'} (%)")
+    ax.set_title(f"{results.get('pack', '')}: 95% bootstrap CI")
+    path = Path(path)
+    fig.savefig(path, dpi=120)
+    return path
+
+
+# -- command line -------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    from cowest_app.config import STRONG_DEFAULT, WEAK_DEFAULT
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--pack", required=True, help="domain pack directory or file")
+    parser.add_argument("--weak", default=WEAK_DEFAULT, help="weak model: packaged:NAME, directory or Hub id")
+    parser.add_argument("--strong", default=STRONG_DEFAULT, help="strong model: packaged:NAME, directory or Hub id")
+    parser.add_argument("--sft-adapter", help="LoRA adapter of the SFT weak model")
+    parser.add_argument("--dpo-adapter", help="LoRA adapter of the SFT+DPO weak model")
+    parser.add_argument("--limit", type=int, help="score only the first N test items")
+    parser.add_argument("--out", default="data/eval", help="directory for results.json/.md/.png")
+    parser.add_argument("--rag-k", type=int, default=Settings.rag_k, help="paragraphs retrieved for RAG")
+    parser.add_argument("--draft-tokens", type=int, default=Settings.draft_tokens, help="max new tokens of a weak draft")
+    parser.add_argument("--answer-tokens", type=int, default=Settings.answer_tokens, help="max new tokens of a short answer")
+    parser.add_argument("--batch-size", type=int, default=Settings.batch_size)
+    parser.add_argument("--strong-dtype", choices=("float32", "bfloat16"), help="strong model dtype (default: float32 on CPU)")
+    parser.add_argument("--load-4bit", action="store_true", help="load both models in NF4")
+    parser.add_argument("--device", help="cpu, cuda, ... (default: cuda when available)")
+    parser.add_argument("--cache-dir", help="model cache (default: $COWEST_CACHE_DIR or ~/.cache/cowest)")
+    return parser
+
+
+def settings_from(ns: argparse.Namespace) -> Settings:
+    return Settings(rag_k=ns.rag_k, draft_tokens=ns.draft_tokens, answer_tokens=ns.answer_tokens, batch_size=ns.batch_size)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from cowest_app.packs import PackError, load_pack
+
+    parser = build_parser()
+    ns = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        pack = load_pack(ns.pack)
+    except PackError as exc:  # every problem of the pack, located, instead of a traceback
+        parser.error(str(exc))
+    results = evaluate(
+        pack, ns.weak, ns.strong, sft_adapter=ns.sft_adapter, dpo_adapter=ns.dpo_adapter,
+        limit=ns.limit, out=ns.out, settings=settings_from(ns), load_4bit=ns.load_4bit, device=ns.device,
+        cache_dir=ns.cache_dir, strong_dtype=ns.strong_dtype,
+    )
+    print(render_table(results))
+    print(f"results in {ns.out}/ ({RESULTS_JSON}, {RESULTS_MD}, {RESULTS_PNG})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,440 @@
+"""The whole CoWeSt recipe on one domain pack: SFT -> collaborative feedback -> DPO -> evaluation.
+
+    python -m training.pipeline --pack PATH [--out DIR] [--weak REF] [--strong REF]
+        [--train-limit N] [--test-limit N] [--k 4] [--draft-tokens N] [--final-tokens N]
+        [--feedback-scoring likelihood|generate] [--min-margin X] [--strong-dtype bfloat16]
+        [--set sft.key=value ...] [--set dpo.key=value ...]
+
+Stages, each in its own directory under --out:
+
+- `sft/`       LoRA specialisation of the weak model on the pack's corpus (training.sft)
+- `feedback/`  K weak drafts per train question, each given to the strong model and
+               scored against the reference (choice tasks: the strong model's
+               probability of the correct option); the most and least helpful
+               drafts form DPO pairs
+- `dpo/`       DPO of the SFT adapter on those pairs (training.dpo); skipped with a note
+               when feedback produced no trainable pair
+- `evaluate/`  every system on the test split (training.evaluate): results.json/.md/.png
+
+Each stage directory holds `stage.json` with a fingerprint of the stage's inputs
+(pack fingerprint, resolved config, upstream fingerprints and output digests).
+A stage whose fingerprint matches a finished earlier run is skipped, so an
+interrupted run resumes where it stopped; changed inputs rerun the stage, and
+its new outputs change the fingerprints of everything downstream.
+`pipeline.json` records each stage's status and duration and the total time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import gc
+import hashlib
+import json
+import logging
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Sequence
+
+from training.common import recipe_dict
+from training.evaluate import Settings as EvalSettings, torch_dtype
+
+if TYPE_CHECKING:
+    from cowest_app.packs import DomainPack
+
+log = logging.getLogger(__name__)
+
+RECIPES = Path(__file__).parent / "recipes"
+STAGE_FILE = "stage.json"
+PIPELINE_FILE = "pipeline.json"
+# Recipe fields that only say where files go: the upstream fingerprints already
+# cover what is in those files, and leaving them out keeps a moved --out valid.
+PATH_FIELDS = ("corpus", "dataset", "output_dir", "init_adapter", "cache_dir")
+
+
+@dataclass(frozen=True)
+class PipelineOptions:
+    weak: str
+    strong: str
+    train_limit: int | None = None
+    test_limit: int | None = None
+    k: int = 4
+    draft_tokens: int = 64  # drafts only carry background knowledge; short keeps CPU runs bounded
+    final_tokens: int = 96  # the strong model's finals during feedback (scored for the answer)
+    temperature: float = 0.8  # drafts must differ to be compared
+    seed: int = 0
+    sft_recipe: Path = RECIPES / "sft.yaml"
+    dpo_recipe: Path = RECIPES / "dpo.yaml"
+    sft_overrides: tuple[str, ...] = ()
+    dpo_overrides: tuple[str, ...] = ()
+    eval: EvalSettings = field(default_factory=EvalSettings)
+    feedback_scoring: str = "likelihood"  # choice tasks: strong option probability; "generate": finals + metric
+    min_margin: float = 0.05  # influence gap below which a pair is noise, not preference
+    strong_dtype: str | None = None  # e.g. bfloat16: about 1.7x faster prefill on this CPU than float32
+    load_4bit: bool = False  # inference models (feedback, evaluation); training follows its recipe
+    device: str | None = None
+    cache_dir: str | None = None
+
+
+# -- stage bookkeeping --------------------------------------------------------
+def fingerprint(inputs: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(inputs, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def digest_files(root: Path, names: Sequence[str]) -> str:
+    """sha256 over the named output files: what downstream stages really consumed."""
+    digest = hashlib.sha256()
+    for name in sorted(names):
+        digest.update(name.encode() + b"\0" + (root / name).read_bytes() + b"\0")
+    return digest.hexdigest()
+
+
+def read_stage(stage_dir: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads((stage_dir / STAGE_FILE).read_text(encoding="utf-8"))
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+
+
+def is_current(record: dict[str, Any] | None, stage_dir: Path, fp: str) -> bool:
+    """A finished run with the same inputs whose outputs are all still there."""
+    return (
+        record is not None and record.get("status") == "done" and record.get("fingerprint") == fp
+        and all((stage_dir / name).is_file() for name in record.get("outputs", []))
+    )
+
+
+def upstream(record: dict[str, Any]) -> dict[str, str]:
+    return {"fingerprint": record["fingerprint"], "digest": record["digest"]}
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n", encoding="utf-8")
+    tmp.replace(path)
+
+
+# A stage's work gets its (empty) directory and returns (output files relative to it, summary).
+StageWork = Callable[[Path], tuple[list[str], dict[str, Any]]]
+
+
+def run_stage(out: Path, name: str, inputs: dict[str, Any], work: StageWork) -> dict[str, Any]:
+    """Run `work` unless a finished run with the same input fingerprint is on disk."""
+    stage_dir = out / name
+    fp = fingerprint(inputs)
+    record = read_stage(stage_dir)
+    if is_current(record, stage_dir, fp):
+        print(f"[{name}] up to date, skipped (ran in {record['seconds']:.1f}s before)", flush=True)
+        return record | {"status": "done", "ran": False}
+    if record is not None:  # our own stale outputs: start clean so none of them outlive the rerun
+        shutil.rmtree(stage_dir)
+    stage_dir.mkdir(parents=True, exist_ok=True)
+    # Written first as "running": an interrupted stage is never mistaken for a finished one.
+    _write_json(stage_dir / STAGE_FILE, {"stage": name, "status": "running", "fingerprint": fp, "inputs": inputs})
+    started = time.perf_counter()
+    outputs, summary = work(stage_dir)
+    seconds = round(time.perf_counter() - started, 3)
+    record = {
+        "stage": name, "status": "done", "fingerprint": fp, "inputs": inputs, "outputs": sorted(outputs),
+        "digest": digest_files(stage_dir, outputs), "seconds": seconds,
+        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "summary": summary,
+    }
+    _write_json(stage_dir / STAGE_FILE, record)
+    note = f": {summary['note']}" if summary.get("note") else ""
+    print(f"[{name}] done in {seconds:.1f}s{note}", flush=True)
+    return record | {"ran": True}
+
+
+def _release_memory() -> None:
+    # Each stage loads its own models; drop them before the next stage loads more.
+    gc.collect()
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+# -- recipes ------------------------------------------------------------------
+def stage_recipe(cls: type, path: Path, overrides: Sequence[str], opts: PipelineOptions, **paths: Any) -> Any:
+    """The recipe file plus --set overrides, pointed at the pipeline's model and files."""
+    from training.common import load_recipe
+
+    config = load_recipe(cls, path, overrides)
+    changes = {"base_model": opts.weak, **paths}
+    if opts.cache_dir:
+        changes["cache_dir"] = opts.cache_dir
+    return dataclasses.replace(config, **changes)
+
+
+def config_inputs(config: Any) -> dict[str, Any]:
+    return {k: v for k, v in recipe_dict(config).items() if k not in PATH_FIELDS}
+
+
+# -- stages -------------------------------------------------------------------
+def sft_stage(pack: DomainPack, opts: PipelineOptions, out: Path) -> dict[str, Any]:
+    from training.sft import SFTRecipe, main as sft_main
+
+    stage_dir = out / "sft"
+    config = stage_recipe(SFTRecipe, opts.sft_recipe, opts.sft_overrides, opts,
+                          corpus=str(stage_dir / "corpus.jsonl"), output_dir=str(stage_dir / "adapter"))
+
+    def work(stage_dir: Path) -> tuple[list[str], dict[str, Any]]:
+        # JSONL, one document per line: training.sft reads it without caring how the pack stores its corpus.
+        lines = [json.dumps({"text": t}, ensure_ascii=False) for t in pack.corpus_texts()]
+        (stage_dir / "corpus.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
+        metrics = sft_main(config)
+        summary = {k: metrics.get(k) for k in ("train_loss", "final_loss", "steps", "n_chunks", "seconds")}
+        return ["adapter/adapter_config.json", "adapter/adapter_model.safetensors"], summary
+
+    # The corpus digest too: SFT must rerun when the corpus changes, whatever the pack fingerprint covers.
+    corpus_sha = hashlib.sha256("\0".join(pack.corpus_texts()).encode()).hexdigest()
+    inputs = {"pack": pack.fingerprint(), "corpus": corpus_sha, "config": config_inputs(config)}
+    return run_stage(out, "sft", inputs, work)
+
+
+def feedback_evaluator(pack: DomainPack, opts: PipelineOptions, strong: Any) -> Any:
+    """How feedback scores a final answer.
+
+    Choice tasks (by default): the strong model's probability of the correct
+    option, read off one forward pass per final (`OptionLikelihood`). Otherwise,
+    or with --feedback-scoring generate: the strong model writes each final and
+    the pack's metric scores it against the reference.
+    """
+    from cowest_app.evaluators import ReferenceEvaluator
+    from training.evaluate import CHOICE_TASKS, OptionLikelihood
+
+    if opts.feedback_scoring == "likelihood" and pack.task_type in CHOICE_TASKS:
+        return OptionLikelihood(strong, labels=pack.labels, batch_size=opts.eval.batch_size)
+    return ReferenceEvaluator(task_type=pack.task_type, options=pack.labels or None)
+
+
+def feedback_stage(pack: DomainPack, opts: PipelineOptions, out: Path, sft: dict[str, Any]) -> dict[str, Any]:
+    from cowest_app.models.base import GenerationOptions
+
+    weak_opts = GenerationOptions(max_new_tokens=opts.draft_tokens, temperature=opts.temperature, seed=opts.seed)
+    strong_opts = GenerationOptions(max_new_tokens=opts.final_tokens, temperature=0.0)
+    inputs = {
+        "pack": pack.fingerprint(), "sft": upstream(sft), "weak": opts.weak, "strong": opts.strong,
+        "train_limit": opts.train_limit, "k": opts.k, "weak_options": dataclasses.asdict(weak_opts),
+        "strong_options": dataclasses.asdict(strong_opts), "load_4bit": opts.load_4bit,
+        "feedback_scoring": opts.feedback_scoring, "min_margin": opts.min_margin, "strong_dtype": opts.strong_dtype,
+    }
+
+    def work(stage_dir: Path) -> tuple[list[str], dict[str, Any]]:
+        from tqdm import tqdm
+
+        from cowest_app.collect import collect
+        from cowest_app.feedback import write_dpo_jsonl
+        from cowest_app.models.local import TransformersBackend
+
+        items = pack.question_items("train")
+        items = items[:opts.train_limit] if opts.train_limit is not None else items
+        # The weak model drafting here is the SFT model: DPO then trains the policy that wrote the drafts.
+        weak = TransformersBackend(opts.weak, cache_dir=opts.cache_dir, load_4bit=opts.load_4bit,
+                                   adapter=str(out / "sft" / "adapter"), adapter_version="sft", device=opts.device)
+        strong = TransformersBackend(opts.strong, cache_dir=opts.cache_dir, load_4bit=opts.load_4bit,
+                                     device=opts.device, dtype=torch_dtype(opts.strong_dtype))
+        evaluator = feedback_evaluator(pack, opts, strong)
+        with tqdm(total=len(items), desc="feedback", unit="question", leave=False) as bar:
+            def progress(p: Any) -> None:
+                bar.update(p.done - bar.n)
+                bar.set_postfix(pairs=p.pairs)
+
+            result = collect(items, weak, strong, evaluator, k=opts.k, min_margin=opts.min_margin,
+                             weak_opts=weak_opts, strong_opts=strong_opts, progress=progress,
+                             prompt_set=pack.prompt_set())
+        pairs = [r.pair for r in result.results if r.pair is not None and r.pair.trainable]
+        _, count, sha = write_dpo_jsonl(pairs, stage_dir / "pairs.jsonl")
+        report = {
+            "questions": len(items), "pairs": result.pairs, "trainable": result.trainable, "pairs_sha256": sha,
+            "errors": [{"index": i, "error": e} for i, e in result.errors],
+            "results": [_result_row(r) for r in result.results],
+        }
+        _write_json(stage_dir / "feedback.json", report)
+        summary = {"questions": len(items), "pairs": count, "errors": len(result.errors),
+                   "seconds_collect": round(result.elapsed_s, 3), "note": f"{count} pairs from {len(items)} questions"}
+        return ["pairs.jsonl", "feedback.json"], summary
+
+    record = run_stage(out, "feedback", inputs, work)
+    _release_memory()
+    return record
+
+
+def _result_row(result: Any) -> dict[str, Any]:
+    return {
+        "question": result.question, "drafts": result.drafts, "finals": result.finals,
+        "final_scores": [s.value for s in result.final_scores], "strong_alone_score": result.strong_alone_score.value,
+        "influences": result.influences, "pair": result.pair is not None, "reason": result.reason,
+    }
+
+
+def dpo_stage(pack: DomainPack, opts: PipelineOptions, out: Path, sft: dict[str, Any], feedback: dict[str, Any]) -> dict[str, Any]:
+    from training.dpo import DPORecipe, main as dpo_main
+
+    stage_dir = out / "dpo"
+    config = stage_recipe(DPORecipe, opts.dpo_recipe, opts.dpo_overrides, opts,
+                          dataset=str(out / "feedback" / "pairs.jsonl"), output_dir=str(stage_dir / "adapter"),
+                          init_adapter=str(out / "sft" / "adapter"))
+    inputs = {"pack": pack.fingerprint(), "config": config_inputs(config), "sft": upstream(sft), "feedback": upstream(feedback)}
+
+    def work(stage_dir: Path) -> tuple[list[str], dict[str, Any]]:
+        if feedback["summary"].get("pairs", 0) == 0:
+            # Nothing to learn from: evaluation then reports the SFT model without a DPO row.
+            return [], {"trained": False, "note": "no trainable pairs, DPO skipped"}
+        metrics = dpo_main(config)
+        summary = {k: metrics.get(k) for k in ("train_loss", "final_loss", "rewards/accuracies", "steps", "n_pairs", "seconds")}
+        return ["adapter/adapter_config.json", "adapter/adapter_model.safetensors"], summary | {"trained": True}
+
+    return run_stage(out, "dpo", inputs, work)
+
+
+def evaluate_stage(pack: DomainPack, opts: PipelineOptions, out: Path, sft: dict[str, Any], dpo: dict[str, Any]) -> dict[str, Any]:
+    from training.evaluate import RESULTS_JSON, RESULTS_MD, RESULTS_PNG, evaluate
+
+    dpo_adapter = str(out / "dpo" / "adapter") if dpo["outputs"] else None
+    inputs = {
+        "pack": pack.fingerprint(), "sft": upstream(sft), "dpo": upstream(dpo), "weak": opts.weak,
+        "strong": opts.strong, "test_limit": opts.test_limit, "settings": dataclasses.asdict(opts.eval),
+        "load_4bit": opts.load_4bit, "strong_dtype": opts.strong_dtype,
+    }
+
+    def work(stage_dir: Path) -> tuple[list[str], dict[str, Any]]:
+        results = evaluate(pack, opts.weak, opts.strong, sft_adapter=str(out / "sft" / "adapter"),
+                           dpo_adapter=dpo_adapter, limit=opts.test_limit, out=stage_dir, settings=opts.eval,
+                           load_4bit=opts.load_4bit, device=opts.device, cache_dir=opts.cache_dir,
+                           strong_dtype=opts.strong_dtype)
+        scores = {key: round(s["accuracy"], 4) for key, s in results["systems"].items()}
+        return [RESULTS_JSON, RESULTS_MD, RESULTS_PNG], {"accuracy": scores}
+
+    record = run_stage(out, "evaluate", inputs, work)
+    _release_memory()
+    return record
+
+
+def check_recipes(opts: PipelineOptions) -> None:
+    """Load both recipes with their overrides now: a typo in a dpo.* override
+    should fail in a second, not after SFT and feedback have run."""
+    from training.dpo import DPORecipe
+    from training.sft import SFTRecipe
+
+    stage_recipe(SFTRecipe, opts.sft_recipe, opts.sft_overrides, opts)
+    stage_recipe(DPORecipe, opts.dpo_recipe, opts.dpo_overrides, opts)
+
+
+# -- the pipeline -----------------------------------------------------------------
+def run_pipeline(pack: DomainPack, opts: PipelineOptions, out: str | Path) -> dict[str, Any]:
+    """Run (or resume) every stage; returns what is also written to OUT/pipeline.json."""
+    out = Path(out)
+    check_recipes(opts)
+    out.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    sft = sft_stage(pack, opts, out)
+    _release_memory()
+    feedback = feedback_stage(pack, opts, out, sft)
+    dpo = dpo_stage(pack, opts, out, sft, feedback)
+    _release_memory()
+    evaluation = evaluate_stage(pack, opts, out, sft, dpo)
+    total = round(time.perf_counter() - started, 3)
+    stages = {"sft": sft, "feedback": feedback, "dpo": dpo, "evaluate": evaluation}
+    report = {
+        "pack": pack.name,
+        "pack_fingerprint": pack.fingerprint(),
+        "total_seconds": total,
+        "stages": {
+            name: {"ran": r["ran"], "seconds": r["seconds"] if r["ran"] else 0.0, "fingerprint": r["fingerprint"],
+                   "summary": r.get("summary", {})}
+            for name, r in stages.items()
+        },
+        "accuracy": evaluation.get("summary", {}).get("accuracy", {}),
+    }
+    _write_json(out / PIPELINE_FILE, report)
+    print(f"pipeline done in {total:.1f}s; results in {out / 'evaluate'}", flush=True)
+    return report
+
+
+# -- command line -------------------------------------------------------------------
+def split_overrides(items: Sequence[str]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """`sft.key=value` / `dpo.key=value` into the two recipes' `key=value` overrides."""
+    routed: dict[str, list[str]] = {"sft": [], "dpo": []}
+    for item in items:
+        stage, dot, rest = item.partition(".")
+        if not dot or stage not in routed or "=" not in rest:
+            raise ValueError(f"--set expects sft.key=value or dpo.key=value, got {item!r}")
+        routed[stage].append(rest)
+    return tuple(routed["sft"]), tuple(routed["dpo"])
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from cowest_app.config import STRONG_DEFAULT, WEAK_DEFAULT
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--pack", required=True, help="domain pack directory or file")
+    parser.add_argument("--out", help="output directory (default: data/pipeline/<pack name>)")
+    parser.add_argument("--weak", default=WEAK_DEFAULT, help="weak model: packaged:NAME, directory or Hub id")
+    parser.add_argument("--strong", default=STRONG_DEFAULT, help="strong model: packaged:NAME, directory or Hub id")
+    parser.add_argument("--train-limit", type=int, help="collect feedback on the first N train questions")
+    parser.add_argument("--test-limit", type=int, help="evaluate on the first N test items")
+    parser.add_argument("--k", type=int, default=PipelineOptions.k, help="weak drafts per train question")
+    parser.add_argument("--draft-tokens", type=int, default=PipelineOptions.draft_tokens, help="max new tokens of a weak draft")
+    parser.add_argument("--final-tokens", type=int, default=PipelineOptions.final_tokens,
+                        help="max new tokens of a strong final during feedback")
+    parser.add_argument("--answer-tokens", type=int, default=EvalSettings.answer_tokens,
+                        help="max new tokens of a short answer during evaluation")
+    parser.add_argument("--rag-k", type=int, default=EvalSettings.rag_k, help="paragraphs retrieved for RAG")
+    parser.add_argument("--batch-size", type=int, default=EvalSettings.batch_size, help="evaluation batch size")
+    parser.add_argument("--seed", type=int, default=PipelineOptions.seed, help="seed of the draft sampling")
+    parser.add_argument("--sft-recipe", type=Path, default=PipelineOptions.sft_recipe)
+    parser.add_argument("--dpo-recipe", type=Path, default=PipelineOptions.dpo_recipe)
+    parser.add_argument("--set", action="append", default=[], metavar="STAGE.KEY=VALUE",
+                        help="override a recipe key, e.g. sft.num_train_epochs=1 or dpo.max_steps=10")
+    parser.add_argument("--feedback-scoring", choices=("likelihood", "generate"), default=PipelineOptions.feedback_scoring,
+                        help="choice tasks: score finals by the strong model's option likelihood, or generate and parse them")
+    parser.add_argument("--min-margin", type=float, default=PipelineOptions.min_margin,
+                        help="least influence gap between chosen and rejected draft")
+    parser.add_argument("--strong-dtype", choices=("float32", "bfloat16"), help="strong model dtype (default: float32 on CPU)")
+    parser.add_argument("--load-4bit", action="store_true", help="NF4 inference models for feedback and evaluation")
+    parser.add_argument("--device", help="cpu, cuda, ... (default: cuda when available)")
+    parser.add_argument("--cache-dir", help="model cache (default: $COWEST_CACHE_DIR or ~/.cache/cowest)")
+    return parser
+
+
+def options_from_args(ns: argparse.Namespace) -> PipelineOptions:
+    sft_overrides, dpo_overrides = split_overrides(ns.set)
+    return PipelineOptions(
+        weak=ns.weak, strong=ns.strong, train_limit=ns.train_limit, test_limit=ns.test_limit, k=ns.k,
+        draft_tokens=ns.draft_tokens, final_tokens=ns.final_tokens, seed=ns.seed, sft_recipe=ns.sft_recipe,
+        dpo_recipe=ns.dpo_recipe, sft_overrides=sft_overrides, dpo_overrides=dpo_overrides,
+        eval=EvalSettings(rag_k=ns.rag_k, draft_tokens=ns.draft_tokens, answer_tokens=ns.answer_tokens,
+                          batch_size=ns.batch_size),
+        feedback_scoring=ns.feedback_scoring, min_margin=ns.min_margin, strong_dtype=ns.strong_dtype,
+        load_4bit=ns.load_4bit, device=ns.device, cache_dir=ns.cache_dir,
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from cowest_app.packs import load_pack
+    from training.common import RecipeError
+
+    parser = build_parser()
+    ns = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        opts = options_from_args(ns)
+        check_recipes(opts)
+        pack = load_pack(ns.pack)
+    except (ValueError, OSError) as exc:  # RecipeError and PackError are ValueErrors too
+        parser.error(str(exc))
+    out = Path(ns.out) if ns.out else Path("data") / "pipeline" / pack.name
+    try:
+        run_pipeline(pack, opts, out)
+    except RecipeError as exc:
+        print(f"{parser.prog}: error: {exc}", file=sys.stderr, flush=True)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
