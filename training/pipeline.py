@@ -73,7 +73,9 @@ class PipelineOptions:
     eval: EvalSettings = field(default_factory=EvalSettings)
     feedback_scoring: str = "likelihood"  # choice tasks: strong option probability; "generate": finals + metric
     min_margin: float = 0.05  # influence gap below which a pair is noise, not preference
-    strong_dtype: str | None = None  # e.g. bfloat16: about 1.7x faster prefill on this CPU than float32
+    # bfloat16: 4.6x the float32 prefill speed of the 1.5B strong model on this CPU
+    # (357 vs 78 tokens/s), option probabilities equal to about 0.01.
+    strong_dtype: str | None = "bfloat16"
     load_4bit: bool = False  # inference models (feedback, evaluation); training follows its recipe
     device: str | None = None
     cache_dir: str | None = None
@@ -394,7 +396,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="choice tasks: score finals by the strong model's option likelihood, or generate and parse them")
     parser.add_argument("--min-margin", type=float, default=PipelineOptions.min_margin,
                         help="least influence gap between chosen and rejected draft")
-    parser.add_argument("--strong-dtype", choices=("float32", "bfloat16"), help="strong model dtype (default: float32 on CPU)")
+    parser.add_argument("--strong-dtype", choices=("float32", "bfloat16"), default=PipelineOptions.strong_dtype,
+                        help="strong model dtype for feedback and evaluation")
     parser.add_argument("--load-4bit", action="store_true", help="NF4 inference models for feedback and evaluation")
     parser.add_argument("--device", help="cpu, cuda, ... (default: cuda when available)")
     parser.add_argument("--cache-dir", help="model cache (default: $COWEST_CACHE_DIR or ~/.cache/cowest)")
