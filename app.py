@@ -20,7 +20,8 @@ def main() -> None:
     service = CollabService.build(config)
     control = build_control(config, service)
     demo = build_ui(service, control)
-    demo.queue(default_concurrency_limit=config.concurrency, max_size=64)
+    # Bounded: under overload a request is refused ("Queue is full") instead of piling up in memory.
+    demo.queue(default_concurrency_limit=config.concurrency, max_size=config.queue_max_size)
     try:
         demo.launch(server_name=config.host, server_port=config.port, show_error=True)
     finally:

@@ -23,6 +23,8 @@ PROFILES: dict[str, tuple[str, str]] = {
 }
 
 STRONG_BACKENDS = ("transformers", "inference-client")
+STRONG_DTYPES = ("auto", "float32", "bfloat16", "float16")
+STRONG_ASSIST_MODES = ("off", "weak", "prompt-lookup")
 FEEDBACK_EVALUATORS = ("weak_judge", "strong_judge")
 
 
@@ -51,10 +53,14 @@ class AppConfig:
     strong_model: str = STRONG_DEFAULT
     strong_base_url: str | None = None
     strong_timeout_s: float = 120.0
+    strong_dtype: str = "auto"
+    strong_assist: str = "off"
     data_dir: Path = Path("data")
     cache_dir: Path = Path.home() / ".cache" / "cowest"
     max_question_chars: int = 2000
     max_comment_chars: int = 2000
+    asks_per_minute: int = 12
+    feedback_per_minute: int = 30
     weak_max_new_tokens: int = 192
     strong_max_new_tokens: int = 256
     temperature: float = 0.0
@@ -62,6 +68,7 @@ class AppConfig:
     host: str = "127.0.0.1"
     port: int = 7860
     concurrency: int = 1
+    queue_max_size: int = 64
     # -- self-improvement loop (feedback -> pairs -> DPO -> gate -> swap -> push)
     train_every_minutes: float = 60.0
     train_min_pairs: int = 32
@@ -69,6 +76,7 @@ class AppConfig:
     feedback_evaluator: str = "weak_judge"
     feedback_min_margin: float = 0.1
     feedback_min_confidence: float = 0.6
+    max_session_share: float = 1.0  # 0.2 on a Space: see from_env
     feedback_file: Path | None = None
     collect_max_questions: int = 16
     eval_file: Path | None = None
@@ -103,10 +111,14 @@ ENV_VARS: dict[str, tuple[str, str]] = {
     "COWEST_STRONG_MODEL": ("strong_model", "strong model: repo id / directory / `packaged:NAME`, or the model name sent to the endpoint"),
     "COWEST_STRONG_BASE_URL": ("strong_base_url", "endpoint URL for `inference-client` (TGI, vLLM, any OpenAI-compatible server, or Inference Providers)"),
     "COWEST_STRONG_TIMEOUT_S": ("strong_timeout_s", "request timeout for the remote strong model, seconds"),
+    "COWEST_STRONG_DTYPE": ("strong_dtype", "weights of the local strong model: `auto` (bf16 on GPUs and on CPUs with native bf16, AVX512-BF16 or AMX; fp32 elsewhere), `float32`, `bfloat16` or `float16`"),
+    "COWEST_STRONG_ASSIST": ("strong_assist", "assisted (speculative) greedy decoding of the local strong model: `off`, `weak` (the weak model proposes tokens) or `prompt-lookup` (n-grams copied from the prompt, which holds the draft); the text is the same as without"),
     "COWEST_DATA_DIR": ("data_dir", "where the SQLite log, exports and adapters live"),
     "COWEST_CACHE_DIR": ("cache_dir", "where packaged GGUF models are converted to safetensors, once"),
     "COWEST_MAX_QUESTION_CHARS": ("max_question_chars", "longest accepted question"),
     "COWEST_MAX_COMMENT_CHARS": ("max_comment_chars", "longest accepted feedback comment"),
+    "COWEST_ASKS_PER_MINUTE": ("asks_per_minute", "questions one browser session may ask per minute; more get a \"too fast\" message and are not logged (`0` = no limit)"),
+    "COWEST_FEEDBACK_PER_MINUTE": ("feedback_per_minute", "feedback events (votes, choices, comments) one browser session may send per minute; more are refused and not logged (`0` = no limit)"),
     "COWEST_WEAK_MAX_NEW_TOKENS": ("weak_max_new_tokens", "token budget of the weak draft"),
     "COWEST_STRONG_MAX_NEW_TOKENS": ("strong_max_new_tokens", "token budget of the strong answer"),
     "COWEST_TEMPERATURE": ("temperature", "sampling temperature for answers (0 = greedy)"),
@@ -114,12 +126,14 @@ ENV_VARS: dict[str, tuple[str, str]] = {
     "COWEST_HOST": ("host", "address the server binds (`0.0.0.0` by default on a Space, where `SPACE_ID` is set)"),
     "COWEST_PORT": ("port", "server port"),
     "COWEST_CONCURRENCY": ("concurrency", "questions answered at once; others wait in the queue"),
+    "COWEST_QUEUE_MAX_SIZE": ("queue_max_size", "requests allowed to wait in the queue; beyond that a user gets a clear \"queue is full\" error instead of the server running out of memory"),
     "COWEST_TRAIN_EVERY_MINUTES": ("train_every_minutes", "how often the retraining job runs (`0` = only when an admin starts it)"),
     "COWEST_TRAIN_MIN_PAIRS": ("train_min_pairs", "new trainable preference pairs needed before a scheduled run trains"),
     "COWEST_FEEDBACK_K": ("feedback_k", "weak drafts sampled per question for collaborative feedback"),
     "COWEST_FEEDBACK_EVALUATOR": ("feedback_evaluator", "scores answers without a reference: `weak_judge` (cheap) or `strong_judge`; references and human ratings always win"),
     "COWEST_FEEDBACK_MIN_MARGIN": ("feedback_min_margin", "smallest influence gap between chosen and rejected draft that makes a pair"),
     "COWEST_FEEDBACK_MIN_CONFIDENCE": ("feedback_min_confidence", "weak-judge pairs below this confidence are stored but not trained on"),
+    "COWEST_MAX_SESSION_SHARE": ("max_session_share", "largest share of a training set that pairs from one browser session may make up; a session's newest pairs above it are left out (`1` = no cap; `0.2` by default on a Space, where `SPACE_ID` is set)"),
     "COWEST_FEEDBACK_FILE": ("feedback_file", "optional JSONL of questions with references (`question`, `domain`, `reference`, `task_type`, `options`) to collect feedback on"),
     "COWEST_COLLECT_MAX_QUESTIONS": ("collect_max_questions", "questions turned into feedback per job run (bounds a run's time)"),
     "COWEST_EVAL_FILE": ("eval_file", "held-out JSONL (same fields) for the promotion gate; unset = the shipped general set"),
@@ -175,6 +189,9 @@ _FIELD_KINDS: dict[str, type] = {
     "feedback_k": int,
     "feedback_min_margin": float,
     "feedback_min_confidence": float,
+    "max_session_share": float,
+    "asks_per_minute": int,
+    "feedback_per_minute": int,
     "feedback_file": Path,
     "collect_max_questions": int,
     "eval_file": Path,
@@ -189,6 +206,7 @@ _FIELD_KINDS: dict[str, type] = {
     "torch_threads": int,
     "port": int,
     "concurrency": int,
+    "queue_max_size": int,
 }
 
 
@@ -208,6 +226,9 @@ def from_env(env: Mapping[str, str] | None = None) -> AppConfig:
     values.setdefault("strong_model", strong)
     if env.get("SPACE_ID"):  # on a Hugging Face Space the proxy reaches the container, not loopback
         values.setdefault("host", "0.0.0.0")
+        # A public app is where one client can flood the feedback; a local
+        # single-user install would never train under a per-session cap.
+        values.setdefault("max_session_share", 0.2)
 
     secrets = {name: env.get(var) or None for var, (name, _) in SECRET_VARS.items()}
     if not secrets["strong_api_token"]:
@@ -222,9 +243,13 @@ def validate(config: AppConfig) -> None:
         raise ConfigError(f"COWEST_STRONG_BACKEND={config.strong_backend!r}: expected one of {STRONG_BACKENDS}")
     if config.strong_backend == "inference-client" and not (config.strong_base_url or config.strong_model):
         raise ConfigError("inference-client needs COWEST_STRONG_BASE_URL or a provider model id in COWEST_STRONG_MODEL")
-    for name in ("max_question_chars", "max_comment_chars", "weak_max_new_tokens", "strong_max_new_tokens", "concurrency", "feedback_k"):
+    for name in ("max_question_chars", "max_comment_chars", "weak_max_new_tokens", "strong_max_new_tokens", "concurrency", "queue_max_size", "feedback_k"):
         if getattr(config, name) < 1:
             raise ConfigError(f"{name} must be at least 1")
+    if config.strong_dtype not in STRONG_DTYPES:
+        raise ConfigError(f"COWEST_STRONG_DTYPE={config.strong_dtype!r}: expected one of {STRONG_DTYPES}")
+    if config.strong_assist not in STRONG_ASSIST_MODES:
+        raise ConfigError(f"COWEST_STRONG_ASSIST={config.strong_assist!r}: expected one of {STRONG_ASSIST_MODES}")
     if config.feedback_evaluator not in FEEDBACK_EVALUATORS:
         raise ConfigError(f"COWEST_FEEDBACK_EVALUATOR={config.feedback_evaluator!r}: expected one of {FEEDBACK_EVALUATORS}")
     if config.feedback_k < 2:
@@ -232,6 +257,11 @@ def validate(config: AppConfig) -> None:
     for name in ("train_min_pairs", "collect_max_questions", "eval_max_items", "train_threads"):
         if getattr(config, name) < 1:
             raise ConfigError(f"{name} must be at least 1")
+    for name in ("asks_per_minute", "feedback_per_minute"):
+        if getattr(config, name) < 0:
+            raise ConfigError(f"{name} must be >= 0 (0 = no limit)")
+    if not 0 < config.max_session_share <= 1:
+        raise ConfigError(f"max_session_share must be in (0, 1], got {config.max_session_share}")
     if config.train_every_minutes < 0:
         raise ConfigError("train_every_minutes must be >= 0")
     if config.temperature < 0:

@@ -11,6 +11,7 @@ import hmac
 import json
 import logging
 import tempfile
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -62,12 +63,18 @@ class TrainingControl:
 
     def _start_log_sync(self, service: Any) -> None:
         """Mirror the feedback log to a dataset repo; a Hub outage only disables it."""
-        from cowest_app.hub import start_log_sync
         from cowest_app.log_sync import write_log_shards
 
         folder = self.config.data_dir / "hub_log"
         self.scheduler.add_job(write_log_shards, "interval", args=[service.store, folder], minutes=LOG_SYNC_MINUTES,
                                id="log-shards", max_instances=1, coalesce=True)
+        # Connecting creates the repo on the Hub, synchronously: on its own thread, so a Hub
+        # that hangs (up to the request timeout) or fails never delays serving.
+        threading.Thread(target=self._connect_log_sync, args=(folder,), name="cowest-log-sync-start", daemon=True).start()
+
+    def _connect_log_sync(self, folder: Path) -> None:
+        from cowest_app.hub import start_log_sync
+
         try:
             self.log_sync = start_log_sync(folder, self.config.hub_log_repo, self.config.secrets.hf_token,
                                            self.config.hub_endpoint, every_minutes=LOG_SYNC_MINUTES)

@@ -358,10 +358,24 @@ def _latest(feedback: Sequence[Mapping[str, Any]], key: str) -> Any:
     return values[-1] if values else None
 
 
+def interaction_vote(feedback: Sequence[Mapping[str, Any]], asker_session: str | None) -> int:
+    """The one vote an interaction gives its draft (see `draft_vote`), oldest feedback first.
+
+    Only the session that asked may vote: in the UI nobody else holds the
+    interaction id, so feedback from another session came through the API
+    with an id taken from the public export, and could overturn honest votes.
+    Within the asking session the latest rating and the latest choice win: a
+    repeated vote adds nothing and a changed vote (a mis-click fixed) replaces
+    the old one. Sessionless interactions (scripts, tests) take any feedback.
+    """
+    own = [fb for fb in feedback if asker_session is None or fb.get("session_id") == asker_session]
+    return draft_vote(_latest(own, "rating"), _latest(own, "best"))
+
+
 def human_pairs(records: Iterable[Mapping[str, Any]]) -> list[PreferencePair]:
     """Pairs from user votes: for one (domain, normalised question), the draft of
     every interaction voted good (see `draft_vote`) is chosen over the draft of
-    every interaction voted bad.
+    every interaction voted bad. An interaction's vote is `interaction_vote`.
 
     `records` are dicts as `LogStore.iter_records` yields them (feedback nested,
     oldest first). Interactions that failed, have no draft, or whose domain is
@@ -376,7 +390,7 @@ def human_pairs(records: Iterable[Mapping[str, Any]]) -> list[PreferencePair]:
         if record.get("status") not in (None, "ok") or not draft or record.get("domain") not in prompts.DOMAINS:
             continue
         feedback = record.get("feedback") or []
-        vote = draft_vote(_latest(feedback, "rating"), _latest(feedback, "best"))
+        vote = interaction_vote(feedback, record.get("session_id"))
         if vote:
             key = (record["domain"], normalize_answer(record["question"]))
             groups.setdefault(key, {1: [], -1: []})[vote].append(record)

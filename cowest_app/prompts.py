@@ -64,9 +64,15 @@ class InputError(ValueError):
     """Bad user input, with a message that can be shown as is."""
 
 
+def shown(value: object, limit: int = 60) -> str:
+    """A short repr of user input for an error message: a megabyte of junk is not echoed back."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
 def get_domain(key: str) -> Domain:
-    if key not in DOMAINS:
-        raise InputError(f"Unsupported domain {key!r}. Choose one of: {', '.join(DOMAINS)}.")
+    if not isinstance(key, str) or key not in DOMAINS:  # isinstance: a list is unhashable, a clear error still
+        raise InputError(f"Unsupported domain {shown(key)}. Choose one of: {', '.join(DOMAINS)}.")
     return DOMAINS[key]
 
 

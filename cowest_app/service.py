@@ -11,6 +11,7 @@ import logging
 import tempfile
 import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -19,12 +20,18 @@ from cowest_app.config import AppConfig
 from cowest_app.export import export_log
 from cowest_app.models.base import Backend, GenerationOptions, create_backend
 from cowest_app.pipeline import COLLAB, STRONG_ALONE, WEAK, WEAK_ALONE, CollaborationPipeline, Snapshot
+from cowest_app.ratelimit import RateLimiter, retry_text
 from cowest_app.store import Feedback, Interaction, LogStore, StoreError
 
 log = logging.getLogger(__name__)
 
 BEST_CHOICES = ("weak", "collab", "strong")
 RATINGS = {"up": 1, "down": -1}
+MAX_ID_CHARS = 64  # interaction ids are 32 hex digits; anything longer is not one
+
+
+class RateLimited(prompts.InputError):
+    """A session sent more questions or feedback than the per-minute limit."""
 
 
 @dataclass(frozen=True)
@@ -35,23 +42,31 @@ class AskUpdate:
 
 def build_weak(config: AppConfig) -> Backend:
     """The weak model with the last promoted adapter (or the configured one)."""
+    from cowest_app.models.local import AdapterError
     from cowest_app.registry import AdapterRegistry
 
     adapter, version = config.weak_adapter, None
     active = AdapterRegistry(config.adapters_dir).active()
     if adapter is None and active is not None:
         adapter, version = str(config.adapters_dir / active.version), active.version
-    return create_backend(
-        "transformers",
-        model=config.weak_model,
-        cache_dir=config.cache_dir,
-        load_4bit=config.weak_4bit,
-        adapter=adapter,
-        adapter_version=version,
-    )
+    weak = partial(create_backend, "transformers", model=config.weak_model, cache_dir=config.cache_dir,
+                   load_4bit=config.weak_4bit)
+    try:
+        return weak(adapter=adapter, adapter_version=version)
+    except AdapterError as exc:
+        if version is None:  # an adapter named in COWEST_WEAK_ADAPTER: a configuration error, say so
+            raise
+        # A damaged promoted adapter must not keep the app from starting; an admin can roll back.
+        log.error("active adapter %s cannot be loaded, serving the base model: %s", version, exc)
+        return weak(adapter=None)
 
 
-def build_strong(config: AppConfig) -> Backend:
+# Prompt n-grams proposed per step with COWEST_STRONG_ASSIST=prompt-lookup.
+PROMPT_LOOKUP_TOKENS = 10
+
+
+def build_strong(config: AppConfig, weak: Backend | None = None) -> Backend:
+    """The strong model; `weak` is the assistant when COWEST_STRONG_ASSIST=weak."""
     if config.strong_backend == "inference-client":
         return create_backend(
             "inference-client",
@@ -60,7 +75,14 @@ def build_strong(config: AppConfig) -> Backend:
             token=config.secrets.strong_api_token,
             timeout_s=config.strong_timeout_s,
         )
-    return create_backend("transformers", model=config.strong_model, cache_dir=config.cache_dir)
+    assist: dict[str, Any] = {}
+    if config.strong_assist == "weak" and weak is not None:
+        assist["assistant"] = weak
+    elif config.strong_assist == "prompt-lookup":
+        assist["prompt_lookup_tokens"] = PROMPT_LOOKUP_TOKENS
+    return create_backend(
+        "transformers", model=config.strong_model, cache_dir=config.cache_dir, dtype=config.strong_dtype, **assist
+    )
 
 
 class CollabService:
@@ -69,6 +91,8 @@ class CollabService:
         self.weak = weak
         self.strong = strong
         self.store = store
+        self.ask_limit = RateLimiter(config.asks_per_minute)
+        self.feedback_limit = RateLimiter(config.feedback_per_minute)
         self.pipeline = CollaborationPipeline(
             weak,
             strong,
@@ -84,7 +108,7 @@ class CollabService:
             torch.set_num_threads(config.torch_threads)
         started = time.perf_counter()
         weak = build_weak(config)
-        strong = build_strong(config)
+        strong = build_strong(config, weak)
         log.info("models ready in %.1fs", time.perf_counter() - started)
         return cls(config, weak, strong, LogStore(config.db_path))
 
@@ -93,6 +117,7 @@ class CollabService:
         """Stream the stages; raises InputError before any work for bad input."""
         domain = prompts.get_domain(domain_key)
         text = prompts.validate_question(question, self.config.max_question_chars)
+        self._throttle(self.ask_limit, session_id, "questions")
         snap: Snapshot | None = None
         logged = False
         try:
@@ -148,13 +173,19 @@ class CollabService:
         """Store one feedback event; raises InputError with a user-facing message."""
         if not interaction_id:
             raise prompts.InputError("Ask a question first, then rate its answer.")
-        if rating is not None and rating not in RATINGS:
-            raise prompts.InputError(f"Unknown rating {rating!r}; use 'up' or 'down'.")
-        if best is not None and best not in BEST_CHOICES:
-            raise prompts.InputError(f"Unknown choice {best!r}; use one of {', '.join(BEST_CHOICES)}.")
-        comment = prompts.clean_text(comment) if isinstance(comment, str) else None
+        if not isinstance(interaction_id, str) or len(interaction_id) > MAX_ID_CHARS:
+            raise prompts.InputError(f"Unknown interaction id {prompts.shown(interaction_id)}: ask a question, then rate its answer.")
+        # isinstance first: an unhashable value (a list from the API) must not reach the dict lookup.
+        if rating is not None and (not isinstance(rating, str) or rating not in RATINGS):
+            raise prompts.InputError(f"Unknown rating {prompts.shown(rating)}; use 'up' or 'down'.")
+        if best is not None and (not isinstance(best, str) or best not in BEST_CHOICES):
+            raise prompts.InputError(f"Unknown choice {prompts.shown(best)}; use one of {', '.join(BEST_CHOICES)}.")
+        if comment is not None and not isinstance(comment, str):
+            raise prompts.InputError("The comment must be text.")
+        comment = prompts.clean_text(comment) if comment is not None else None
         if comment and len(comment) > self.config.max_comment_chars:
             raise prompts.InputError(f"The comment is {len(comment)} characters long; the limit is {self.config.max_comment_chars}.")
+        self._throttle(self.feedback_limit, session_id, "feedback events")
         try:
             return self.store.log_feedback(
                 Feedback(
@@ -165,8 +196,21 @@ class CollabService:
                     comment=comment or None,
                 )
             )
-        except StoreError as exc:
-            raise prompts.InputError(str(exc)) from exc
+        except StoreError as exc:  # its message quotes the id: keep it short
+            message = str(exc)
+            raise prompts.InputError(message if len(message) <= 200 else message[:199] + "…") from exc
+
+    def _throttle(self, limiter: RateLimiter, session_id: str | None, what: str) -> None:
+        """Refuse (before anything is logged) a session over its per-minute limit.
+
+        Callers without a session (scripts, benchmarks, the training job) are
+        not limited: every request through the web app carries one.
+        """
+        if session_id is None:
+            return
+        wait = limiter.acquire(str(session_id))
+        if wait is not None:
+            raise RateLimited(f"Too many {what} from this session: at most {limiter.max_events} a minute. {retry_text(wait)}")
 
     # -- export and facts ------------------------------------------------
     def export(self, fmt: str) -> Path:

@@ -20,7 +20,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 SCHEMA_VERSION = 1
 BUSY_TIMEOUT_MS = 10_000
@@ -283,6 +283,19 @@ class LogStore:
                 (interaction_id,),
             ).fetchall()
         return [Feedback(**dict(row)) for row in rows]
+
+    def sessions_of(self, interaction_ids: Iterable[str]) -> dict[str, str | None]:
+        """The session that asked each known interaction (unknown ids are left out)."""
+        ids = sorted(set(interaction_ids))
+        out: dict[str, str | None] = {}
+        with self._connect() as conn:
+            for start in range(0, len(ids), 500):  # stay under SQLite's bound-variable limit
+                chunk = ids[start:start + 500]
+                rows = conn.execute(
+                    f"SELECT id, session_id FROM interactions WHERE id IN ({', '.join('?' * len(chunk))})", chunk
+                )
+                out.update((row["id"], row["session_id"]) for row in rows)
+        return out
 
     def counts(self) -> dict[str, int]:
         with self._connect() as conn:

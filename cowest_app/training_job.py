@@ -27,7 +27,7 @@ from typing import Any, Callable
 
 from cowest_app import prompts
 from cowest_app.config import AppConfig
-from cowest_app.models.base import GenerationOptions
+from cowest_app.models.base import BackendError, GenerationOptions
 from cowest_app.registry import AdapterRegistry, AdapterVersion, RegistryError, write_atomic
 
 log = logging.getLogger(__name__)
@@ -149,7 +149,10 @@ class TrainingJob:
         target = self.registry.get(version) if version else None
         if target is not None and target.status == "failed":
             raise RegistryError(f"{version} failed and has no adapter")
-        self.service.weak.swap_adapter(str(self.registry.path(version)) if version else None, version or "base")
+        try:
+            self.service.weak.swap_adapter(str(self.registry.path(version)) if version else None, version or "base")
+        except BackendError as exc:  # a damaged adapter: the active one keeps serving, the pointer stays
+            raise JobError(f"{exc}; the active adapter is still {self.service.weak.describe().get('adapter_version')}") from exc
         self.registry.promote(version)
         return f"active adapter is now {version or 'base'}"
 
@@ -181,14 +184,13 @@ class TrainingJob:
         self.collect()
         self._check_stop()
         store = self.service.store
-        after = self.last_trained_pair_id()
-        from cowest_app.feedback import prefer_human
-
-        pairs = prefer_human(store.iter_pairs(after_id=after, trainable_only=True))
+        window = list(store.iter_pairs(after_id=self.last_trained_pair_id(), trainable_only=True))
+        pairs = self.training_pairs(window)
+        held = _held_back_note(len(window), len(pairs))
         if not pairs:
-            return "no new trainable pairs"
+            return "no new trainable pairs" + held
         if len(pairs) < self.config.train_min_pairs and not force:
-            return f"waiting for pairs: {len(pairs)}/{self.config.train_min_pairs}"
+            return f"waiting for pairs: {len(pairs)}/{self.config.train_min_pairs}{held}"
 
         version = self.registry.next_version()
         staging = self.registry.staging_dir(version)
@@ -198,7 +200,8 @@ class TrainingJob:
         dataset, n_pairs, data_hash = write_dpo_jsonl(pairs, staging / "train.jsonl")
         parent = self.registry.active()
         meta = dict(parent=parent.version if parent else None, base_model=self.config.weak_model,
-                    data_hash=data_hash, n_pairs=n_pairs, last_pair_id=max(p.id for p in pairs))
+                    # The whole window is consumed: pairs held back now are not offered again.
+                    data_hash=data_hash, n_pairs=n_pairs, last_pair_id=max(p.id for p in window))
         try:
             self._set(phase="training", detail=f"DPO on {n_pairs} pairs")
             self.train(staging, dataset, parent)
@@ -233,6 +236,25 @@ class TrainingJob:
     def _check_stop(self) -> None:
         if self._stop.is_set():
             raise Stopped("stopped by admin")
+
+    def training_pairs(self, window: list[Any]) -> list[Any]:
+        """The DPO set built from the new pairs (`window`, in id order).
+
+        Human pairs count only while the votes that made them stand; human
+        ratings beat automatic pairs on the same question; and no session may
+        own more than `max_session_share` of the set, so one client flooding
+        questions or votes cannot dominate a training run.
+        """
+        from cowest_app.feedback import human_pairs, prefer_human
+        from cowest_app.feedback_guard import cap_session_share, live_human_pairs
+
+        store = self.service.store
+        if any(p.evaluator == "human" for p in window):
+            live = {tuple(p.interaction_ids) for p in human_pairs(store.iter_records())}
+            window = live_human_pairs(window, live)
+        pairs = prefer_human(window)
+        sessions = store.sessions_of(i for p in pairs for i in p.interaction_ids)
+        return cap_session_share(pairs, sessions, self.config.max_session_share)
 
     def last_trained_pair_id(self) -> int:
         trained = [v.last_pair_id for v in self.registry.versions() if v.status != "failed"]
@@ -333,7 +355,9 @@ class TrainingJob:
 
     def run_child(self, command: list[str], staging: Path) -> None:
         threads = str(self.config.train_threads)
-        env = {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads, "TOKENIZERS_PARALLELISM": "false"}
+        env = {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads, "TOKENIZERS_PARALLELISM": "false",
+               # The child exits when this process dies (training.common.exit_with_parent), even by SIGKILL.
+               "COWEST_PARENT_PID": str(os.getpid())}
         log_path = staging / "train.log"
         with log_path.open("w") as out:
             self._child = subprocess.Popen(command, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
@@ -392,6 +416,11 @@ class TrainingJob:
                                  metrics=meta.metrics, data_stats={"pairs": meta.n_pairs, "data_sha256": meta.data_hash},
                                  parent=meta.parent, created_at=meta.created_at)
         self.publisher.enqueue(self.registry.path(version), version, card)
+
+
+def _held_back_note(offered: int, kept: int) -> str:
+    dropped = offered - kept
+    return f" ({dropped} of {offered} new pairs held back: stale votes, replaced by human votes or over the per-session cap)" if dropped else ""
 
 
 def _fields(opts: GenerationOptions) -> dict[str, Any]:

@@ -6,12 +6,15 @@ markup in an answer is displayed as text and never executed.
 
 from __future__ import annotations
 
+import html
+import re
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import gradio as gr
 
 from cowest_app import prompts
+from cowest_app.eval_view import build_evaluation_tab
 from cowest_app.pipeline import COLLAB, STRONG_ALONE, WEAK, WEAK_ALONE, Snapshot
 from cowest_app.service import CollabService
 
@@ -29,7 +32,10 @@ DOMAIN_CHOICES = [(d.label, d.key) for d in prompts.DOMAINS.values()]
 
 
 def _ms(value: float | None) -> str:
-    return "–" if value is None else f"{value / 1000:.1f} s"
+    # Sub-second stages in ms: "0.0 s" for a fast first token read as "no time at all".
+    if value is None:
+        return "–"
+    return f"{value:.0f} ms" if value < 1000 else f"{value / 1000:.1f} s"
 
 
 def stage_table(snapshot: Snapshot) -> str:
@@ -39,15 +45,26 @@ def stage_table(snapshot: Snapshot) -> str:
         info = stage.info
         status = stage.status if not stage.error else f"failed: {stage.error}"
         rows.append(
-            f"| {STAGE_TITLES[key]} | {info.get('model', '…')} | {info.get('adapter_version') or '–'} "
+            f"| {STAGE_TITLES[key]} | {_escape(info.get('model', '…'))} | {_escape(info.get('adapter_version') or '–')} "
             f"| {_escape(status)} | {_ms(stage.first_token_ms)} | {_ms(stage.ms)} |"
         )
     return "\n".join(rows)
 
 
+# Markdown punctuation that could start a link, an image, emphasis, code or a table cell.
+_MARKDOWN_SPECIAL = re.compile(r"([\\`*_{}\[\]()#!|~])")
+
+
 def _escape(text: str) -> str:
-    # Errors can echo server text; keep it inert inside the Markdown table.
-    return text.replace("|", "\\|").replace("<", "&lt;").replace(">", "&gt;").replace("\n", " ")
+    """Text from outside (errors echo server or user text) shown inside Markdown stays
+    inert and on one line: HTML becomes entities, Markdown punctuation is escaped."""
+    text = _MARKDOWN_SPECIAL.sub(r"\\\1", html.escape(str(text), quote=False))
+    return " ".join(text.splitlines())
+
+
+def user_error(exc: BaseException) -> gr.Error:
+    # gr.Error renders its message as HTML, and messages can quote user input.
+    return gr.Error(html.escape(str(exc), quote=False), duration=8)
 
 
 def models_banner(service: CollabService) -> str:
@@ -78,24 +95,26 @@ def build_ui(service: CollabService, control: "TrainingControl | None" = None) -
             "a general **strong** model refines question + draft into the final answer. "
             "Rate answers: your feedback becomes preference data that retrains the weak model."
         )
-        banner = gr.Markdown(models_banner(service))
+        banner = gr.Markdown(models_banner(service), elem_id="models-banner")
         with gr.Tab("Ask"):
             with gr.Row():
-                question = gr.Textbox(label="Question", lines=3, scale=4,
+                question = gr.Textbox(label="Question", lines=3, scale=4, elem_id="question",
                                       placeholder="Ask a domain question…",
                                       max_length=service.config.max_question_chars)
                 with gr.Column(scale=1, min_width=220):
                     domain = gr.Dropdown(DOMAIN_CHOICES, value=prompts.DEFAULT_DOMAIN, label="Domain")
                     compare = gr.Checkbox(False, label="Also answer with each model alone")
-                    ask_btn = gr.Button("Ask", variant="primary")
+                    ask_btn = gr.Button("Ask", variant="primary", elem_id="ask")
             gr.Examples([[d.example, d.key] for d in prompts.DOMAINS.values()], [question, domain])
             with gr.Row():
-                weak_box = gr.Textbox(label=STAGE_TITLES[WEAK], lines=12, interactive=False, buttons=["copy"])
-                final_box = gr.Textbox(label=STAGE_TITLES[COLLAB], lines=12, interactive=False, buttons=["copy"])
+                weak_box = gr.Textbox(label=STAGE_TITLES[WEAK], lines=12, interactive=False, buttons=["copy"],
+                                      elem_id="weak-draft")
+                final_box = gr.Textbox(label=STAGE_TITLES[COLLAB], lines=12, interactive=False, buttons=["copy"],
+                                       elem_id="final-answer")
             with gr.Row(visible=False) as alone_row:
                 weak_alone_box = gr.Textbox(label=STAGE_TITLES[WEAK_ALONE], lines=8, interactive=False)
                 strong_alone_box = gr.Textbox(label=STAGE_TITLES[STRONG_ALONE], lines=8, interactive=False)
-            stages_md = gr.Markdown()
+            stages_md = gr.Markdown(elem_id="stage-table")
             interaction_id = gr.Textbox(visible=False, label="interaction id")
             with gr.Group():
                 with gr.Row():
@@ -103,15 +122,16 @@ def build_ui(service: CollabService, control: "TrainingControl | None" = None) -
                     comment = gr.Textbox(label="Comment (optional)", lines=2,
                                          max_length=service.config.max_comment_chars)
                 with gr.Row():
-                    up_btn = gr.Button("👍 Good answer")
+                    up_btn = gr.Button("👍 Good answer", elem_id="rate-up")
                     down_btn = gr.Button("👎 Bad answer")
                     send_btn = gr.Button("Send choice / comment only")
-            feedback_md = gr.Markdown()
+            feedback_md = gr.Markdown(elem_id="feedback-message")
         with gr.Tab("Log & export"):
-            counts_md = gr.Markdown()
+            counts_md = gr.Markdown(elem_id="log-counts")
             fmt = gr.Radio(["jsonl", "parquet"], value="jsonl", label="Format")
-            export_btn = gr.Button("Export the interaction and feedback log")
-            export_file = gr.File(label="Download", interactive=False)
+            export_btn = gr.Button("Export the interaction and feedback log", elem_id="export")
+            export_file = gr.File(label="Download", interactive=False, elem_id="export-file")
+        build_evaluation_tab(service.config.data_dir)
         if control is not None:
             with gr.Tab("Training"):
                 training_tab(service, control)
@@ -122,19 +142,19 @@ def build_ui(service: CollabService, control: "TrainingControl | None" = None) -
                 for update in updates:
                     yield _render(update.snapshot, update.interaction_id)
             except prompts.InputError as exc:
-                raise gr.Error(str(exc), duration=8) from None
+                raise user_error(exc) from None
 
         def on_rate(rating: str | None, iid: str, choice: str | None, text: str, request: gr.Request):
             try:
                 service.rate(iid or None, rating=rating, best=choice or None, comment=text, session_id=_session(request))
             except prompts.InputError as exc:
-                raise gr.Error(str(exc), duration=8) from None
+                raise user_error(exc) from None
             thanks = {"up": "👍 recorded.", "down": "👎 recorded."}.get(rating or "", "Feedback recorded.")
             return f"{thanks} Thank you!", log_counts(service)
 
         def on_export(f: str) -> str:
             if f not in ("jsonl", "parquet"):
-                raise gr.Error(f"Unknown export format {f!r}.")
+                raise gr.Error(html.escape(f"Unknown export format {prompts.shown(f)}.", quote=False))
             return str(service.export(f))
 
         ask_event = dict(fn=on_ask, inputs=[question, domain, compare],
@@ -217,12 +237,13 @@ def training_tab(service: CollabService, control: "TrainingControl") -> None:
     from cowest_app.registry import RegistryError
     from cowest_app.training_job import JobError
 
-    state_md = gr.Markdown()
+    state_md = gr.Markdown(elem_id="training-state")
     plot = gr.LinePlot(x="step", y="value", color="series", title="DPO loss and reward margin", height=260)
     with gr.Row():
         pairs_md = gr.Markdown()
         hub_md = gr.Markdown()
-    history = gr.Dataframe(headers=HISTORY_COLUMNS, label="Adapter versions", interactive=False, wrap=True)
+    history = gr.Dataframe(headers=HISTORY_COLUMNS, label="Adapter versions", interactive=False, wrap=True,
+                           elem_id="adapter-history")
     with gr.Row():
         version_pick = gr.Dropdown([], label="Adapter version", allow_custom_value=False)
         download_btn = gr.Button("Download adapter (.zip with model card)")
@@ -254,7 +275,7 @@ def training_tab(service: CollabService, control: "TrainingControl") -> None:
             try:
                 return action(*args)
             except (AdminError, JobError, RegistryError) as exc:
-                raise gr.Error(str(exc), duration=8) from None
+                raise user_error(exc) from None
         return run
 
     start_btn.click(admin(control.start_run), secret, admin_md, api_name="admin_start")
@@ -269,6 +290,6 @@ def training_tab(service: CollabService, control: "TrainingControl") -> None:
         try:
             return str(control.download(version))
         except RegistryError as exc:
-            raise gr.Error(str(exc)) from None
+            raise user_error(exc) from None
 
     download_btn.click(on_download, version_pick, download_file, api_name="download_adapter")

@@ -20,7 +20,9 @@ import contextlib
 import dataclasses
 import json
 import logging
+import os
 import sys
+import threading
 import time
 import types
 import typing
@@ -38,6 +40,7 @@ R = TypeVar("R")
 RESOLVED_CONFIG = "resolved_config.yaml"
 PROGRESS_FILE = "progress.jsonl"
 METRICS_FILE = "metrics.json"
+PARENT_PID_ENV = "COWEST_PARENT_PID"  # set by the app for a training child: exit when that process is gone
 
 
 class RecipeError(ValueError):
@@ -362,6 +365,7 @@ def run_cli(cls: type[R], main: Callable[[R], dict[str, Any]], argv: Sequence[st
     parser.add_argument("--config", required=True, help="YAML recipe")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override one recipe key")
     ns = parser.parse_args(argv)
+    exit_with_parent()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         config = load_recipe(cls, ns.config, ns.set)
@@ -380,6 +384,28 @@ def run_cli(cls: type[R], main: Callable[[R], dict[str, Any]], argv: Sequence[st
         raise
     print(json.dumps(metrics, sort_keys=True), file=sys.stdout, flush=True)
     return 0
+
+
+def exit_with_parent(poll_s: float = 0.5) -> None:
+    """Started by the app (COWEST_PARENT_PID set): end this process soon after the app is gone.
+
+    The app starts a run in its own session, so that stopping it kills the whole
+    process group. That also means a crashed or SIGKILLed app would leave the run
+    training on as an orphan, holding CPU and writing into the staging folder that
+    the restarted app discards (and may reuse for its next run).
+    """
+    raw = os.environ.get(PARENT_PID_ENV)
+    if not raw:
+        return
+    parent = int(raw)
+
+    def watch() -> None:
+        while os.getppid() == parent:  # an orphan is adopted by another process: the pid changes
+            time.sleep(poll_s)
+        print(f"the app (pid {parent}) is gone; stopping this training run", file=sys.stderr, flush=True)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
 
 
 def _log_failure(config: Any, exc: BaseException) -> None:

@@ -345,9 +345,12 @@ def run_pipeline(pack: DomainPack, opts: PipelineOptions, out: str | Path) -> di
         "pack": pack.name,
         "pack_fingerprint": pack.fingerprint(),
         "total_seconds": total,
+        # Everything that decides the results, so a result set says how to reproduce it.
+        "options": json.loads(json.dumps(dataclasses.asdict(opts), default=str)),
         "stages": {
-            name: {"ran": r["ran"], "seconds": r["seconds"] if r["ran"] else 0.0, "fingerprint": r["fingerprint"],
-                   "summary": r.get("summary", {})}
+            # seconds: spent in this invocation; recorded_seconds: what the run that made the outputs took.
+            name: {"ran": r["ran"], "seconds": r["seconds"] if r["ran"] else 0.0, "recorded_seconds": r["seconds"],
+                   "fingerprint": r["fingerprint"], "summary": r.get("summary", {})}
             for name, r in stages.items()
         },
         "accuracy": evaluation.get("summary", {}).get("accuracy", {}),

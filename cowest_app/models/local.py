@@ -12,6 +12,7 @@ output (see `_warm_up`).
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
@@ -47,6 +48,26 @@ def nf4_config(device: str) -> BitsAndBytesConfig:
     return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=compute)
 
 
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+ASSIST_MODES = ("off", "weak", "prompt-lookup")
+
+
+def cpu_has_native_bf16() -> bool:
+    # AVX512-BF16 or AMX: bf16 matmuls run in hardware and move half the bytes
+    # of fp32. Without them torch emulates bf16, slower than plain fp32.
+    return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+
+
+def resolve_dtype(name: str, device: str) -> torch.dtype:
+    """`auto`: bf16 on GPUs and on CPUs with native bf16, fp32 elsewhere."""
+    if name == "auto":
+        native = device.startswith("cuda") or (device == "cpu" and cpu_has_native_bf16())
+        return torch.bfloat16 if native else torch.float32
+    if name not in DTYPES:
+        raise ValueError(f"unknown dtype {name!r}; expected auto or one of {sorted(DTYPES)}")
+    return DTYPES[name]
+
+
 def load_causal_lm(path: str, load_4bit: bool, device: str, dtype: torch.dtype | None = None):
     kwargs: dict[str, Any] = {"device_map": {"": device}}
     if load_4bit:
@@ -64,6 +85,47 @@ class _Cancelled(StoppingCriteria):
 
     def __call__(self, input_ids, scores, **kwargs) -> torch.BoolTensor:
         return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool)
+
+
+class AdapterError(BackendError):
+    """An adapter that cannot be loaded; the model that was active stays active."""
+
+
+ADAPTER_CONFIG = "adapter_config.json"
+ADAPTER_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")
+
+
+def _looks_local(source: str) -> bool:
+    # "user/repo" is a Hub id; "/abs/dir", "./dir" or an existing path is a directory.
+    path = Path(source).expanduser()
+    return path.is_absolute() or source.startswith(".") or path.exists()
+
+
+def check_adapter_dir(path: Path) -> None:
+    """Refuse, naming the file, an adapter directory that cannot be a PEFT adapter.
+
+    Without this a missing weights file makes peft fall back to the Hub with
+    the directory as a repo id, which fails with a baffling message.
+    """
+    config_file = path / ADAPTER_CONFIG
+    if not config_file.is_file():
+        raise AdapterError(f"no adapter at {path}: {ADAPTER_CONFIG} is missing")
+    try:
+        config = json.loads(config_file.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise AdapterError(f"{config_file} is not valid JSON ({exc})") from None
+    if not isinstance(config, dict) or not isinstance(config.get("peft_type"), str):
+        raise AdapterError(f"{config_file} is not a PEFT adapter config (no peft_type)")
+    if not any((path / name).is_file() for name in ADAPTER_WEIGHTS):
+        raise AdapterError(f"no adapter weights in {path}: expected {' or '.join(ADAPTER_WEIGHTS)}")
+
+
+def check_finite_adapter(model: Any, source: str) -> None:
+    """A damaged weights file can still parse; NaN or infinite LoRA weights would
+    turn every answer into noise, so such an adapter is refused."""
+    for name, param in model.named_parameters():
+        if "lora_" in name and not bool(torch.isfinite(param).all()):
+            raise AdapterError(f"adapter {source} is damaged: {name} holds NaN or infinite values")
 
 
 def as_backend_error(exc: BaseException) -> BackendError:
@@ -123,13 +185,19 @@ class TransformersBackend:
         adapter: str | None = None,
         adapter_version: str | None = None,
         device: str | None = None,
-        dtype: torch.dtype | None = None,
+        dtype: torch.dtype | str | None = None,
+        assistant: "TransformersBackend | None" = None,
+        prompt_lookup_tokens: int = 0,
     ) -> None:
         started = time.perf_counter()
         self.model_ref = model
         self.device = device or default_device()
         self.load_4bit = load_4bit
-        self.dtype = dtype
+        self.dtype = resolve_dtype(dtype, self.device) if isinstance(dtype, str) else dtype
+        # Greedy answers only (see `assist_kwargs`): the weak backend proposes
+        # tokens, or n-grams are copied from the prompt (which holds the draft).
+        self.assistant = assistant
+        self.prompt_lookup_tokens = prompt_lookup_tokens
         self.path = refs.resolve(model, Path(cache_dir) if cache_dir else refs.default_cache_dir())
         self.tokenizer = AutoTokenizer.from_pretrained(self.path)
         if self.tokenizer.pad_token is None:
@@ -142,12 +210,24 @@ class TransformersBackend:
     def _build(self, source: str | None, version: str) -> ActiveModel:
         model = load_causal_lm(self.path, self.load_4bit, self.device, self.dtype)
         if source is not None:
-            from peft import PeftModel
-
-            model = PeftModel.from_pretrained(model, source, adapter_name=version, is_trainable=False)
-            model.eval()
+            model = self._attach_adapter(model, source, version)
         self._warm_up(model)
         return ActiveModel(model, version if source else BASE_VERSION, source)
+
+    def _attach_adapter(self, model: Any, source: str, version: str) -> Any:
+        """The base model with the LoRA adapter at `source`; AdapterError if it is unusable."""
+        from peft import PeftModel
+
+        if _looks_local(source):
+            check_adapter_dir(Path(source).expanduser())
+        try:
+            model = PeftModel.from_pretrained(model, source, adapter_name=version, is_trainable=False)
+        except Exception as exc:  # truncated safetensors, wrong shapes, unknown modules, Hub errors, ...
+            detail = " ".join(str(exc).split())[:300]
+            raise AdapterError(f"cannot load adapter {version} from {source}: {type(exc).__name__}: {detail}") from exc
+        check_finite_adapter(model, source)
+        model.eval()
+        return model
 
     def _warm_up(self, model: Any) -> None:
         # On CPUs with AVX512-BF16, bitsandbytes repacks each NF4 weight in
@@ -187,6 +267,7 @@ class TransformersBackend:
             "quantization": "nf4" if self.load_4bit else None,
             "memory_mib": round(active.model.get_memory_footprint() / 2**20, 1),
             "device": self.device,
+            "assist": self.assist_mode,
         }
 
     # -- adapters --------------------------------------------------------
@@ -194,7 +275,8 @@ class TransformersBackend:
         """Make `source` (a LoRA adapter directory or Hub id) the active adapter.
 
         `source=None` returns to the bare base model. The new model is fully
-        built before it replaces the old one; a failure leaves the old active.
+        built before it replaces the old one; a failure (AdapterError for a
+        missing or damaged adapter) leaves the old one active and serving.
         """
         with self._swap_lock:
             self._active = self._build(source, version)
@@ -219,6 +301,35 @@ class TransformersBackend:
             kwargs.update(do_sample=True, temperature=opts.temperature, top_p=opts.top_p)
         return kwargs
 
+    @property
+    def assist_mode(self) -> str:
+        if self.assistant is not None:
+            return "weak"
+        return "prompt-lookup" if self.prompt_lookup_tokens > 0 else "off"
+
+    def assist_kwargs(self, opts: GenerationOptions) -> dict[str, Any]:
+        """Extra `generate` arguments for assisted (speculative) decoding.
+
+        Only greedy decoding is assisted: there the target model checks every
+        proposed token and keeps exactly what it would have produced alone, so
+        the text is unchanged and only the number of target forward passes
+        drops. The assistant's active model is read per call, so a hot-swapped
+        weak adapter is picked up.
+        """
+        if not opts.greedy:
+            return {}
+        if self.assistant is not None:
+            helper = self.assistant.model
+            kwargs: dict[str, Any] = {"assistant_model": helper}
+            vocab = helper.config.get_text_config().vocab_size
+            if vocab != self._active.model.config.get_text_config().vocab_size:
+                # Different tokenizers: transformers re-encodes text between the two vocabularies.
+                kwargs.update(tokenizer=self.tokenizer, assistant_tokenizer=self.assistant.tokenizer)
+            return kwargs
+        if self.prompt_lookup_tokens > 0:
+            return {"prompt_lookup_num_tokens": self.prompt_lookup_tokens}
+        return {}
+
     def generate(self, messages: list[Message], **opts: Any) -> TextStream:
         options = options_from(opts)
         inputs = self.encode(messages)
@@ -237,6 +348,7 @@ class TransformersBackend:
                     active.model.generate(
                         **inputs,
                         **self.generation_kwargs(options),
+                        **self.assist_kwargs(options),
                         streamer=streamer,
                         stopping_criteria=StoppingCriteriaList([_Cancelled(cancel)]),
                     )

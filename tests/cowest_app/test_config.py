@@ -61,4 +61,8 @@ def test_readme_configuration_table_matches_code():
 def test_space_binds_all_interfaces_unless_told_otherwise():
     assert cfg.from_env({"SPACE_ID": "me/cowest"}).host == "0.0.0.0"
     assert cfg.from_env({"SPACE_ID": "me/cowest", "COWEST_HOST": "127.0.0.1"}).host == "127.0.0.1"
+    # The session-share cap guards a public Space; locally a single user must still be able to train.
+    assert cfg.from_env({}).max_session_share == 1.0
+    assert cfg.from_env({"SPACE_ID": "me/cowest"}).max_session_share == 0.2
+    assert cfg.from_env({"SPACE_ID": "me/cowest", "COWEST_MAX_SESSION_SHARE": "0.5"}).max_session_share == 0.5
     assert cfg.from_env({}).host == "127.0.0.1"

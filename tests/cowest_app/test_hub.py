@@ -251,6 +251,25 @@ def test_enqueue_returns_at_once_while_the_hub_hangs(hub: FakeHub, tmp_path: Pat
     assert [job["version"] for job in saved["jobs"]] == ["v1", "v2"]
 
 
+def test_a_queued_push_that_hangs_past_the_timeout_is_reported_then_retried(hub: FakeHub, tmp_path: Path) -> None:
+    hub.hang()  # the Hub accepts the connection and never answers
+    seen: list[dict[str, Any]] = []
+    sleeps = Sleeps(then=lambda: (seen.append({**pub.status(), "held": hub.held()}), hub.release()))  # recover in the backoff
+    pub = publisher(hub, tmp_path, sleep=sleeps, request_timeout_s=0.3)
+    pub.enqueue(make_adapter(tmp_path / "v1", seed=1), "v1", card("v1"))
+    pub.start()
+    assert pub.wait_idle(timeout=10)
+    pub.stop()
+
+    # While it waited to retry, the failure was visible; the request was still held by the Hub.
+    [during] = seen
+    assert during["pending"][0]["attempts"] == 1 and "timed out" in during["pending"][0]["last_error"]
+    assert "timed out" in during["last_error"] and sleeps == [1.0] and during["held"] == 1
+    done = pub.status()["done"][0]
+    assert done["version"] == "v1" and done["attempts"] == 2 and pub.status()["last_error"] is None
+    assert done["commit_id"] == hub.repo(REPO).tags["v1"]
+
+
 def test_stop_cuts_a_long_backoff_short_and_keeps_the_job(hub: FakeHub, tmp_path: Path) -> None:
     hub.fail_next(1000, status=503)
     pub = publisher(hub, tmp_path, sleep=None, base_delay_s=30.0)  # the real, interruptible wait

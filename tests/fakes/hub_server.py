@@ -7,6 +7,8 @@ Usage:
         ...
         hub.repo("me/adapter").tags["v1"]
         hub.fail_next(2, status=503)  # the next two requests fail
+        hub.hang()                      # hold every request (past any client timeout) ...
+        hub.release(status=401)         # ... until released: held ones get a 401, later ones pass
 
 It speaks just the part of the Hub API that huggingface_hub 2.4 uses for:
 create_repo, create_commit / upload_folder (validate-yaml, preupload, commit),
@@ -99,6 +101,14 @@ class _Fault:
 
 
 @dataclass
+class _Hang:
+    path_contains: str | None
+    released: threading.Event = field(default_factory=threading.Event)
+    status: int | None = None  # the answer once released; None: served normally
+    held: int = 0
+
+
+@dataclass
 class FakeHub:
     """Behaviour knobs and in-memory state; read by the handler threads on every request."""
 
@@ -112,6 +122,7 @@ class FakeHub:
     _commit_counter: int = field(default=0, init=False, repr=False)
     _httpd: ThreadingHTTPServer | None = field(default=None, init=False, repr=False)
     _stopping: threading.Event = field(default_factory=threading.Event, init=False, repr=False)
+    _hang: _Hang | None = field(default=None, init=False, repr=False)
 
     # --- test-facing API -------------------------------------------------
 
@@ -128,6 +139,26 @@ class FakeHub:
         """Answer the next n requests (only those whose path contains path_contains, if given) with status."""
         with self._lock:
             self._faults.append(_Fault(n, status, path_contains))
+
+    def hang(self, *, path_contains: str | None = None) -> None:
+        """Hold every request (whose path contains path_contains, if given) open, unanswered, until release()."""
+        with self._lock:
+            self._hang = _Hang(path_contains)
+
+    def release(self, status: int | None = None) -> int:
+        """End the hang: held requests get `status` (None: a normal answer); returns how many were held."""
+        with self._lock:
+            hang, self._hang = self._hang, None
+        if hang is None:
+            return 0
+        hang.status = status
+        hang.released.set()
+        return hang.held
+
+    def held(self) -> int:
+        """Requests being held by hang() right now."""
+        with self._lock:
+            return self._hang.held if self._hang is not None else 0
 
     def clear_faults(self) -> None:
         with self._lock:
@@ -230,11 +261,26 @@ class _HubHandler(BaseHTTPRequestHandler):
         if self.fake.delay_s and self.fake._stopping.wait(self.fake.delay_s):
             return  # shutting down; the client gave up long ago
         try:
+            self._wait_if_hanging(self.path)
             self._dispatch(urlsplit(self.path), headers, body)
         except _HubError as err:
             self._send_error(err)
         except (BrokenPipeError, ConnectionResetError):
             pass  # the client timed out and closed; nothing to tell it
+
+    def _wait_if_hanging(self, path: str) -> None:
+        with self.fake._lock:
+            hang = self.fake._hang
+            if hang is None or (hang.path_contains is not None and hang.path_contains not in path):
+                return
+            hang.held += 1
+        while not hang.released.wait(0.05):
+            if self.fake._stopping.is_set():
+                raise BrokenPipeError  # shutting down: drop the connection without an answer
+        with self.fake._lock:
+            hang.held -= 1
+        if hang.status is not None:
+            raise _HubError(hang.status, BAD_CREDENTIALS if hang.status == 401 else f"injected fault: HTTP {hang.status}")
 
     def _dispatch(self, url: Any, headers: dict[str, str], body: bytes) -> None:
         status = self.fake._take_fault(url.path)

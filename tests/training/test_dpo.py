@@ -176,6 +176,17 @@ def test_precompute_ref_log_probs(tmp_path: Path, tiny_model_dir: Path) -> None:
     assert metrics["steps"] == 2
 
 
+def test_precompute_with_a_continued_adapter_uses_its_copy(tmp_path: Path, tiny_model_dir: Path) -> None:
+    # The app continues the active adapter with the shipped recipe, which precomputes: the
+    # precomputed reference must be the loaded adapter (loss ln 2 on step 1), not the bare base.
+    init = make_lora_adapter(tiny_model_dir, tmp_path / "init", seed=4)
+    config = tiny_recipe(tiny_model_dir, tmp_path, init_adapter=str(init), precompute_ref_log_probs=True, max_steps=1)
+    main(config)
+    first = next(line for line in read_progress(Path(config.output_dir)) if "loss" in line)
+    assert first["loss"] == pytest.approx(LN2, abs=1e-4)
+    assert first["rewards/margins"] == pytest.approx(0.0, abs=1e-5)
+
+
 def test_learns_a_trivial_preference(tmp_path: Path, tiny_model_dir: Path) -> None:
     """Always prefer "yes" to "no": margins must grow and the loss must fall."""
     # A random 2-layer model learns slowly at the recipe's beta: a larger beta and lr make 16 steps enough.
@@ -222,3 +233,29 @@ def test_default_recipe_on_packaged_smollm2(tmp_path: Path, monkeypatch: pytest.
     metrics = main(config)
     assert metrics["steps"] == 2 and math.isfinite(metrics["train_loss"])
     assert metrics["n_pairs"] == 8
+
+
+def step_losses(config: DPORecipe) -> list[float]:
+    main(config)
+    return [line["loss"] for line in read_progress(Path(config.output_dir)) if "loss" in line]
+
+
+def test_fast_settings_train_like_the_plain_path(tmp_path: Path, tiny_model_dir: Path) -> None:
+    """The shipped speed settings (one pair per micro-batch, so no padding between pairs, and
+    reference log-probs computed once before training) see the same pairs per optimizer step
+    as one batch of four with the reference computed on the fly: the losses must agree."""
+    shipped = load_recipe(DPORecipe, ROOT / "training" / "recipes" / "dpo.yaml")
+    assert shipped.precompute_ref_log_probs and shipped.per_device_train_batch_size == 1
+    # Pairs of different lengths, so a batch of four really pads.
+    pairs = [dict(p, chosen=[{"role": "assistant", "content": "yes " * (1 + 3 * i)}]) for i, p in enumerate(toy_pairs(8))]
+    plain = dataclasses.replace(
+        tiny_recipe(tiny_model_dir, tmp_path, max_steps=4, learning_rate=1e-2, per_device_train_batch_size=4,
+                    gradient_accumulation_steps=1, precompute_ref_log_probs=False),
+        dataset=str(write_pairs(tmp_path / "varied.jsonl", pairs)),
+    )
+    fast = dataclasses.replace(plain, output_dir=str(tmp_path / "fast"), per_device_train_batch_size=1,
+                               gradient_accumulation_steps=4, precompute_ref_log_probs=True)
+    plain_losses, fast_losses = step_losses(plain), step_losses(fast)
+    assert len(plain_losses) == len(fast_losses) == 4
+    assert plain_losses[-1] < plain_losses[0]  # it trains, so later steps test the gradients too
+    assert fast_losses == pytest.approx(plain_losses, abs=1e-4)

@@ -149,10 +149,14 @@ def test_pipeline_runs_skips_and_reruns_downstream(tmp_path: Path, tiny_model_di
     assert list(results["systems"]) == ["weak", "strong", "strong_rag", "collab_base", "collab_sft", "collab_dpo"]
     assert all(s["n"] == 4 for s in results["systems"].values())
     assert report["total_seconds"] > 0 and report["accuracy"].keys() == results["systems"].keys()
+    assert report["options"]["k"] == 2 and report["options"]["min_margin"] == 0.0
+    assert report["options"]["dpo_overrides"] == [s.removeprefix("dpo.") for s in DPO_SETS]
     stamps = {name: (out / name / STAGE_FILE).read_text() for name in report["stages"]}
 
     # Same inputs: every stage is skipped and nothing is rewritten.
-    assert not any(ran(run_cli(pack, out, tiny_model_dir)).values())
+    again = run_cli(pack, out, tiny_model_dir)
+    assert not any(ran(again).values())
+    assert {n: s["recorded_seconds"] for n, s in again["stages"].items()} == {n: s["seconds"] for n, s in report["stages"].items()}
     assert stamps == {name: (out / name / STAGE_FILE).read_text() for name in report["stages"]}
 
     # A change that only concerns evaluation reruns only evaluation.
