@@ -33,6 +33,7 @@ import argparse
 import dataclasses
 import json
 import math
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -152,7 +153,11 @@ def main() -> None:
         "variants must share the effective batch size"
 
     work = Path(tempfile.mkdtemp(prefix="cowest-bench-dpo-"))
-    results = [run_variant(v, recipes[v], pairs, steps, work) for v in args.variants.split(",")]
+    results = []
+    for variant in args.variants.split(","):
+        results.append(run_variant(variant, recipes[variant], pairs, steps, work))
+        r = results[-1]
+        print(f"# {variant}: {r['seconds']:.1f} s, mean loss {r['mean_loss']:.4f}", file=sys.stderr, flush=True)
 
     print(f"base {recipe.base_model} ({'NF4 QLoRA' if recipe.load_4bit else 'full precision'}), {len(pairs)} pairs, "
           f"{steps} optimizer steps of {shipped.per_device_train_batch_size * shipped.gradient_accumulation_steps} pairs, "

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import time
 from dataclasses import dataclass, field
 
@@ -102,6 +103,9 @@ def run_dtype(strong_ref: str, dtype: str, modes: list[str], weak: TransformersB
         for mode in order:
             set_assist(backend, mode, weak)
             answer(backend, messages, tokens, tallies[mode])
+            t = tallies[mode]
+            print(f"# {dtype} {mode} q{i}: first token {t.first_token_s[-1]:.2f} s, answer {t.answer_s[-1]:.1f} s",
+                  file=sys.stderr, flush=True)
     return backend, tallies
 
 
@@ -132,17 +136,20 @@ def main() -> None:
     refine = drafts(weak, questions, args.draft_tokens)
     prompt_tokens = [weak.encode(m)["input_ids"].shape[1] for m in refine]
 
+    print(f"strong {strong_ref}, assistant {weak_ref} ({weak.memory_summary()}), {torch.get_num_threads()} torch threads, "
+          f"{args.questions} refinement prompts of ~{statistics.mean(prompt_tokens):.0f} weak-tokenizer tokens, "
+          f"greedy, up to {args.tokens} new tokens", flush=True)
     results: list[tuple[str, str, str, Tally]] = []
     for dtype in args.dtypes.split(","):
         backend, tallies = run_dtype(strong_ref, dtype, modes, weak, refine, args.tokens)
         memory = backend.memory_summary()
         del backend
         results += [(dtype, mode, memory, tally) for mode, tally in tallies.items()]
+        print_table(results)  # after every dtype: a run cut short still leaves its numbers
 
-    print(f"strong {strong_ref}, assistant {weak_ref} ({weak.memory_summary()}), {torch.get_num_threads()} torch threads, "
-          f"{args.questions} refinement prompts of ~{statistics.mean(prompt_tokens):.0f} weak-tokenizer tokens, "
-          f"greedy, up to {args.tokens} new tokens\n")
-    print("| dtype | assist | memory | first token s (median) | answer s (mean) | decode tok/s | x baseline | "
+
+def print_table(results: list) -> None:
+    print("\n| dtype | assist | memory | first token s (median) | answer s (mean) | decode tok/s | x baseline | "
           "same text as plain (same dtype) | same text as fp32 plain |")
     print("|---|---|---|---|---|---|---|---|---|")
     base = results[0][3]
@@ -153,7 +160,7 @@ def main() -> None:
         name = f"{mode} (baseline)" if t is base else mode
         print(f"| {dtype} | {name} | {memory.split(',')[1].strip()} | {statistics.median(t.first_token_s):.2f} | "
               f"{statistics.mean(t.answer_s):.1f} | {t.tok_s:.2f} | {t.tok_s / base.tok_s:.2f}x | "
-              f"{same}/{len(t.texts)} | {same_fp32}/{len(t.texts)} |")
+              f"{same}/{len(t.texts)} | {same_fp32}/{len(t.texts)} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -9,11 +9,18 @@ rules as a pack's JSONL), or None for a row without a usable answer.
 
 from __future__ import annotations
 
+import argparse
+import json
 import logging
+import shutil
+import sys
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Mapping
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
-from cowest_app.packs import PackError, PackItem, parse_item
+import yaml
+
+from cowest_app.packs import DomainPack, PackError, PackItem, load_pack, parse_item
 
 log = logging.getLogger(__name__)
 
@@ -128,3 +135,88 @@ def _source(name: str) -> PublicSource:
     if name not in SOURCES:
         raise ValueError(f"unknown public dataset {name!r}; use one of {', '.join(SOURCES)}")
     return SOURCES[name]
+
+
+# -- public set -> pack directory ------------------------------------------------------
+# Which split plays the pack's test split: the public test splits of MedMCQA hide answers.
+HELD_OUT_SPLIT = {"ifqa": "dev", "medmcqa": "validation", "ethics_commonsense": "test"}
+
+_WEAK_PROMPT = {
+    "system": "You are a specialist in this domain. Write down the background facts the question depends on, then a short draft answer.",
+    "user": "Question: {question}\n\nWrite:\nBackground: <the relevant facts>\nDraft answer: <one or two sentences>",
+}
+_STRONG_ENDING = {
+    "multiple_choice": 'end with a line of the form "Answer: <letter>".',
+    "label": 'end with a line of the form "Answer: <label>".',
+    "short_answer": "give the short answer first, then at most two sentences.",
+}
+
+
+def item_row(item: PackItem) -> dict[str, Any]:
+    """A pack item as a line of train.jsonl / test.jsonl (the inverse of `parse_item`)."""
+    row: dict[str, Any] = {"id": item.id, "question": item.question}
+    if item.options is not None:
+        row["options"] = list(item.options)
+    row["answer"] = list(item.answer) if isinstance(item.answer, tuple) else item.answer
+    return row
+
+
+def write_pack(name: str, out: str | Path, train: Sequence[PackItem], test: Sequence[PackItem], corpus: str | Path) -> DomainPack:
+    """Write a public set's items as a pack directory, with the user's domain
+    documents as its corpus, and load it back (so it is validated like any pack).
+
+    The public sets ship questions, not the documents a weak model should be
+    specialised on: those are the user's to bring.
+    """
+    source = _source(name)
+    out, corpus = Path(out), Path(corpus)
+    documents = sorted(p for p in corpus.rglob("*") if p.is_file() and p.suffix.lower() in (".md", ".txt")) if corpus.is_dir() else []
+    if not documents:
+        raise PackError(f"{corpus}: need a directory with at least one .md or .txt domain document for the corpus")
+    meta = {
+        "name": f"{source.name}-public", "description": f"{source.name} ({source.path}) mapped to the pack format",
+        "task_type": source.task_type, "metric": source.metric, "domain": source.domain,
+        "weak_prompt": _WEAK_PROMPT,
+        "strong_prompt": {
+            "system": "You answer with the help of a specialist's draft, which may hold useful facts but may be wrong.",
+            "user": "Question: {question}\n\nSpecialist draft:\n\"\"\"\n{draft}\n\"\"\"\n\nReason briefly, then "
+                    + _STRONG_ENDING[source.task_type],
+        },
+    }
+    if source.labels:
+        meta["labels"] = list(source.labels)
+    (out / "corpus").mkdir(parents=True, exist_ok=True)
+    (out / "domain.yaml").write_text(yaml.safe_dump(meta, sort_keys=False, allow_unicode=True), encoding="utf-8")
+    for doc in documents:
+        target = out / "corpus" / doc.relative_to(corpus)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(doc, target)
+    for split, items in (("train", train), ("test", test)):
+        lines = (json.dumps(item_row(i), ensure_ascii=False) + "\n" for i in items)
+        (out / f"{split}.jsonl").write_text("".join(lines), encoding="utf-8")
+    return load_pack(out)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """python -m cowest_app.pack_sources NAME --corpus DIR --out DIR [--train N] [--test N]
+
+    Needs the Hub (or the dataset in the local `datasets` cache)."""
+    parser = argparse.ArgumentParser(description="Turn a public dataset into a domain pack.")
+    parser.add_argument("name", choices=sorted(SOURCES))
+    parser.add_argument("--corpus", required=True, help="directory of .md/.txt domain documents for the weak model's SFT")
+    parser.add_argument("--out", required=True, help="pack directory to write")
+    parser.add_argument("--train", type=int, default=300, help="train questions (from the public train split)")
+    parser.add_argument("--test", type=int, default=150, help=f"test questions (from the held-out split: {HELD_OUT_SPLIT})")
+    ns = parser.parse_args(argv)
+    train = load_public(ns.name, "train", ns.train)
+    test = load_public(ns.name, HELD_OUT_SPLIT[ns.name], ns.test)
+    try:
+        pack = write_pack(ns.name, ns.out, train, test, ns.corpus)
+    except PackError as exc:
+        parser.error(str(exc))
+    print(f"wrote {ns.out}: {len(pack.train)} train, {len(pack.test)} test items, {len(pack.corpus_paths)} documents")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

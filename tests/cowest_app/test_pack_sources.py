@@ -99,3 +99,22 @@ def test_load_public_calls_datasets_with_the_source_layout(fake_datasets):
     assert len(ifqa) == 3 and fake_datasets[-1][1]["data_files"]["dev"].endswith("/full_split/dev.json")
     with pytest.raises(ValueError, match="not 'validation'"):
         pack_sources.load_public("ifqa", "validation")
+
+
+@pytest.mark.parametrize("name", sorted(pack_sources.SOURCES))
+def test_public_rows_written_as_a_pack_load_back_the_same(name: str, tmp_path: Path) -> None:
+    items = pack_sources.map_rows(name, rows(name), "train")
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "notes.md").write_text("# Domain notes\n\nOne fact per line.\n", encoding="utf-8")
+    pack = pack_sources.write_pack(name, tmp_path / "pack", items[:2], items[2:] or items[:1], docs)
+    assert pack.task_type == pack_sources.SOURCES[name].task_type and pack.domain == pack_sources.SOURCES[name].domain
+    assert list(pack.train) == items[:2]  # every field survives the round trip through JSONL
+    assert [p.name for p in pack.corpus_paths] == ["notes.md"]
+    assert "{draft}" in (tmp_path / "pack" / "domain.yaml").read_text()
+
+
+def test_write_pack_needs_domain_documents(tmp_path: Path) -> None:
+    items = pack_sources.map_rows("medmcqa", rows("medmcqa"), "train")
+    with pytest.raises(PackError, match="domain document"):
+        pack_sources.write_pack("medmcqa", tmp_path / "pack", items, items, tmp_path / "nothing-here")

@@ -310,7 +310,8 @@ def test_a_flood_changes_the_training_set_by_at_most_the_cap(tmp_path: Path, tin
 
 
 def test_training_cycle_reports_held_back_pairs(tmp_path: Path, tiny) -> None:
-    service = make_service(tmp_path, tiny, asks_per_minute=0, feedback_per_minute=0, train_min_pairs=1000)
+    service = make_service(tmp_path, tiny, asks_per_minute=0, feedback_per_minute=0, train_min_pairs=1000,
+                           max_session_share=CAP)
     honest_ids = [i for s in HONEST for i in honest_session(service, s)]
     flood(service, honest_ids, answers=6, questions=10)
     # Collaborative feedback on the logged questions is tested elsewhere; move its
