@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import html
 import re
-from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import gradio as gr
@@ -152,6 +151,14 @@ def build_ui(service: CollabService, control: "TrainingControl | None" = None) -
             thanks = {"up": "👍 recorded.", "down": "👎 recorded."}.get(rating or "", "Feedback recorded.")
             return f"{thanks} Thank you!", log_counts(service)
 
+        def rate_with(rating: str | None):
+            # A plain closure, not functools.partial: Gradio counts a partial's
+            # parameters wrongly when one of them is the injected gr.Request.
+            def handler(iid: str, choice: str | None, text: str, request: gr.Request):
+                return on_rate(rating, iid, choice, text, request)
+
+            return handler
+
         def on_export(f: str) -> str:
             if f not in ("jsonl", "parquet"):
                 raise gr.Error(html.escape(f"Unknown export format {prompts.shown(f)}.", quote=False))
@@ -163,9 +170,9 @@ def build_ui(service: CollabService, control: "TrainingControl | None" = None) -
         question.submit(**ask_event, api_name=False)
         compare.change(lambda c: gr.Row(visible=bool(c)), compare, alone_row, api_name=False)
         rate_inputs = [interaction_id, best, comment]
-        up_btn.click(partial(on_rate, "up"), rate_inputs, [feedback_md, counts_md], api_name="rate_up")
-        down_btn.click(partial(on_rate, "down"), rate_inputs, [feedback_md, counts_md], api_name="rate_down")
-        send_btn.click(partial(on_rate, None), rate_inputs, [feedback_md, counts_md], api_name="send_feedback")
+        up_btn.click(rate_with("up"), rate_inputs, [feedback_md, counts_md], api_name="rate_up")
+        down_btn.click(rate_with("down"), rate_inputs, [feedback_md, counts_md], api_name="rate_down")
+        send_btn.click(rate_with(None), rate_inputs, [feedback_md, counts_md], api_name="send_feedback")
         export_btn.click(on_export, fmt, export_file, api_name="export")
         demo.load(lambda: (models_banner(service), log_counts(service)), None, [banner, counts_md], api_name=False)
     return demo

@@ -170,11 +170,30 @@ def _use_base_as_reference(trainer: Any) -> None:
         trainer.model.delete_adapter("ref")
 
 
+def check_precompute(config: DPORecipe, device: str) -> None:
+    """Refuse precomputed reference log-probs on a CPU QLoRA run.
+
+    TRL precomputes with an inference forward pass before training starts. On
+    CPU, bitsandbytes repacks NF4 weights on the first such pass and then runs
+    a kernel (`gemv_4bit`) that has no backward: gradients stop flowing through
+    the frozen 4-bit layers and the adapter learns far less, silently
+    (bench/dpo.py found it; tests/training/test_dpo.py keeps it refused).
+    """
+    if config.precompute_ref_log_probs and config.load_4bit and device == "cpu":
+        raise RecipeError(
+            "precompute_ref_log_probs with load_4bit on CPU trains wrong (bitsandbytes' repacked NF4 kernel has "
+            "no backward); set precompute_ref_log_probs: false, or load_4bit: false"
+        )
+
+
 def build_trainer(config: DPORecipe, pairs: list[dict[str, Any]]):
     from datasets import Dataset
     from transformers import set_seed
     from trl import DPOTrainer
 
+    from cowest_app.models.local import default_device
+
+    check_precompute(config, default_device())
     set_seed(config.seed)  # the trainer seeds itself only after LoRA's random init
     model, tokenizer = load_base_model(config.base_model, config.load_4bit, config.cache_dir)
     new_lora = lora_config(config.lora_r, config.lora_alpha, config.lora_dropout, config.target_modules)

@@ -20,7 +20,7 @@ import yaml
 from safetensors.torch import load_file
 
 from tests.conftest import make_lora_adapter
-from training.common import load_recipe
+from training.common import RecipeError, load_recipe
 from training.dpo import DPORecipe, main
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -241,21 +241,30 @@ def step_losses(config: DPORecipe) -> list[float]:
 
 
 def test_fast_settings_train_like_the_plain_path(tmp_path: Path, tiny_model_dir: Path) -> None:
-    """The shipped speed settings (one pair per micro-batch, so no padding between pairs, and
-    reference log-probs computed once before training) see the same pairs per optimizer step
-    as one batch of four with the reference computed on the fly: the losses must agree."""
+    """The shipped speed setting (one pair per micro-batch, four accumulated: no padding
+    between pairs of different lengths) sees the same pairs per optimizer step as one
+    batch of four, on the shipped 4-bit base: the losses must agree step by step."""
     shipped = load_recipe(DPORecipe, ROOT / "training" / "recipes" / "dpo.yaml")
-    assert shipped.precompute_ref_log_probs and shipped.per_device_train_batch_size == 1
+    assert shipped.per_device_train_batch_size == 1 and shipped.gradient_accumulation_steps == 4
+    assert shipped.load_4bit and not shipped.precompute_ref_log_probs
     # Pairs of different lengths, so a batch of four really pads.
     pairs = [dict(p, chosen=[{"role": "assistant", "content": "yes " * (1 + 3 * i)}]) for i, p in enumerate(toy_pairs(8))]
     plain = dataclasses.replace(
-        tiny_recipe(tiny_model_dir, tmp_path, max_steps=4, learning_rate=1e-2, per_device_train_batch_size=4,
-                    gradient_accumulation_steps=1, precompute_ref_log_probs=False),
+        tiny_recipe(tiny_model_dir, tmp_path, max_steps=4, learning_rate=1e-2, load_4bit=True,
+                    per_device_train_batch_size=4, gradient_accumulation_steps=1),
         dataset=str(write_pairs(tmp_path / "varied.jsonl", pairs)),
     )
     fast = dataclasses.replace(plain, output_dir=str(tmp_path / "fast"), per_device_train_batch_size=1,
-                               gradient_accumulation_steps=4, precompute_ref_log_probs=True)
+                               gradient_accumulation_steps=4)
     plain_losses, fast_losses = step_losses(plain), step_losses(fast)
     assert len(plain_losses) == len(fast_losses) == 4
-    assert plain_losses[-1] < plain_losses[0]  # it trains, so later steps test the gradients too
+    assert plain_losses[-1] < plain_losses[0] - 0.01  # it trains, so later steps test the gradients too
     assert fast_losses == pytest.approx(plain_losses, abs=1e-4)
+
+
+def test_precompute_is_refused_for_qlora_on_cpu(tmp_path: Path, tiny_model_dir: Path) -> None:
+    # It would train silently wrong: see training.dpo.check_precompute.
+    config = tiny_recipe(tiny_model_dir, tmp_path, load_4bit=True, precompute_ref_log_probs=True, max_steps=1)
+    with pytest.raises(RecipeError, match="precompute_ref_log_probs with load_4bit on CPU"):
+        main(config)
+    assert not (Path(config.output_dir) / "metrics.json").exists()
