@@ -20,6 +20,16 @@ ROOT = Path(__file__).resolve().parents[2]
 START_TIMEOUT_S = 240.0
 
 
+def wait_for(condition, timeout: float, what: str, poll_s: float = 0.1):
+    """The first truthy value of `condition()`, polled until `timeout` seconds pass."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if value := condition():
+            return value
+        time.sleep(poll_s)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

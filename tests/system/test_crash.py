@@ -28,20 +28,13 @@ from cowest_app import prompts
 from cowest_app.registry import AdapterRegistry, AdapterVersion
 from cowest_app.store import LogStore, PreferencePair
 from tests.conftest import make_lora_adapter
-from tests.system.app_process import ROOT, AppProcess, tiny_model_env
+from tests.system.app_process import ROOT, AppProcess, tiny_model_env, wait_for
 from tests.system.users import LoadResult, run_users
 
 ADMIN_SECRET = "crash-test-admin-secret"
 WRITERS = 4
 
 
-def wait_for(condition, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if value := condition():
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def digest(folder: Path) -> str:

@@ -25,7 +25,7 @@ from cowest_app.hub import HubPublisher, render_model_card
 from cowest_app.registry import AdapterRegistry, AdapterVersion
 from tests.conftest import make_lora_adapter
 from tests.fakes.hub_server import FakeHub, serve_hub
-from tests.system.app_process import AppProcess, tiny_model_env
+from tests.system.app_process import AppProcess, tiny_model_env, wait_for
 
 TOKEN = "hf_SystemTestToken0123456789"
 ADMIN_SECRET = "hub-test-admin-secret"
@@ -35,13 +35,6 @@ LOG_REPO = "cowest-org/feedback-log"
 START_WHILE_HUB_HANGS_S = 45
 
 
-def wait_for(condition, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if value := condition():
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def file_hashes(folder: Path) -> dict[str, str]:
