@@ -24,7 +24,7 @@ PROFILES: dict[str, tuple[str, str]] = {
 
 STRONG_BACKENDS = ("transformers", "inference-client")
 STRONG_DTYPES = ("auto", "float32", "bfloat16", "float16")
-STRONG_ASSIST_MODES = ("off", "weak", "prompt-lookup")
+STRONG_ASSIST_MODES = ("auto", "off", "weak", "prompt-lookup")
 FEEDBACK_EVALUATORS = ("weak_judge", "strong_judge")
 
 
@@ -54,7 +54,7 @@ class AppConfig:
     strong_base_url: str | None = None
     strong_timeout_s: float = 120.0
     strong_dtype: str = "auto"
-    strong_assist: str = "off"
+    strong_assist: str = "auto"
     data_dir: Path = Path("data")
     cache_dir: Path = Path.home() / ".cache" / "cowest"
     max_question_chars: int = 2000
@@ -112,7 +112,7 @@ ENV_VARS: dict[str, tuple[str, str]] = {
     "COWEST_STRONG_BASE_URL": ("strong_base_url", "endpoint URL for `inference-client` (TGI, vLLM, any OpenAI-compatible server, or Inference Providers)"),
     "COWEST_STRONG_TIMEOUT_S": ("strong_timeout_s", "request timeout for the remote strong model, seconds"),
     "COWEST_STRONG_DTYPE": ("strong_dtype", "weights of the local strong model: `auto` (bf16 on GPUs and on CPUs with native bf16, AVX512-BF16 or AMX; fp32 elsewhere), `float32`, `bfloat16` or `float16`"),
-    "COWEST_STRONG_ASSIST": ("strong_assist", "assisted (speculative) greedy decoding of the local strong model: `off`, `weak` (the weak model proposes tokens) or `prompt-lookup` (n-grams copied from the prompt, which holds the draft); the text is the same as without"),
+    "COWEST_STRONG_ASSIST": ("strong_assist", "assisted (speculative) greedy decoding of the local strong model: `auto` (`prompt-lookup` when the strong model runs in bf16/fp16, `off` in fp32), `off`, `weak` (the weak model proposes tokens) or `prompt-lookup` (n-grams copied from the prompt, which holds the draft); the strong model checks every proposed token (see bench/README.md)"),
     "COWEST_DATA_DIR": ("data_dir", "where the SQLite log, exports and adapters live"),
     "COWEST_CACHE_DIR": ("cache_dir", "where packaged GGUF models are converted to safetensors, once"),
     "COWEST_MAX_QUESTION_CHARS": ("max_question_chars", "longest accepted question"),

@@ -75,14 +75,16 @@ def build_strong(config: AppConfig, weak: Backend | None = None) -> Backend:
             token=config.secrets.strong_api_token,
             timeout_s=config.strong_timeout_s,
         )
+    from cowest_app.models.local import default_device, resolve_assist, resolve_dtype
+
+    dtype = resolve_dtype(config.strong_dtype, default_device())
+    mode = resolve_assist(config.strong_assist, dtype)
     assist: dict[str, Any] = {}
-    if config.strong_assist == "weak" and weak is not None:
+    if mode == "weak" and weak is not None:
         assist["assistant"] = weak
-    elif config.strong_assist == "prompt-lookup":
+    elif mode == "prompt-lookup":
         assist["prompt_lookup_tokens"] = PROMPT_LOOKUP_TOKENS
-    return create_backend(
-        "transformers", model=config.strong_model, cache_dir=config.cache_dir, dtype=config.strong_dtype, **assist
-    )
+    return create_backend("transformers", model=config.strong_model, cache_dir=config.cache_dir, dtype=dtype, **assist)
 
 
 class CollabService:

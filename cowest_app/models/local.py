@@ -49,7 +49,7 @@ def nf4_config(device: str) -> BitsAndBytesConfig:
 
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-ASSIST_MODES = ("off", "weak", "prompt-lookup")
+ASSIST_MODES = ("auto", "off", "weak", "prompt-lookup")
 
 
 def cpu_has_native_bf16() -> bool:
@@ -66,6 +66,22 @@ def resolve_dtype(name: str, device: str) -> torch.dtype:
     if name not in DTYPES:
         raise ValueError(f"unknown dtype {name!r}; expected auto or one of {sorted(DTYPES)}")
     return DTYPES[name]
+
+
+def resolve_assist(mode: str, dtype: torch.dtype) -> str:
+    """`auto`: prompt lookup where the strong model runs in bf16/fp16, off in fp32.
+
+    Checking k proposed tokens costs one forward pass over k tokens. In bf16 on
+    AMX (or on a GPU) that costs little more than one token and refinements
+    copy much of the draft, so it pays (2.3x in bench/strong.py); in fp32 on a
+    CPU the multi-token pass is slow enough to lose (0.74x). Proposals from the
+    weak model lost in both (different tokenizers: each round re-encodes text).
+    """
+    if mode == "auto":
+        return "off" if dtype == torch.float32 else "prompt-lookup"
+    if mode not in ASSIST_MODES:
+        raise ValueError(f"unknown assist mode {mode!r}; expected one of {ASSIST_MODES}")
+    return mode
 
 
 def load_causal_lm(path: str, load_4bit: bool, device: str, dtype: torch.dtype | None = None):

@@ -146,14 +146,20 @@ def test_bf16_strong_model_loads_and_answers(tiny_model_dir: Path) -> None:
 def test_config_reads_dtype_and_assist() -> None:
     config = from_env({"COWEST_STRONG_DTYPE": "float32", "COWEST_STRONG_ASSIST": "weak"})
     assert config.strong_dtype == "float32" and config.strong_assist == "weak"
+    assert AppConfig().strong_dtype == "auto" and AppConfig().strong_assist == "auto"
     for var, value in (("COWEST_STRONG_DTYPE", "fp8"), ("COWEST_STRONG_ASSIST", "always")):
         with pytest.raises(ConfigError, match=var):
             from_env({var: value})
 
 
-@pytest.mark.parametrize("mode", ["off", "weak", "prompt-lookup"])
-def test_build_strong_wires_the_assist_mode(tiny_model_dir: Path, helpers, mode: str) -> None:
-    config = AppConfig(strong_model=str(tiny_model_dir), strong_dtype="float32", strong_assist=mode)
+@pytest.mark.parametrize(
+    ("mode", "dtype", "expected"),
+    [("off", "float32", "off"), ("weak", "float32", "weak"), ("prompt-lookup", "float32", "prompt-lookup"),
+     # auto: prompt lookup pays only where multi-token checks are cheap (bf16/fp16), see resolve_assist
+     ("auto", "float32", "off"), ("auto", "bfloat16", "prompt-lookup")],
+)
+def test_build_strong_wires_the_assist_mode(tiny_model_dir: Path, helpers, mode: str, dtype: str, expected: str) -> None:
+    config = AppConfig(strong_model=str(tiny_model_dir), strong_dtype=dtype, strong_assist=mode)
     strong = build_strong(config, helpers["same-tokenizer"])
-    assert strong.assist_mode == mode and strong.model.dtype is torch.float32
-    assert (strong.assistant is helpers["same-tokenizer"]) == (mode == "weak")
+    assert strong.assist_mode == expected and strong.model.dtype is getattr(torch, dtype)
+    assert (strong.assistant is helpers["same-tokenizer"]) == (expected == "weak")
