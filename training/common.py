@@ -174,10 +174,10 @@ def start_run(config: Any, out_dir: str | Path) -> Path:
     return out
 
 
-def write_json(path: Path, data: dict[str, Any]) -> None:
+def write_json(path: Path, data: dict[str, Any], sort_keys: bool = True) -> None:
     # Written to a temporary name then renamed, so a reader never sees half a file.
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=sort_keys, default=str) + "\n", encoding="utf-8")
     tmp.replace(path)
 
 

@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
-from training.common import recipe_dict
+from training.common import recipe_dict, write_json
 from training.evaluate import Settings as EvalSettings, torch_dtype
 
 if TYPE_CHECKING:
@@ -114,9 +114,8 @@ def upstream(record: dict[str, Any]) -> dict[str, str]:
 
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n", encoding="utf-8")
-    tmp.replace(path)
+    # Unsorted: stages and systems keep the order they ran in.
+    write_json(path, data, sort_keys=False)
 
 
 # A stage's work gets its (empty) directory and returns (output files relative to it, summary).
