@@ -292,18 +292,6 @@ class OptionLikelihood:
 
 
 # -- systems ----------------------------------------------------------------------
-def torch_dtype(name: str | None) -> Any:
-    """"bfloat16" -> torch.bfloat16; None keeps the backend's default for the device."""
-    if name is None:
-        return None
-    import torch
-
-    dtype = getattr(torch, name, None)
-    if not isinstance(dtype, torch.dtype):
-        raise ValueError(f"unknown torch dtype {name!r}")
-    return dtype
-
-
 @dataclass(frozen=True)
 class Settings:
     rag_k: int = 3
@@ -381,7 +369,7 @@ def evaluate(
     started = time.perf_counter()
     weak = TransformersBackend(weak_ref, cache_dir=cache_dir, load_4bit=load_4bit, device=device)
     strong = TransformersBackend(strong_ref, cache_dir=cache_dir, load_4bit=load_4bit, device=device,
-                                 dtype=torch_dtype(strong_dtype))
+                                 dtype=strong_dtype)  # the backend resolves dtype names
     index = build_bm25(split_paragraphs(pack.corpus_texts()))
 
     def direct(q: str, _draft: str | None) -> list[Message]:

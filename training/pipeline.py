@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from training.common import recipe_dict, write_json
-from training.evaluate import Settings as EvalSettings, torch_dtype
+from training.evaluate import Settings as EvalSettings
 
 if TYPE_CHECKING:
     from cowest_app.packs import DomainPack
@@ -237,7 +237,7 @@ def feedback_stage(pack: DomainPack, opts: PipelineOptions, out: Path, sft: dict
         weak = TransformersBackend(opts.weak, cache_dir=opts.cache_dir, load_4bit=opts.load_4bit,
                                    adapter=str(out / "sft" / "adapter"), adapter_version="sft", device=opts.device)
         strong = TransformersBackend(opts.strong, cache_dir=opts.cache_dir, load_4bit=opts.load_4bit,
-                                     device=opts.device, dtype=torch_dtype(opts.strong_dtype))
+                                     device=opts.device, dtype=opts.strong_dtype)
         evaluator = feedback_evaluator(pack, opts, strong)
         with tqdm(total=len(items), desc="feedback", unit="question", leave=False) as bar:
             def progress(p: Any) -> None:
