@@ -2,12 +2,16 @@
 
     python -m training.pipeline --pack PATH [--out DIR] [--weak REF] [--strong REF]
         [--train-limit N] [--test-limit N] [--k 4] [--draft-tokens N] [--final-tokens N]
-        [--feedback-scoring likelihood|generate] [--min-margin X] [--strong-dtype bfloat16]
+        [--sft-data corpus+drafts|corpus] [--feedback-scoring likelihood|generate] [--min-margin X]
+        [--strong-dtype bfloat16]
         [--set sft.key=value ...] [--set dpo.key=value ...]
 
 Stages, each in its own directory under --out:
 
-- `sft/`       LoRA specialisation of the weak model on the pack's corpus (training.sft)
+- `sft/`       LoRA specialisation of the weak model (training.sft) on the pack's corpus
+               and, by default, on drafting examples: each train question in the weak
+               prompt, answered with the corpus statements behind its reference
+               (training.draft_data)
 - `feedback/`  K weak drafts per train question, each given to the strong model and
                scored against the reference (choice tasks: the strong model's
                probability of the correct option); the most and least helpful
@@ -66,6 +70,9 @@ class PipelineOptions:
     final_tokens: int = 96  # the strong model's finals during feedback (scored for the answer)
     temperature: float = 0.8  # drafts must differ to be compared
     seed: int = 0
+    # corpus: language modelling on the corpus only; corpus+drafts: plus one drafting
+    # example per train question (on the shipped pack corpus-only SFT left the weak model at chance)
+    sft_data: str = "corpus+drafts"
     sft_recipe: Path = RECIPES / "sft.yaml"
     dpo_recipe: Path = RECIPES / "dpo.yaml"
     sft_overrides: tuple[str, ...] = ()
@@ -184,16 +191,31 @@ def sft_stage(pack: DomainPack, opts: PipelineOptions, out: Path) -> dict[str, A
 
     def work(stage_dir: Path) -> tuple[list[str], dict[str, Any]]:
         # JSONL, one document per line: training.sft reads it without caring how the pack stores its corpus.
-        lines = [json.dumps({"text": t}, ensure_ascii=False) for t in pack.corpus_texts()]
+        rows = sft_rows(pack, opts.sft_data)
+        lines = [json.dumps(row, ensure_ascii=False) for row in rows]
         (stage_dir / "corpus.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
         metrics = sft_main(config)
-        summary = {k: metrics.get(k) for k in ("train_loss", "final_loss", "steps", "n_chunks", "seconds")}
-        return ["adapter/adapter_config.json", "adapter/adapter_model.safetensors"], summary
+        summary = {k: metrics.get(k) for k in ("train_loss", "final_loss", "steps", "n_chunks", "n_chats", "seconds")}
+        return ["corpus.jsonl", "adapter/adapter_config.json", "adapter/adapter_model.safetensors"], summary
 
     # The corpus digest too: SFT must rerun when the corpus changes, whatever the pack fingerprint covers.
     corpus_sha = hashlib.sha256("\0".join(pack.corpus_texts()).encode()).hexdigest()
-    inputs = {"pack": pack.fingerprint(), "corpus": corpus_sha, "config": config_inputs(config)}
+    inputs = {"pack": pack.fingerprint(), "corpus": corpus_sha, "sft_data": opts.sft_data,
+              "config": config_inputs(config)}
     return run_stage(out, "sft", inputs, work)
+
+
+SFT_DATA = ("corpus+drafts", "corpus")
+
+
+def sft_rows(pack: DomainPack, sft_data: str) -> list[dict[str, Any]]:
+    """The SFT stage's JSONL rows: corpus texts, then (corpus+drafts) one drafting chat per train question."""
+    from training.draft_data import draft_examples
+
+    if sft_data not in SFT_DATA:
+        raise ValueError(f"unknown sft_data {sft_data!r}; use one of {', '.join(SFT_DATA)}")
+    rows: list[dict[str, Any]] = [{"text": t} for t in pack.corpus_texts()]
+    return rows + draft_examples(pack) if sft_data == "corpus+drafts" else rows
 
 
 def feedback_evaluator(pack: DomainPack, opts: PipelineOptions, strong: Any) -> Any:
@@ -394,6 +416,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--dpo-recipe", type=Path, default=PipelineOptions.dpo_recipe)
     parser.add_argument("--set", action="append", default=[], metavar="STAGE.KEY=VALUE",
                         help="override a recipe key, e.g. sft.num_train_epochs=1 or dpo.max_steps=10")
+    parser.add_argument("--sft-data", choices=SFT_DATA, default=PipelineOptions.sft_data,
+                        help="what SFT trains on: the corpus plus a drafting example per train question, or the corpus only")
     parser.add_argument("--feedback-scoring", choices=("likelihood", "generate"), default=PipelineOptions.feedback_scoring,
                         help="choice tasks: score finals by the strong model's option likelihood, or generate and parse them")
     parser.add_argument("--min-margin", type=float, default=PipelineOptions.min_margin,
@@ -410,7 +434,8 @@ def options_from_args(ns: argparse.Namespace) -> PipelineOptions:
     sft_overrides, dpo_overrides = split_overrides(ns.set)
     return PipelineOptions(
         weak=ns.weak, strong=ns.strong, train_limit=ns.train_limit, test_limit=ns.test_limit, k=ns.k,
-        draft_tokens=ns.draft_tokens, final_tokens=ns.final_tokens, seed=ns.seed, sft_recipe=ns.sft_recipe,
+        draft_tokens=ns.draft_tokens, final_tokens=ns.final_tokens, seed=ns.seed, sft_data=ns.sft_data,
+        sft_recipe=ns.sft_recipe,
         dpo_recipe=ns.dpo_recipe, sft_overrides=sft_overrides, dpo_overrides=dpo_overrides,
         eval=EvalSettings(rag_k=ns.rag_k, draft_tokens=ns.draft_tokens, answer_tokens=ns.answer_tokens,
                           batch_size=ns.batch_size),

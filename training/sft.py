@@ -3,9 +3,11 @@
     python -m training.sft --config training/recipes/sft.yaml [--set key=value ...]
 
 The corpus is a directory of .txt/.md files (read recursively) or a JSONL file
-with a `text` field per line. Each document, followed by an end-of-sequence
-token, is cut into chunks of at most `max_length` tokens, and the model learns
-every token (plain language modelling).
+with, per line, either a `text` field or a `messages` chat. Each text, followed
+by an end-of-sequence token, is cut into chunks of at most `max_length` tokens,
+and the model learns every token (plain language modelling). A chat is rendered
+with the tokenizer's chat template and the model learns only its last message
+(the assistant's reply), so a prompt is never something it learns to write.
 
 Outputs in `output_dir`: the adapter, `resolved_config.yaml`, `progress.jsonl`
 and, last, `metrics.json`.
@@ -79,8 +81,24 @@ class SFTRecipe:
 
 
 # -- data ------------------------------------------------------------------
-def _jsonl_texts(path: Path) -> list[str]:
-    texts = []
+# A training document: plain text, or a chat whose last (assistant) message is learned.
+Document = str | list[dict[str, str]]
+IGNORE_INDEX = -100  # label of a token the loss skips
+
+
+def _chat_problem(messages: Any) -> str | None:
+    if not isinstance(messages, list) or len(messages) < 2:
+        return "`messages` must be a list of at least two messages"
+    for m in messages:
+        if not isinstance(m, dict) or not isinstance(m.get("role"), str) or not isinstance(m.get("content"), str):
+            return "every message needs string `role` and `content`"
+    if messages[-1]["role"] != "assistant":
+        return "the last message must be the assistant's (it is what the model learns)"
+    return None
+
+
+def _jsonl_documents(path: Path) -> list[Document]:
+    documents: list[Document] = []
     for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
         if not line.strip():
             continue
@@ -88,26 +106,32 @@ def _jsonl_texts(path: Path) -> list[str]:
             row = json.loads(line)
         except json.JSONDecodeError as exc:
             raise RecipeError(f"{path}:{lineno}: not valid JSON ({exc})") from None
-        if not isinstance(row, dict) or not isinstance(row.get("text"), str):
-            raise RecipeError(f"{path}:{lineno}: expected an object with a string `text` field")
-        texts.append(row["text"])
-    return texts
+        if isinstance(row, dict) and isinstance(row.get("text"), str):
+            documents.append(row["text"])
+        elif isinstance(row, dict) and "messages" in row:
+            problem = _chat_problem(row["messages"])
+            if problem:
+                raise RecipeError(f"{path}:{lineno}: {problem}")
+            documents.append(row["messages"])
+        else:
+            raise RecipeError(f"{path}:{lineno}: expected an object with a string `text` field or a `messages` chat")
+    return documents
 
 
-def load_corpus(path: str | Path) -> list[str]:
-    """The corpus documents, in a stable order, empty ones left out."""
+def load_corpus(path: str | Path) -> list[Document]:
+    """The corpus documents, in a stable order, empty texts left out."""
     path = Path(path)
     if path.is_dir():
         files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in TEXT_SUFFIXES)
-        texts = [p.read_text(encoding="utf-8") for p in files]
+        documents: list[Document] = [p.read_text(encoding="utf-8") for p in files]
     elif path.is_file():
-        texts = _jsonl_texts(path)
+        documents = _jsonl_documents(path)
     else:
         raise RecipeError(f"corpus {path} does not exist")
-    texts = [t for t in texts if t.strip()]
-    if not texts:
-        raise RecipeError(f"corpus {path} holds no text (.txt/.md files or JSONL `text` lines)")
-    return texts
+    documents = [d for d in documents if not isinstance(d, str) or d.strip()]
+    if not documents:
+        raise RecipeError(f"corpus {path} holds no text (.txt/.md files or JSONL `text`/`messages` lines)")
+    return documents
 
 
 def chunk_documents(texts: list[str], tokenizer: Any, max_length: int) -> list[list[int]]:
@@ -124,6 +148,40 @@ def chunk_documents(texts: list[str], tokenizer: Any, max_length: int) -> list[l
             if len(chunk) >= MIN_CHUNK_TOKENS:
                 chunks.append(chunk)
     return chunks
+
+
+def _template_ids(tokenizer: Any, messages: list[dict[str, str]], add_generation_prompt: bool) -> list[int]:
+    ids = tokenizer.apply_chat_template(messages, add_generation_prompt=add_generation_prompt, tokenize=True,
+                                        return_dict=True)["input_ids"]
+    return list(ids)
+
+
+def chat_example(messages: list[dict[str, str]], tokenizer: Any, max_length: int) -> dict[str, list[int]] | None:
+    """input_ids and labels for one chat: the prompt exactly as the app renders it
+    for generation, labels only on the reply. None when the prompt leaves no room."""
+    prompt = _template_ids(tokenizer, messages[:-1], add_generation_prompt=True)
+    full = _template_ids(tokenizer, messages, add_generation_prompt=False)
+    if full[: len(prompt)] != prompt:  # the labels would then mark the wrong tokens
+        raise RecipeError("the chat template renders the prompt differently with the reply appended")
+    if len(prompt) >= max_length - 1:
+        return None
+    full = full[:max_length]
+    return {"input_ids": full, "labels": [IGNORE_INDEX] * len(prompt) + full[len(prompt):]}
+
+
+def training_examples(documents: list[Document], tokenizer: Any, max_length: int) -> tuple[list[dict[str, list[int]]], int]:
+    """(examples, chats skipped because their prompt alone fills max_length)."""
+    texts = [d for d in documents if isinstance(d, str)]
+    examples = [{"input_ids": c, "labels": list(c)} for c in chunk_documents(texts, tokenizer, max_length)]
+    skipped = 0
+    for document in documents:
+        if isinstance(document, list):
+            example = chat_example(document, tokenizer, max_length)
+            if example is None:
+                skipped += 1
+            else:
+                examples.append(example)
+    return examples, skipped
 
 
 # -- training --------------------------------------------------------------
@@ -162,11 +220,15 @@ def _run(config: SFTRecipe) -> dict[str, Any]:
 
     started = time.perf_counter()
     out = start_run(config, config.output_dir)  # first: a dashboard must not read a stale run's files
-    texts = load_corpus(config.corpus)  # fail on a bad corpus before loading any model
+    documents = load_corpus(config.corpus)  # fail on a bad corpus before loading any model
 
     set_seed(config.seed)  # the trainer seeds itself only after LoRA's random init
     model, tokenizer = load_base_model(config.base_model, config.load_4bit, config.cache_dir)
-    chunks = chunk_documents(texts, tokenizer, config.max_length)
+    examples, skipped = training_examples(documents, tokenizer, config.max_length)
+    if skipped:
+        log.warning("%d chats skipped: their prompt alone is max_length (%d) tokens or more", skipped, config.max_length)
+    if not examples:
+        raise RecipeError(f"nothing to train on: every chat's prompt is longer than max_length={config.max_length}")
     new_lora = lora_config(config.lora_r, config.lora_alpha, config.lora_dropout, config.target_modules)
     model, peft_config = prepare_policy(
         model, config.load_4bit, config.init_adapter, config.gradient_checkpointing, new_lora
@@ -175,7 +237,8 @@ def _run(config: SFTRecipe) -> dict[str, Any]:
     trainer = SFTTrainer(
         model=model,
         args=sft_args(config, model),
-        train_dataset=Dataset.from_dict({"input_ids": chunks}),
+        # Pre-tokenised with labels: TRL trains on them as they are (-100 marks an unlearned prompt token).
+        train_dataset=Dataset.from_list(examples),
         processing_class=tokenizer,
         peft_config=peft_config,
         callbacks=[JsonlProgress(out)],
@@ -188,15 +251,18 @@ def _run(config: SFTRecipe) -> dict[str, Any]:
     save_adapter(trainer.model, out)
 
     history = trainer.state.log_history
-    n_tokens = sum(len(c) for c in chunks)
+    n_tokens = sum(len(e["input_ids"]) for e in examples)
+    n_chats = sum(isinstance(d, list) for d in documents)
     epochs = float(trainer.state.epoch or 0.0)
     metrics = {
         "kind": "sft",
         "train_loss": float(result.training_loss),
         "first_loss": last_logged(history[:1], "loss"),
         "final_loss": last_logged(history, "loss"),
-        "n_documents": len(texts),
-        "n_chunks": len(chunks),
+        "n_documents": len(documents) - n_chats,
+        "n_chats": n_chats - skipped,
+        "n_chats_skipped": skipped,
+        "n_chunks": len(examples) - (n_chats - skipped),
         "n_tokens": n_tokens,
         "steps": trainer.state.global_step,
         "epochs": epochs,
@@ -210,7 +276,7 @@ def _run(config: SFTRecipe) -> dict[str, Any]:
         "versions": library_versions(),
     }
     write_json(out / METRICS_FILE, metrics)
-    log.info("SFT done: %d steps on %d chunks in %.1fs, adapter in %s", metrics["steps"], len(chunks), seconds, out)
+    log.info("SFT done: %d steps on %d examples in %.1fs, adapter in %s", metrics["steps"], len(examples), seconds, out)
     return metrics
 
 

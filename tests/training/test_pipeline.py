@@ -139,6 +139,9 @@ def test_pipeline_runs_skips_and_reruns_downstream(tmp_path: Path, tiny_model_di
                  "dpo/adapter/adapter_model.safetensors", "evaluate/results.json", "evaluate/results.md",
                  "evaluate/results.png"):
         assert (out / path).is_file() and (out / path).stat().st_size > 0, path
+    sft_rows = [json.loads(line) for line in (out / "sft" / "corpus.jsonl").read_text().splitlines()]
+    assert [("text" in r, "messages" in r) for r in sft_rows] == [(True, False)] + [(False, True)] * 6  # corpus + drafts
+    assert report["stages"]["sft"]["summary"]["n_chats"] == 6 and report["options"]["sft_data"] == "corpus+drafts"
     assert len((out / "feedback" / "pairs.jsonl").read_text().splitlines()) == 6  # one pair per train question
     pair = json.loads((out / "feedback" / "pairs.jsonl").read_text().splitlines()[0])
     rows = json.loads((out / "feedback" / "feedback.json").read_text())["results"]

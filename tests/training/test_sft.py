@@ -87,3 +87,44 @@ def test_default_recipe_on_packaged_smollm2(tmp_path: Path, monkeypatch: pytest.
     assert metrics["steps"] == 2 and math.isfinite(metrics["train_loss"])
     # SmolLM2 already knows English: far below a random model's ln(49152) ~ 10.8.
     assert metrics["first_loss"] < 5
+
+
+def test_chat_rows_learn_only_the_reply(tmp_path: Path, smollm2_dir: Path) -> None:
+    from transformers import AutoTokenizer
+
+    from training.common import RecipeError
+    from training.sft import IGNORE_INDEX, load_corpus, training_examples
+
+    chat = [{"role": "system", "content": "Recall."}, {"role": "user", "content": "Dose of Cedraxin?"},
+            {"role": "assistant", "content": "Background: 80 mg a day."}]
+    corpus = tmp_path / "mixed.jsonl"
+    corpus.write_text(json.dumps({"text": "Cedraxin is stocked on ward 9."}) + "\n" + json.dumps({"messages": chat}) + "\n")
+    documents = load_corpus(corpus)
+    assert documents == ["Cedraxin is stocked on ward 9.", chat]
+
+    tokenizer = AutoTokenizer.from_pretrained(smollm2_dir)
+    examples, skipped = training_examples(documents, tokenizer, max_length=128)
+    text, reply = examples
+    assert skipped == 0 and text["labels"] == text["input_ids"]  # plain text: every token learned
+    prompt = tokenizer.apply_chat_template(chat[:-1], add_generation_prompt=True, return_dict=True)["input_ids"]
+    assert reply["input_ids"][: len(prompt)] == list(prompt)  # the prompt as the app renders it for generation
+    assert reply["labels"][: len(prompt)] == [IGNORE_INDEX] * len(prompt)
+    learned = tokenizer.decode([t for t in reply["labels"] if t != IGNORE_INDEX])
+    assert learned.startswith("Background: 80 mg a day.<|im_end|>")  # the reply and its end-of-turn
+
+    assert training_examples([chat], tokenizer, max_length=len(prompt)) == ([], 1)  # no room left for the reply
+    for bad, message in (([chat[0]], "at least two"), (chat[:-1], "last message must be the assistant"),
+                         ([{"role": "user"}, chat[-1]], "string `role` and `content`")):
+        corpus.write_text(json.dumps({"messages": bad}) + "\n")
+        with pytest.raises(RecipeError, match=message):
+            load_corpus(corpus)
+
+
+def test_sft_on_drafting_chats(tmp_path: Path, tiny_model_dir: Path) -> None:
+    chat = [{"role": "user", "content": "Dose of Cedraxin?"}, {"role": "assistant", "content": "80 mg a day."}]
+    corpus = tmp_path / "chats.jsonl"
+    corpus.write_text((json.dumps({"messages": chat}) + "\n") * 4)
+    metrics = main(tiny_sft(tiny_model_dir, tmp_path / "out", corpus=str(corpus), max_steps=2))
+    assert metrics["n_chats"] == 4 and metrics["n_chunks"] == 0 and metrics["n_documents"] == 0
+    # Only the reply is scored, so the loss is the random model's per-token loss on it, not NaN from empty labels.
+    assert metrics["first_loss"] == pytest.approx(math.log(49152), rel=0.1)
