@@ -84,6 +84,7 @@ class AppConfig:
     eval_tolerance: float = 0.0
     train_recipe: Path = Path("training/recipes/dpo.yaml")
     train_threads: int = 1
+    train_nice: int = 19  # the training child yields the CPU to answering (bench/cycle.py)
     hub_repo: str | None = None
     hub_log_repo: str | None = None
     hub_endpoint: str | None = None
@@ -141,6 +142,7 @@ ENV_VARS: dict[str, tuple[str, str]] = {
     "COWEST_EVAL_TOLERANCE": ("eval_tolerance", "a candidate is promoted when its score >= active score - tolerance"),
     "COWEST_TRAIN_RECIPE": ("train_recipe", "DPO recipe YAML used by the job"),
     "COWEST_TRAIN_THREADS": ("train_threads", "torch threads of the training child process (the app keeps the rest)"),
+    "COWEST_TRAIN_NICE": ("train_nice", "niceness of the training child (0-19; 19: it only gets CPU time answering leaves)"),
     "COWEST_HUB_REPO": ("hub_repo", "model repo the adapters are pushed to (one commit and tag `vN` per version); unset = no push"),
     "COWEST_HUB_LOG_REPO": ("hub_log_repo", "dataset repo the feedback log is synced to; unset = no sync"),
     "HF_ENDPOINT": ("hub_endpoint", "Hub API endpoint (unset = huggingface.co)"),
@@ -199,6 +201,7 @@ _FIELD_KINDS: dict[str, type] = {
     "eval_tolerance": float,
     "train_recipe": Path,
     "train_threads": int,
+    "train_nice": int,
     "max_comment_chars": int,
     "weak_max_new_tokens": int,
     "strong_max_new_tokens": int,
@@ -257,6 +260,8 @@ def validate(config: AppConfig) -> None:
     for name in ("train_min_pairs", "collect_max_questions", "eval_max_items", "train_threads"):
         if getattr(config, name) < 1:
             raise ConfigError(f"{name} must be at least 1")
+    if not 0 <= config.train_nice <= 19:
+        raise ConfigError(f"COWEST_TRAIN_NICE must be in 0..19, got {config.train_nice}")
     for name in ("asks_per_minute", "feedback_per_minute"):
         if getattr(config, name) < 0:
             raise ConfigError(f"{name} must be >= 0 (0 = no limit)")

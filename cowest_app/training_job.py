@@ -29,6 +29,7 @@ from cowest_app import prompts
 from cowest_app.config import AppConfig
 from cowest_app.models.base import BackendError, GenerationOptions
 from cowest_app.registry import AdapterRegistry, AdapterVersion, RegistryError, write_atomic
+from training.common import NICE_ENV, PARENT_PID_ENV
 
 log = logging.getLogger(__name__)
 
@@ -357,7 +358,10 @@ class TrainingJob:
         threads = str(self.config.train_threads)
         env = {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads, "TOKENIZERS_PARALLELISM": "false",
                # The child exits when this process dies (training.common.exit_with_parent), even by SIGKILL.
-               "COWEST_PARENT_PID": str(os.getpid())}
+               PARENT_PID_ENV: str(os.getpid()),
+               # Lower priority, applied by the child itself (training.common.lower_priority) before its
+               # torch threads exist, so they all inherit it: answers keep the CPU they need.
+               NICE_ENV: str(self.config.train_nice)}
         log_path = staging / "train.log"
         with log_path.open("w") as out:
             self._child = subprocess.Popen(command, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,

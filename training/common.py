@@ -41,6 +41,7 @@ RESOLVED_CONFIG = "resolved_config.yaml"
 PROGRESS_FILE = "progress.jsonl"
 METRICS_FILE = "metrics.json"
 PARENT_PID_ENV = "COWEST_PARENT_PID"  # set by the app for a training child: exit when that process is gone
+NICE_ENV = "COWEST_TRAIN_NICE"  # set by the app for a training child: run at this niceness
 
 
 class RecipeError(ValueError):
@@ -365,6 +366,7 @@ def run_cli(cls: type[R], main: Callable[[R], dict[str, Any]], argv: Sequence[st
     parser.add_argument("--config", required=True, help="YAML recipe")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override one recipe key")
     ns = parser.parse_args(argv)
+    lower_priority()
     exit_with_parent()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
@@ -384,6 +386,20 @@ def run_cli(cls: type[R], main: Callable[[R], dict[str, Any]], argv: Sequence[st
         raise
     print(json.dumps(metrics, sort_keys=True), file=sys.stdout, flush=True)
     return 0
+
+
+def lower_priority() -> int:
+    """Started by the app with COWEST_TRAIN_NICE: run at that niceness; returns the one now in effect.
+
+    Called before torch starts its threads, which inherit the calling thread's
+    niceness on Linux; on a shared CPU the kernel then serves the app's answers
+    first and training takes the time left over.
+    """
+    raw = os.environ.get(NICE_ENV)
+    if not raw or not hasattr(os, "nice"):
+        return 0
+    current = os.nice(0)
+    return os.nice(max(0, int(raw) - current))
 
 
 def exit_with_parent(poll_s: float = 0.5) -> None:

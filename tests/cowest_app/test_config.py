@@ -39,6 +39,7 @@ def test_values_are_parsed():
     ({"COWEST_MAX_QUESTION_CHARS": "0"}, "max_question_chars must be at least 1"),
     ({"COWEST_TEMPERATURE": "-1"}, "temperature must be >= 0"),
     ({"COWEST_PORT": "70000"}, "out of range"),
+    ({"COWEST_TRAIN_NICE": "20"}, "COWEST_TRAIN_NICE must be in 0..19, got 20"),
 ])
 def test_bad_values_are_clear_errors(env, message):
     with pytest.raises(cfg.ConfigError, match=message.replace("(", r"\(")):

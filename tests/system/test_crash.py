@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import sqlite3
 import threading
 import time
@@ -81,6 +82,15 @@ def training_children(staging: Path) -> list[psutil.Process]:
     return found
 
 
+def thread_niceness(proc: psutil.Process) -> set[int]:
+    """Niceness of each thread (Linux keeps it per thread): field 19 of /proc/PID/task/TID/stat."""
+    values = set()
+    for tid in os.listdir(f"/proc/{proc.pid}/task"):
+        stat = Path(f"/proc/{proc.pid}/task/{tid}/stat").read_text()
+        values.add(int(stat.rsplit(")", 1)[1].split()[16]))  # fields after the command name start at field 3
+    return values
+
+
 def still_running(procs: list[psutil.Process]) -> list[psutil.Process]:
     """Processes not yet exited (an exited orphan can linger as a zombie until init reaps it)."""
     alive = []
@@ -130,6 +140,8 @@ def test_sigkill_mid_writes_and_mid_training_then_restart_recovers(tiny_model_di
         assert Client(app.url, verbose=False).predict(ADMIN_SECRET, api_name="/admin_start") == "run started"
         children = wait_for(lambda: training_children(staging), 120, f"the training child\n{app.log_tail()}")
         wait_for(lambda: progress_steps(staging) >= 1, 180, f"a DPO step in {staging}")
+        # Every thread of the child, torch's included, runs at the lowest priority: answers come first.
+        assert {n for child in children for n in thread_niceness(child)} == {19}
         half_save_adapter(staging)
         app.kill()  # users are still writing, the child is still training
     finally:

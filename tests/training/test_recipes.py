@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -194,3 +197,21 @@ def test_corpus_from_jsonl_and_chunking(tmp_path: Path, smollm2_dir: Path) -> No
     with pytest.raises(RecipeError, match="text"):
         path.write_text(json.dumps({"body": "x"}) + "\n")
         load_corpus(path)
+
+
+def test_training_child_lowers_its_priority_for_every_later_thread() -> None:
+    # What the app's training child runs first: the niceness it asks for, inherited by threads started after.
+    code = (
+        "import os, threading\n"
+        "from training.common import lower_priority\n"
+        "seen = []\n"
+        "print(lower_priority())\n"
+        "t = threading.Thread(target=lambda: seen.append(os.nice(0))); t.start(); t.join()\n"
+        "print(seen[0])\n"
+    )
+    root = Path(__file__).resolve().parents[2]
+    for env, expected in (({"COWEST_TRAIN_NICE": "7"}, ["7", "7"]), ({}, ["0", "0"])):
+        base = {k: v for k, v in os.environ.items() if k != "COWEST_TRAIN_NICE"}
+        out = subprocess.run([sys.executable, "-c", code], cwd=root, env={**base, **env}, capture_output=True,
+                             text=True, check=True).stdout.split()
+        assert out == expected
