@@ -5,7 +5,7 @@ and `results.png`), found in three places:
 
 - `<data dir>/pipeline/*/evaluate/`  runs of `python -m training.pipeline`
 - `<data dir>/eval/`                  the default --out of `python -m training.evaluate`
-- `packs/*/results/`                  results committed with a pack in this repository
+- `packs/*/results/`, `packs/*/results/*/`  results committed with a pack in this repository
 
 The tab shows the table (rendered by `training.evaluate.render_table`), the
 chart with CI error bars, the run's config, the stage timings from a
@@ -71,6 +71,9 @@ def find_result_sets(data_dir: str | Path, repo_root: str | Path = REPO_ROOT) ->
         *(ResultSet(p, "evaluate run", "eval") for p in [data_dir / "eval" / RESULTS_JSON] if p.is_file()),
         *(ResultSet(p, "shipped with the repo", p.parent.parent.name)
           for p in sorted(repo_root.glob(f"packs/*/results/{RESULTS_JSON}"))),
+        # Earlier or ablation runs a pack keeps beside its headline results.
+        *(ResultSet(p, "shipped with the repo", f"{p.parent.parent.parent.name} ({p.parent.name})")
+          for p in sorted(repo_root.glob(f"packs/*/results/*/{RESULTS_JSON}"))),
     ]
     seen: set[Path] = set()
     unique = []
@@ -157,6 +160,16 @@ def read_pipeline_report(path: Path) -> dict[str, Any]:
     if not isinstance(data, dict) or not isinstance(data.get("stages"), dict):
         raise ResultsError(f"{shown_path(path)}: not a pipeline report ('stages' is missing)")
     return data
+
+
+def pipeline_options(results_path: Path) -> dict[str, Any]:
+    """The options pipeline.json records (limits, K, SFT data, recipe overrides), or {} without one."""
+    path = pipeline_report_path(results_path)
+    try:
+        options = json.loads(path.read_text(encoding="utf-8")).get("options") if path else None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError):
+        return {}  # only enriches the command
+    return options if isinstance(options, dict) else {}
 
 
 def feedback_inputs(results_path: Path) -> dict[str, Any]:
@@ -251,8 +264,9 @@ def is_pipeline_run(results: dict[str, Any], results_path: Path) -> bool:
 
 def pack_argument(results: dict[str, Any], result_set: ResultSet, repo_root: Path) -> str:
     """The pack's directory when this repo has it, else a placeholder for the user's own pack."""
-    if result_set.source == "shipped with the repo":
-        return str(Path("packs") / result_set.path.parent.parent.name)
+    if result_set.source == "shipped with the repo":  # packs/<pack>/results[/<run>]/results.json
+        parts = result_set.path.parts
+        return str(Path("packs") / parts[len(parts) - 1 - parts[::-1].index("packs") + 1])
     name = results.get("pack")
     if isinstance(name, str) and name and (repo_root / "packs" / name).is_dir():
         return str(Path("packs") / name)
@@ -280,6 +294,13 @@ def _feedback_flags(inputs: dict[str, Any]) -> list[tuple[str, Any]]:
     ]
 
 
+def _option_flags(options: dict[str, Any]) -> list[tuple[str, Any]]:
+    """pipeline.json's SFT data choice and recipe overrides, as flags (each --set once per override)."""
+    overrides = [("--set", f"{stage}.{item}") for stage in ("sft", "dpo")
+                 for item in options.get(f"{stage}_overrides") or [] if isinstance(item, str)]
+    return [("--sft-data", options.get("sft_data"))] + overrides
+
+
 def reproduce_command(results: dict[str, Any], result_set: ResultSet, repo_root: str | Path = REPO_ROOT) -> str:
     """The command that reruns this result set: the whole pipeline, or evaluate alone for an evaluate run."""
     cfg = results.get("config") or {}
@@ -292,8 +313,11 @@ def reproduce_command(results: dict[str, Any], result_set: ResultSet, repo_root:
               ("--strong-dtype", dtype), ("--load-4bit", cfg.get("load_4bit") is True)]
     models = [("--pack", pack), ("--weak", cfg["weak"]), ("--strong", cfg["strong"])]
     if is_pipeline_run(results, result_set.path):
+        options = pipeline_options(result_set.path)
+        recorded = feedback_inputs(result_set.path) or {k: options.get(k) for k in ("train_limit", "k")}
         return shell_lines([PYTHON, "-m", "training.pipeline"], _flags(
-            models + [("--test-limit", cfg.get("limit"))] + _feedback_flags(feedback_inputs(result_set.path)) + shared))
+            models + [("--test-limit", cfg.get("limit"))] + _feedback_flags(recorded) + shared
+            + _option_flags(options)))
     return shell_lines([PYTHON, "-m", "training.evaluate"], _flags(
         models + [("--sft-adapter", cfg.get("sft_adapter")), ("--dpo-adapter", cfg.get("dpo_adapter")),
                   ("--limit", cfg.get("limit"))] + shared + [("--out", "data/eval")]))

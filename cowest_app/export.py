@@ -18,12 +18,11 @@ import argparse
 import json
 import os
 import sys
-import tempfile
-from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Sequence
 
+from cowest_app.files import atomic_path
 from cowest_app.store import INTERACTION_COLUMNS, LogStore
 
 FORMATS = ("jsonl", "parquet")
@@ -56,20 +55,6 @@ def _parquet_row(record: dict[str, Any]) -> dict[str, Any]:
     return row
 
 
-@contextmanager
-def _atomic_path(out_path: Path) -> Iterator[Path]:
-    """A temp path beside out_path, renamed over it only if the body succeeds."""
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out_path.parent, prefix=f".{out_path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        yield Path(tmp)
-        os.replace(tmp, out_path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
 # json.dumps escapes \n, \r and other C0 controls, but with ensure_ascii=False it
 # leaves these raw, and str.splitlines() (and some JSONL readers) break on them.
 _LINE_BREAKS = {"\x85": "\\u0085", "\u2028": "\\u2028", "\u2029": "\\u2029"}
@@ -89,8 +74,6 @@ def _write_jsonl(store: LogStore, path: Path) -> int:
         for record in store.iter_records():
             fh.write(_json_line(record))
             count += 1
-        fh.flush()
-        os.fsync(fh.fileno())
     return count
 
 
@@ -114,7 +97,7 @@ def export_records(store: LogStore, out_path: Path, fmt: str) -> tuple[Path, int
         raise ValueError(f"unknown export format {fmt!r}; use one of {FORMATS}")
     out_path = Path(out_path)
     writer = _write_jsonl if fmt == "jsonl" else _write_parquet
-    with _atomic_path(out_path) as tmp:
+    with atomic_path(out_path) as tmp:
         count = writer(store, tmp)
     return out_path, count
 

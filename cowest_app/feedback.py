@@ -23,7 +23,8 @@ from pathlib import Path
 from typing import Any, Iterable, Literal, Mapping, Sequence
 
 from cowest_app import prompts
-from cowest_app.export import _atomic_path, _json_line  # the log export's writer: one JSONL dialect
+from cowest_app.export import _json_line  # the log export's JSONL dialect
+from cowest_app.files import atomic_path
 from cowest_app.models.base import Message
 from cowest_app.store import PreferencePair
 
@@ -460,7 +461,7 @@ def write_dpo_jsonl(pairs: Iterable[PreferencePair], path: Path | str) -> tuple[
     out = Path(path)
     digest = hashlib.sha256()
     count = 0
-    with _atomic_path(out) as tmp:
+    with atomic_path(out) as tmp:
         with open(tmp, "wb") as fh:
             for pair in pairs:
                 line = _json_line(dpo_record(pair)).encode("utf-8")

@@ -29,7 +29,6 @@ import json
 import logging
 import os
 import re
-import tempfile
 import threading
 import time
 import uuid
@@ -45,6 +44,8 @@ import yaml
 from huggingface_hub import CommitOperationAdd, CommitScheduler, HfApi
 from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled, RepositoryNotFoundError
 from huggingface_hub.utils import get_session
+
+from cowest_app.files import write_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -551,17 +552,7 @@ class HubPublisher:
     def _save(self) -> None:
         """Write the queue atomically: a reader (or a crash) never sees half a file."""
         payload = {"format": QUEUE_FORMAT, "jobs": self._jobs, "done": self._done, "last_error": self._last_error}
-        self.queue_path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=self.queue_path.parent, prefix=f".{self.queue_path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as out:
-                json.dump(payload, out, ensure_ascii=False, indent=1)
-                out.flush()
-                os.fsync(out.fileno())
-            os.replace(tmp, self.queue_path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        write_atomic(self.queue_path, json.dumps(payload, ensure_ascii=False, indent=1))
 
 
 def _check_version(version: str) -> None:

@@ -12,7 +12,7 @@ import logging
 from datetime import datetime, timezone
 from pathlib import Path
 
-from cowest_app.registry import write_atomic
+from cowest_app.files import write_atomic
 from cowest_app.store import LogStore
 
 log = logging.getLogger(__name__)

@@ -15,13 +15,14 @@ import json
 import os
 import re
 import shutil
-import tempfile
 import threading
 import zipfile
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
+
+from cowest_app.files import write_atomic
 
 STATUSES = ("candidate", "active", "rejected", "failed", "archived")
 META_FILE = "cowest.json"
@@ -64,19 +65,6 @@ def version_number(version: str) -> int:
     if not match:
         raise RegistryError(f"not a version name: {version!r} (expected v1, v2, …)")
     return int(match.group(1))
-
-
-def write_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 class AdapterRegistry:

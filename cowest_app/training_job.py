@@ -28,7 +28,8 @@ from typing import Any, Callable
 from cowest_app import prompts
 from cowest_app.config import AppConfig
 from cowest_app.models.base import BackendError, GenerationOptions
-from cowest_app.registry import AdapterRegistry, AdapterVersion, RegistryError, write_atomic
+from cowest_app.files import write_atomic
+from cowest_app.registry import AdapterRegistry, AdapterVersion, RegistryError
 from training.common import NICE_ENV, PARENT_PID_ENV
 
 log = logging.getLogger(__name__)

@@ -176,10 +176,9 @@ def start_run(config: Any, out_dir: str | Path) -> Path:
 
 
 def write_json(path: Path, data: dict[str, Any], sort_keys: bool = True) -> None:
-    # Written to a temporary name then renamed, so a reader never sees half a file.
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=sort_keys, default=str) + "\n", encoding="utf-8")
-    tmp.replace(path)
+    from cowest_app.files import write_atomic  # a dashboard polling the file never reads half of it
+
+    write_atomic(path, json.dumps(data, indent=2, sort_keys=sort_keys, default=str) + "\n")
 
 
 # -- models ----------------------------------------------------------------
@@ -200,16 +199,31 @@ def torch_threads(n: int | None) -> Iterator[None]:
         torch.set_num_threads(previous)
 
 
-def load_base_model(ref: str, load_4bit: bool, cache_dir: str | Path | None, device: str | None = None):
-    """Load (model, tokenizer) the way the app does: packaged names, directories or Hub ids."""
+COMPUTE_DTYPES = ("float32", "bfloat16")
+
+
+def check_compute_dtype(name: str | None) -> None:
+    if name is not None and name not in COMPUTE_DTYPES:
+        raise RecipeError(f"compute_dtype must be one of {', '.join(COMPUTE_DTYPES)} or null, got {name!r}")
+
+
+def load_base_model(ref: str, load_4bit: bool, cache_dir: str | Path | None, device: str | None = None,
+                    compute_dtype: str | None = None):
+    """Load (model, tokenizer) the way the app does: packaged names, directories or Hub ids.
+
+    `compute_dtype` (None: the app's default for the device) is the dtype the
+    frozen base computes in: its weights', or NF4's compute dtype. LoRA adapters
+    stay float32 either way (peft keeps them so; see upcast_adapter_on_cpu).
+    """
     from transformers import AutoTokenizer
 
     from cowest_app.models import refs
-    from cowest_app.models.local import default_device, load_causal_lm
+    from cowest_app.models.local import DTYPES, default_device, load_causal_lm
 
+    check_compute_dtype(compute_dtype)
     cache = Path(cache_dir).expanduser() if cache_dir else refs.default_cache_dir()
     path = refs.resolve(ref, cache)
-    model = load_causal_lm(path, load_4bit, device or default_device())
+    model = load_causal_lm(path, load_4bit, device or default_device(), DTYPES[compute_dtype] if compute_dtype else None)
     tokenizer = AutoTokenizer.from_pretrained(path)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token

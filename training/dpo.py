@@ -33,6 +33,7 @@ from training.common import (
     METRICS_FILE,
     JsonlProgress,
     RecipeError,
+    check_compute_dtype,
     last_logged,
     library_versions,
     load_base_model,
@@ -78,6 +79,7 @@ class DPORecipe:
     logging_steps: int = 1
     precompute_ref_log_probs: bool = False
     gradient_checkpointing: bool = False
+    compute_dtype: str | None = None  # the frozen base's dtype; null: float32 on CPU, bfloat16 on GPUs
     cache_dir: str | None = None  # model cache; None: $COWEST_CACHE_DIR or ~/.cache/cowest
 
     def __post_init__(self) -> None:
@@ -92,6 +94,7 @@ class DPORecipe:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
         if self.beta <= 0:
             raise ValueError(f"beta must be positive, got {self.beta}")
+        check_compute_dtype(self.compute_dtype)
 
 
 # -- data ------------------------------------------------------------------
@@ -195,7 +198,8 @@ def build_trainer(config: DPORecipe, pairs: list[dict[str, Any]]):
 
     check_precompute(config, default_device())
     set_seed(config.seed)  # the trainer seeds itself only after LoRA's random init
-    model, tokenizer = load_base_model(config.base_model, config.load_4bit, config.cache_dir)
+    model, tokenizer = load_base_model(config.base_model, config.load_4bit, config.cache_dir,
+                                       compute_dtype=config.compute_dtype)
     new_lora = lora_config(config.lora_r, config.lora_alpha, config.lora_dropout, config.target_modules)
     model, peft_config = prepare_policy(
         model, config.load_4bit, config.init_adapter, config.gradient_checkpointing, new_lora

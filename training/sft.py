@@ -27,6 +27,7 @@ from training.common import (
     METRICS_FILE,
     JsonlProgress,
     RecipeError,
+    check_compute_dtype,
     last_logged,
     library_versions,
     load_base_model,
@@ -70,6 +71,7 @@ class SFTRecipe:
     torch_threads: int = 0  # 0: torch's default
     logging_steps: int = 1
     gradient_checkpointing: bool = False
+    compute_dtype: str | None = None  # the frozen base's dtype; null: float32 on CPU, bfloat16 on GPUs
     cache_dir: str | None = None  # model cache; None: $COWEST_CACHE_DIR or ~/.cache/cowest
 
     def __post_init__(self) -> None:
@@ -78,6 +80,7 @@ class SFTRecipe:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
         if self.max_length < MIN_CHUNK_TOKENS:
             raise ValueError(f"max_length must be at least {MIN_CHUNK_TOKENS}, got {self.max_length}")
+        check_compute_dtype(self.compute_dtype)
 
 
 # -- data ------------------------------------------------------------------
@@ -223,7 +226,8 @@ def _run(config: SFTRecipe) -> dict[str, Any]:
     documents = load_corpus(config.corpus)  # fail on a bad corpus before loading any model
 
     set_seed(config.seed)  # the trainer seeds itself only after LoRA's random init
-    model, tokenizer = load_base_model(config.base_model, config.load_4bit, config.cache_dir)
+    model, tokenizer = load_base_model(config.base_model, config.load_4bit, config.cache_dir,
+                                       compute_dtype=config.compute_dtype)
     examples, skipped = training_examples(documents, tokenizer, config.max_length)
     if skipped:
         log.warning("%d chats skipped: their prompt alone is max_length (%d) tokens or more", skipped, config.max_length)

@@ -42,9 +42,9 @@ def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def nf4_config(device: str) -> BitsAndBytesConfig:
-    # On CPU bitsandbytes computes in fp32 fastest; bf16 suits GPUs.
-    compute = torch.bfloat16 if device.startswith("cuda") else torch.float32
+def nf4_config(device: str, compute: torch.dtype | None = None) -> BitsAndBytesConfig:
+    # On CPU bitsandbytes decodes in fp32 fastest; bf16 suits GPUs (and batched training on bf16 CPUs).
+    compute = compute or (torch.bfloat16 if device.startswith("cuda") else torch.float32)
     return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=compute)
 
 
@@ -85,9 +85,10 @@ def resolve_assist(mode: str, dtype: torch.dtype) -> str:
 
 
 def load_causal_lm(path: str, load_4bit: bool, device: str, dtype: torch.dtype | None = None):
+    """`dtype`: the weights' dtype, or for NF4 the compute dtype (None: bf16 on CUDA, fp32 elsewhere)."""
     kwargs: dict[str, Any] = {"device_map": {"": device}}
     if load_4bit:
-        kwargs["quantization_config"] = nf4_config(device)
+        kwargs["quantization_config"] = nf4_config(device, dtype)
     else:
         kwargs["dtype"] = dtype or (torch.bfloat16 if device.startswith("cuda") else torch.float32)
     model = AutoModelForCausalLM.from_pretrained(path, **kwargs)

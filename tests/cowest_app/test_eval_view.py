@@ -84,15 +84,17 @@ def dirs(tmp_path):
 def test_finds_pipeline_eval_and_shipped_sets(dirs):
     data, repo, results, shipped = dirs
     evaluated = write_json(data / "eval" / "results.json", RESULTS)
+    earlier = write_json(shipped.parent / "corpus-only-sft" / "results.json", RESULTS | {"pack": "shipped-pack"})
     sets = find_result_sets(data, repo)
     assert [(s.path, s.source, s.name) for s in sets] == [
         (results, "pipeline run", "tiny-pack"),
         (evaluated, "evaluate run", "eval"),
         (shipped, "shipped with the repo", "shipped-pack"),
+        (earlier, "shipped with the repo", "shipped-pack (corpus-only-sft)"),
     ]
     assert "tiny-pack · pipeline run" in sets[0].label
     # The same file reached twice (data dir inside the repo's packs/) is listed once.
-    assert len(find_result_sets(repo / "packs" / "shipped-pack", repo)) == 1
+    assert len(find_result_sets(repo / "packs" / "shipped-pack", repo)) == 2  # the two shipped sets, each once
     assert find_result_sets(data / "nowhere", data / "nowhere") == []
 
 
@@ -143,6 +145,22 @@ def test_pipeline_command_parses_back_to_the_recorded_run(dirs):
     assert (opts.train_limit, opts.k, opts.final_tokens, opts.seed, opts.min_margin) == (40, 4, 96, 7, 0.05)
     assert (opts.eval.draft_tokens, opts.eval.answer_tokens, opts.eval.rag_k, opts.strong_dtype) == (48, 32, 3, "bfloat16")
     assert not opts.load_4bit
+
+
+def test_shipped_run_command_carries_recorded_options(dirs):
+    from training.pipeline import build_parser, options_from_args
+
+    data, repo, _, shipped = dirs
+    earlier = write_json(shipped.parent / "corpus-only-sft" / "results.json", RESULTS | {"pack": "shipped-pack"})
+    options = {"train_limit": 128, "k": 4, "sft_data": "corpus",
+               "sft_overrides": ["max_length=128", "target_modules=q_proj,v_proj"], "dpo_overrides": ["num_train_epochs=2"]}
+    write_json(earlier.parent / "pipeline.json", PIPELINE | {"options": options})
+    command = show_result_set(str(earlier), data, repo)[-1]
+    opts = options_from_args(ns := build_parser().parse_args(shell_words(command)[3:]))
+    assert ns.pack == "packs/shipped-pack"  # the pack, not the results folder the set sits in
+    assert (opts.train_limit, opts.k, opts.sft_data) == (128, 4, "corpus")
+    assert opts.sft_overrides == ("max_length=128", "target_modules=q_proj,v_proj")
+    assert opts.dpo_overrides == ("num_train_epochs=2",)
 
 
 def test_evaluate_run_gets_the_evaluate_command(dirs):

@@ -159,6 +159,18 @@ def test_4bit_qlora(tmp_path: Path, tiny_model_dir: Path) -> None:
     assert all(t.abs().max() > 0 for k, t in tensors.items() if "lora_B" in k)
 
 
+@pytest.mark.parametrize("load_4bit", [False, True])
+def test_bf16_compute_trains_a_float32_adapter(tmp_path: Path, tiny_model_dir: Path, load_4bit: bool) -> None:
+    config = tiny_recipe(tiny_model_dir, tmp_path, load_4bit=load_4bit, compute_dtype="bfloat16", max_steps=2)
+    metrics = main(config)
+    assert metrics["steps"] == 2 and math.isfinite(metrics["train_loss"])
+    tensors = adapter_tensors(Path(config.output_dir))
+    assert {t.dtype for t in tensors.values()} == {torch.float32}  # only the frozen base computes in bf16
+    assert all(t.abs().max() > 0 for k, t in tensors.items() if "lora_B" in k)
+    with pytest.raises(RecipeError, match="compute_dtype must be one of"):
+        dataclasses.replace(config, compute_dtype="float8")
+
+
 def test_4bit_continue_keeps_the_adapter_exact(tmp_path: Path, tiny_model_dir: Path) -> None:
     # TRL rounds a quantised model's trainable weights to bf16; on CPU they are restored to fp32.
     init = make_lora_adapter(tiny_model_dir, tmp_path / "init", seed=5)
