@@ -3,6 +3,7 @@
     .venv/bin/python bench/decode.py [--tokens 64] [--skip-strong]
 
 Prints one table; the fp32 weak model is the baseline measured in the same run.
+On a GPU the same rows run there (NF4 computing in bf16, as the app loads it).
 """
 
 from __future__ import annotations
@@ -39,14 +40,17 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=64)
     parser.add_argument("--skip-strong", action="store_true")
     args = parser.parse_args()
+    # Loaded one at a time, so each measurement has the machine (and its memory) to itself.
     rows = [
-        ("weak fp32 (baseline)", TransformersBackend(WEAK_DEFAULT, load_4bit=False)),
-        ("weak NF4", TransformersBackend(WEAK_DEFAULT, load_4bit=True)),
+        ("weak fp32 (baseline)", lambda: TransformersBackend(WEAK_DEFAULT, load_4bit=False, dtype="float32")),
+        ("weak bf16", lambda: TransformersBackend(WEAK_DEFAULT, load_4bit=False, dtype="bfloat16")),
+        ("weak NF4", lambda: TransformersBackend(WEAK_DEFAULT, load_4bit=True)),
     ]
     if not args.skip_strong:
-        rows.append(("strong fp32", TransformersBackend(STRONG_DEFAULT)))
+        rows.append(("strong fp32", lambda: TransformersBackend(STRONG_DEFAULT, dtype="float32")))
     results = []
-    for name, backend in rows:
+    for name, build in rows:
+        backend = build()
         results.append((name, measure(backend, args.tokens)))
         del backend
     base = results[0][1]

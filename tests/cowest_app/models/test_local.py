@@ -159,3 +159,20 @@ def test_sample_returns_n_distinct_drafts_in_one_call(tiny_model_dir: Path):
     assert drafts == backend.sample(MESSAGES, 4, max_new_tokens=8, temperature=1.0, seed=3)
     with pytest.raises(ValueError, match="temperature"):
         backend.sample(MESSAGES, 2, max_new_tokens=4)
+
+
+def test_cancel_flags_live_on_the_ids_device() -> None:
+    # generate() ORs these flags with its own on the ids' device: a CPU tensor broke every CUDA
+    # generation (found on an H200). "meta" stands in for a GPU here.
+    import threading
+
+    import torch
+
+    from cowest_app.models.local import _Cancelled
+
+    event = threading.Event()
+    ids = torch.empty((3, 5), dtype=torch.long, device="meta")
+    flags = _Cancelled(event)(ids, None)
+    assert flags.device.type == "meta" and flags.shape == (3,) and flags.dtype == torch.bool
+    event.set()
+    assert _Cancelled(event)(torch.zeros((2, 4), dtype=torch.long), None).tolist() == [True, True]
