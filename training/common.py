@@ -213,7 +213,7 @@ def load_base_model(ref: str, load_4bit: bool, cache_dir: str | Path | None, dev
 
     `compute_dtype` (None: the app's default for the device) is the dtype the
     frozen base computes in: its weights', or NF4's compute dtype. LoRA adapters
-    stay float32 either way (peft keeps them so; see upcast_adapter_on_cpu).
+    stay float32 either way (peft keeps them so; see upcast_adapter).
     """
     from transformers import AutoTokenizer
 
@@ -278,19 +278,21 @@ def trainable_snapshot(model: Any) -> dict[str, torch.Tensor]:
     return {name: p.detach().clone() for name, p in model.named_parameters() if p.requires_grad}
 
 
-def upcast_adapter_on_cpu(model: Any, snapshot: dict[str, torch.Tensor] | None = None) -> None:
-    """Undo TRL's bf16 cast of QLoRA adapter weights when training on CPU.
+def upcast_adapter(model: Any, snapshot: dict[str, torch.Tensor] | None = None) -> None:
+    """Undo TRL's bf16 cast of QLoRA adapter weights: the adapter trains in fp32.
 
-    TRL casts trainable weights of a quantised model to bf16 (the QLoRA recipe
-    for GPUs). On CPU the NF4 compute dtype is fp32 (`nf4_config`), so bf16
-    adapters only lose optimizer precision and speed. Weights found in
-    `snapshot` (a continued adapter) get their exact fp32 values back, not the
-    bf16-rounded ones. Must run before the optimizer is created, i.e. before
-    `trainer.train()`.
+    TRL casts trainable weights of a quantised model to bf16. Adam's small
+    updates then round away (bench/README.md, DPO: the plain run's loss fell
+    more slowly), and on CPU, where NF4 computes in fp32 (`nf4_config`), bf16
+    adapters also cost speed. fp32 adapter weights are the master copy on every
+    device; on GPUs the matmuls still run in bf16 under autocast. Weights found
+    in `snapshot` (a continued adapter) get their exact fp32 values back, not
+    the bf16-rounded ones. Must run before the optimizer is created, i.e.
+    before `trainer.train()`.
     """
     snapshot = snapshot or {}
     for name, param in model.named_parameters():
-        if param.requires_grad and param.device.type == "cpu" and param.dtype == torch.bfloat16:
+        if param.requires_grad and param.dtype == torch.bfloat16:
             original = snapshot.get(name)
             param.data = original if original is not None and original.dtype == torch.float32 else param.data.float()
 

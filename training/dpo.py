@@ -46,7 +46,7 @@ from training.common import (
     start_run,
     torch_threads,
     trainable_snapshot,
-    upcast_adapter_on_cpu,
+    upcast_adapter,
     write_json,
 )
 
@@ -215,7 +215,7 @@ def build_trainer(config: DPORecipe, pairs: list[dict[str, Any]]):
     )
     if config.init_adapter and config.reference == "base":
         _use_base_as_reference(trainer)
-    upcast_adapter_on_cpu(trainer.model, before)
+    upcast_adapter(trainer.model, before)
     if len(trainer.train_dataset) == 0:
         raise RecipeError(f"every pair's prompt is longer than max_length={config.max_length}")
     return trainer

@@ -40,7 +40,7 @@ from training.common import (
     start_run,
     torch_threads,
     trainable_snapshot,
-    upcast_adapter_on_cpu,
+    upcast_adapter,
     write_json,
 )
 
@@ -247,7 +247,7 @@ def _run(config: SFTRecipe) -> dict[str, Any]:
         peft_config=peft_config,
         callbacks=[JsonlProgress(out)],
     )
-    upcast_adapter_on_cpu(trainer.model, before)
+    upcast_adapter(trainer.model, before)
 
     train_started = time.perf_counter()
     result = trainer.train()

@@ -154,7 +154,7 @@ def test_4bit_qlora(tmp_path: Path, tiny_model_dir: Path) -> None:
     assert metrics["load_4bit"] is True and metrics["steps"] == 2
     assert math.isfinite(metrics["train_loss"])
     tensors = adapter_tensors(Path(config.output_dir))
-    # On CPU the adapter trains (and is saved) in fp32, not TRL's QLoRA bf16.
+    # The adapter trains (and is saved) in fp32, not TRL's QLoRA bf16, on CPUs and GPUs alike.
     assert {t.dtype for t in tensors.values()} == {torch.float32}
     assert all(t.abs().max() > 0 for k, t in tensors.items() if "lora_B" in k)
 
@@ -225,7 +225,8 @@ def test_cli_in_a_child_process(tmp_path: Path, tiny_model_dir: Path) -> None:
     out = tmp_path / "cli-out"
     cmd = [sys.executable, "-m", "training.dpo", "--config", str(recipe), "--set", f"output_dir={out}"]
     cmd += ["--set", "max_steps=1", "--set", "load_4bit=false", "--set", "torch_threads=2", "--set", "max_length=128"]
-    env = dict(os.environ, PYTHONPATH=str(ROOT), TQDM_DISABLE="1")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+               TQDM_DISABLE="1")
     done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     metrics = json.loads((out / "metrics.json").read_text())
@@ -274,6 +275,7 @@ def test_fast_settings_train_like_the_plain_path(tmp_path: Path, tiny_model_dir:
     assert fast_losses == pytest.approx(plain_losses, abs=1e-4)
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the refusal is for CPUs; on a GPU precompute is allowed")
 def test_precompute_is_refused_for_qlora_on_cpu(tmp_path: Path, tiny_model_dir: Path) -> None:
     # It would train silently wrong: see training.dpo.check_precompute.
     config = tiny_recipe(tiny_model_dir, tmp_path, load_4bit=True, precompute_ref_log_probs=True, max_steps=1)

@@ -37,7 +37,7 @@ def test_registered_by_name(tiny_model_dir: Path):
 def test_nf4_really_quantises_and_uses_less_memory(tiny_model_dir: Path):
     import bitsandbytes as bnb
 
-    full = TransformersBackend(str(tiny_model_dir))
+    full = TransformersBackend(str(tiny_model_dir), dtype="float32")  # GPUs default to bf16
     nf4 = TransformersBackend(str(tiny_model_dir), load_4bit=True)
     layers = [m for m in nf4.model.modules() if isinstance(m, bnb.nn.Linear4bit)]
     assert layers and all(m.weight.quant_state.quant_type == "nf4" for m in layers)
