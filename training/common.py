@@ -202,6 +202,18 @@ def torch_threads(n: int | None) -> Iterator[None]:
 COMPUTE_DTYPES = ("float32", "bfloat16")
 
 
+def check_messages(value: Any, where: str, assistant_only: bool) -> list[dict[str, str]]:
+    """Chat messages as JSONL training data holds them; RecipeError naming `where` otherwise."""
+    if not isinstance(value, list) or not value:
+        raise RecipeError(f"{where}: expected a non-empty list of messages")
+    for message in value:
+        if not isinstance(message, dict) or not isinstance(message.get("content"), str) or "role" not in message:
+            raise RecipeError(f"{where}: each message needs a role and a string content, got {message!r}")
+    if assistant_only and (len(value) != 1 or value[0]["role"] != "assistant"):
+        raise RecipeError(f"{where}: expected exactly one assistant message")
+    return [{"role": m["role"], "content": m["content"]} for m in value]
+
+
 def check_compute_dtype(name: str | None) -> None:
     if name is not None and name not in COMPUTE_DTYPES:
         raise RecipeError(f"compute_dtype must be one of {', '.join(COMPUTE_DTYPES)} or null, got {name!r}")
@@ -411,11 +423,11 @@ def lower_priority() -> int:
     niceness on Linux; on a shared CPU the kernel then serves the app's answers
     first and training takes the time left over.
     """
-    raw = os.environ.get(NICE_ENV)
-    if not raw or not hasattr(os, "nice"):
+    if not hasattr(os, "nice"):  # Windows
         return 0
     current = os.nice(0)
-    return os.nice(max(0, int(raw) - current))
+    raw = os.environ.get(NICE_ENV)
+    return os.nice(max(0, int(raw) - current)) if raw else current
 
 
 def exit_with_parent(poll_s: float = 0.5) -> None:

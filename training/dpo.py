@@ -33,6 +33,7 @@ from training.common import (
     METRICS_FILE,
     JsonlProgress,
     RecipeError,
+    check_messages,
     check_compute_dtype,
     last_logged,
     library_versions,
@@ -98,17 +99,6 @@ class DPORecipe:
 
 
 # -- data ------------------------------------------------------------------
-def _check_messages(value: Any, where: str, assistant_only: bool) -> list[dict[str, str]]:
-    if not isinstance(value, list) or not value:
-        raise RecipeError(f"{where}: expected a non-empty list of messages")
-    for message in value:
-        if not isinstance(message, dict) or not isinstance(message.get("content"), str) or "role" not in message:
-            raise RecipeError(f"{where}: each message needs a role and a string content, got {message!r}")
-    if assistant_only and (len(value) != 1 or value[0]["role"] != "assistant"):
-        raise RecipeError(f"{where}: expected exactly one assistant message")
-    return [{"role": m["role"], "content": m["content"]} for m in value]
-
-
 def load_pairs(path: str | Path) -> list[dict[str, list[dict[str, str]]]]:
     """Read and validate preference pairs; extra keys (ids, metadata) are dropped.
 
@@ -131,9 +121,9 @@ def load_pairs(path: str | Path) -> list[dict[str, list[dict[str, str]]]]:
             raise RecipeError(f"{where}: expected an object with prompt, chosen and rejected")
         pairs.append(
             {
-                "prompt": _check_messages(row.get("prompt"), f"{where} prompt", assistant_only=False),
-                "chosen": _check_messages(row.get("chosen"), f"{where} chosen", assistant_only=True),
-                "rejected": _check_messages(row.get("rejected"), f"{where} rejected", assistant_only=True),
+                "prompt": check_messages(row.get("prompt"), f"{where} prompt", assistant_only=False),
+                "chosen": check_messages(row.get("chosen"), f"{where} chosen", assistant_only=True),
+                "rejected": check_messages(row.get("rejected"), f"{where} rejected", assistant_only=True),
             }
         )
     if not pairs:

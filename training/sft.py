@@ -27,6 +27,7 @@ from training.common import (
     METRICS_FILE,
     JsonlProgress,
     RecipeError,
+    check_messages,
     check_compute_dtype,
     last_logged,
     library_versions,
@@ -89,15 +90,11 @@ Document = str | list[dict[str, str]]
 IGNORE_INDEX = -100  # label of a token the loss skips
 
 
-def _chat_problem(messages: Any) -> str | None:
-    if not isinstance(messages, list) or len(messages) < 2:
-        return "`messages` must be a list of at least two messages"
-    for m in messages:
-        if not isinstance(m, dict) or not isinstance(m.get("role"), str) or not isinstance(m.get("content"), str):
-            return "every message needs string `role` and `content`"
-    if messages[-1]["role"] != "assistant":
-        return "the last message must be the assistant's (it is what the model learns)"
-    return None
+def _learnable_chat(messages: Any, where: str) -> list[dict[str, str]]:
+    messages = check_messages(messages, where, assistant_only=False)
+    if len(messages) < 2 or messages[-1]["role"] != "assistant":
+        raise RecipeError(f"{where}: a chat needs a prompt and then the assistant's reply, which is what the model learns")
+    return messages
 
 
 def _jsonl_documents(path: Path) -> list[Document]:
@@ -112,10 +109,7 @@ def _jsonl_documents(path: Path) -> list[Document]:
         if isinstance(row, dict) and isinstance(row.get("text"), str):
             documents.append(row["text"])
         elif isinstance(row, dict) and "messages" in row:
-            problem = _chat_problem(row["messages"])
-            if problem:
-                raise RecipeError(f"{path}:{lineno}: {problem}")
-            documents.append(row["messages"])
+            documents.append(_learnable_chat(row["messages"], f"{path}:{lineno}"))
         else:
             raise RecipeError(f"{path}:{lineno}: expected an object with a string `text` field or a `messages` chat")
     return documents

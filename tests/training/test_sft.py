@@ -113,8 +113,9 @@ def test_chat_rows_learn_only_the_reply(tmp_path: Path, smollm2_dir: Path) -> No
     assert learned.startswith("Background: 80 mg a day.<|im_end|>")  # the reply and its end-of-turn
 
     assert training_examples([chat], tokenizer, max_length=len(prompt)) == ([], 1)  # no room left for the reply
-    for bad, message in (([chat[0]], "at least two"), (chat[:-1], "last message must be the assistant"),
-                         ([{"role": "user"}, chat[-1]], "string `role` and `content`")):
+    for bad, message in (([chat[-1]], "a prompt and then the assistant's reply"),
+                         (chat[:-1], "a prompt and then the assistant's reply"),
+                         ([{"role": "user"}, chat[-1]], "a role and a string content"), ([], "non-empty list")):
         corpus.write_text(json.dumps({"messages": bad}) + "\n")
         with pytest.raises(RecipeError, match=message):
             load_corpus(corpus)
