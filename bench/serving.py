@@ -85,7 +85,8 @@ def measure(nice: int, args: argparse.Namespace, questions: list[str], work: Pat
                          COWEST_STRONG_MAX_NEW_TOKENS=str(args.max_new_tokens), COWEST_ADMIN_SECRET=ADMIN_SECRET,
                          COWEST_TRAIN_RECIPE=str(endless_recipe(work)), COWEST_TRAIN_NICE=str(nice),
                          COWEST_TRAIN_THREADS="1", COWEST_COLLECT_MAX_QUESTIONS="1")
-    env.pop("COWEST_TORCH_THREADS")  # torch's own default, as in production
+    for shipped_default in ("COWEST_TORCH_THREADS", "COWEST_WEAK_4BIT"):  # torch's threads, NF4 weak: as in production
+        env.pop(shipped_default)
     app = AppProcess.start(env, work / f"server-nice-{nice}.log")
     try:
         client = Client(app.url, verbose=False)
