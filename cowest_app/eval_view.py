@@ -266,7 +266,8 @@ def pack_argument(results: dict[str, Any], result_set: ResultSet, repo_root: Pat
     """The pack's directory when this repo has it, else a placeholder for the user's own pack."""
     if result_set.source == "shipped with the repo":  # packs/<pack>/results[/<run>]/results.json
         parts = result_set.path.parts
-        return str(Path("packs") / parts[len(parts) - 1 - parts[::-1].index("packs") + 1])
+        packs_at = len(parts) - 1 - parts[::-1].index("packs")  # the last "packs" on the path
+        return str(Path("packs") / parts[packs_at + 1])
     name = results.get("pack")
     if isinstance(name, str) and name and (repo_root / "packs" / name).is_dir():
         return str(Path("packs") / name)
