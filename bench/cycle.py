@@ -34,13 +34,14 @@ from cowest_app.training_job import DEFAULT_EVAL_FILE, TrainingJob, load_items
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def seed_pairs(service: CollabService, n: int) -> None:
+def seed_pairs(store: LogStore, n: int) -> None:
+    """n trainable pairs from the shipped held-out questions: the right answer's draft over a wrong one's."""
     items = load_items(DEFAULT_EVAL_FILE)
     wrong = [i.item.reference for i in items[1:]] + [items[0].item.reference]
     domain = prompts.DOMAINS["general"]
     for k in range(n):
         item, bad = items[k % len(items)].item, wrong[k % len(items)]
-        service.store.log_pair(PreferencePair(
+        store.log_pair(PreferencePair(
             domain="general", question=item.question, prompt=prompts.weak_draft_messages(domain, item.question),
             chosen=f"Background: a well-known fact.\nDraft answer: {item.reference}.",
             rejected=f"Background: a well-known fact.\nDraft answer: {bad}.",
@@ -112,7 +113,7 @@ def main() -> None:
 
     idle = latencies(probe, questions)
 
-    seed_pairs(service, args.pairs)
+    seed_pairs(service.store, args.pairs)
     with serve_hub() as hub:
         from cowest_app.hub import HubPublisher
 

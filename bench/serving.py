@@ -28,27 +28,12 @@ from pathlib import Path
 
 from gradio_client import Client
 
-from cowest_app import prompts
-from cowest_app.store import LogStore, PreferencePair
+from bench.cycle import p95, seed_pairs  # the same pairs and percentile as the in-process cycle bench
+from cowest_app.store import LogStore
 from cowest_app.training_job import DEFAULT_EVAL_FILE, load_items
 from tests.system.app_process import ROOT, AppProcess, tiny_model_env, wait_for
 
 ADMIN_SECRET = "bench-serving-admin"
-
-
-def seed_pairs(db_path: Path, n: int) -> None:
-    """Pairs for the DPO child: a draft with the right answer over one with a wrong answer."""
-    items = load_items(DEFAULT_EVAL_FILE)
-    store = LogStore(db_path)
-    domain = prompts.DOMAINS["general"]
-    for k in range(n):
-        item, wrong = items[k % len(items)].item, items[(k + 1) % len(items)].item
-        store.log_pair(PreferencePair(
-            domain="general", question=item.question, prompt=prompts.weak_draft_messages(domain, item.question),
-            chosen=f"Background: a well-known fact.\nDraft answer: {item.reference}.",
-            rejected=f"Background: a well-known fact.\nDraft answer: {wrong.reference}.",
-            margin=1.0, evaluator="reference", chosen_score=1.0, rejected_score=0.0, confidence=1.0,
-        ))
 
 
 def endless_recipe(work: Path) -> Path:
@@ -73,14 +58,9 @@ def training_steps(data_dir: Path) -> int:
     return sum(len(p.read_text().splitlines()) for p in logs)
 
 
-def p95(values: list[float]) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(0.95 * (len(ordered) - 1)))]
-
-
 def measure(nice: int, args: argparse.Namespace, questions: list[str], work: Path) -> dict[str, list[float] | int]:
     data_dir = work / f"nice-{nice}"
-    seed_pairs(data_dir / "cowest.sqlite3", 64)
+    seed_pairs(LogStore(data_dir / "cowest.sqlite3"), 64)
     env = tiny_model_env(args.model, data_dir, COWEST_WEAK_MAX_NEW_TOKENS=str(args.max_new_tokens),
                          COWEST_STRONG_MAX_NEW_TOKENS=str(args.max_new_tokens), COWEST_ADMIN_SECRET=ADMIN_SECRET,
                          COWEST_TRAIN_RECIPE=str(endless_recipe(work)), COWEST_TRAIN_NICE=str(nice),

@@ -84,7 +84,7 @@ class AppConfig:
     eval_tolerance: float = 0.0
     train_recipe: Path = Path("training/recipes/dpo.yaml")
     train_threads: int = 1
-    train_nice: int = 19  # the training child yields the CPU to answering (bench/cycle.py)
+    train_nice: int = 19  # the training child yields the CPU to answering (bench/serving.py)
     hub_repo: str | None = None
     hub_log_repo: str | None = None
     hub_endpoint: str | None = None

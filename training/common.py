@@ -33,6 +33,8 @@ import torch
 import yaml
 from transformers import TrainerCallback
 
+from cowest_app.files import write_atomic
+
 log = logging.getLogger(__name__)
 
 R = TypeVar("R")
@@ -176,8 +178,7 @@ def start_run(config: Any, out_dir: str | Path) -> Path:
 
 
 def write_json(path: Path, data: dict[str, Any], sort_keys: bool = True) -> None:
-    from cowest_app.files import write_atomic  # a dashboard polling the file never reads half of it
-
+    # Atomic: a dashboard polling the file never reads half of it.
     write_atomic(path, json.dumps(data, indent=2, sort_keys=sort_keys, default=str) + "\n")
 
 
