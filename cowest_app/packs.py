@@ -22,12 +22,14 @@ import hashlib
 import json
 import re
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 import yaml
 
 from cowest_app import prompts as app_prompts
+from cowest_app import retrieval
 from cowest_app.feedback import TASK_TYPES, Reference, exact_match, normalize_answer, score_with_reference, token_f1
 from cowest_app.models.base import Message
 
@@ -46,6 +48,7 @@ SPLITS = ("train", "test")
 CORPUS_SUFFIXES = (".md", ".txt")
 LETTERS = "ABCDE"  # at most five options, as in the public multiple-choice sets
 MAX_ERRORS = 20
+DEFAULT_RETRIEVAL_PASSAGES = 4  # passages a weak model drafts from when a pack turns retrieval on without a number
 
 # Placeholders each template's user message must contain.
 REQUIRED_PLACEHOLDERS: dict[str, tuple[str, ...]] = {
@@ -53,6 +56,7 @@ REQUIRED_PLACEHOLDERS: dict[str, tuple[str, ...]] = {
     "strong": ("question", "draft"),
     "direct": ("question",),
     "rag": ("context", "question"),
+    "weak_retrieval": ("context", "question"),  # retrieval-grounded drafting: the weak model reads passages
 }
 _PLACEHOLDER = re.compile(r"\{(question|draft|context)\}")
 _Report = Callable[[str, str], None]  # (yaml key path, message): records a domain.yaml error at the key's line
@@ -116,6 +120,8 @@ class DomainPack:
     root: Path
     domain: str = app_prompts.DEFAULT_DOMAIN  # the app preset questions are collected under
     digest: str = field(default="", repr=False)  # sha256 of the files as loaded
+    # Retrieval-grounded drafting: the weak model drafts from this many retrieved passages (0: from memory).
+    retrieval_passages: int = 0
 
     def split(self, name: str) -> tuple[PackItem, ...]:
         if name not in SPLITS:
@@ -126,6 +132,22 @@ class DomainPack:
     def weak_messages(self, question_text: str) -> list[Message]:
         return self.prompts["weak"].render(question=question_text)
 
+    def draft_messages(self, question_text: str, grounded: bool) -> list[Message]:
+        """The weak model's drafting prompt: from memory, or grounded in the passages retrieved for the question."""
+        if not grounded:
+            return self.weak_messages(question_text)
+        passages = self.retriever.search(question_text, self.retrieval_passages or DEFAULT_RETRIEVAL_PASSAGES)
+        return self.prompts["weak_retrieval"].render(question=question_text, context=retrieval.render_context(passages))
+
+    @cached_property
+    def passages(self) -> tuple[retrieval.Passage, ...]:
+        """The corpus as bounded passages (cowest_app.retrieval), for RAG and drafting alike."""
+        return tuple(retrieval.split_passages((p.name, p.read_text(encoding="utf-8")) for p in self.corpus_paths))
+
+    @cached_property
+    def retriever(self) -> retrieval.Retriever:
+        return retrieval.Retriever(self.passages)
+
     def strong_messages(self, question_text: str, draft: str) -> list[Message]:
         return self.prompts["strong"].render(question=question_text, draft=draft.strip() or "(empty)")
 
@@ -135,12 +157,13 @@ class DomainPack:
     def rag_messages(self, question_text: str, context: str) -> list[Message]:
         return self.prompts["rag"].render(question=question_text, context=context.strip() or "(no context found)")
 
-    def prompt_set(self) -> PromptSet:
+    def prompt_set(self, grounded: bool = False) -> PromptSet:
         """The pack's templates for `collect`: the weak model is aligned on the
         drafting prompt it is evaluated with."""
         from cowest_app.collect import PromptSet
 
-        return PromptSet(draft=self.weak_messages, refine=self.strong_messages, direct=self.direct_messages)
+        return PromptSet(draft=lambda q: self.draft_messages(q, grounded), refine=self.strong_messages,
+                         direct=self.direct_messages)
 
     def score(self, answer_text: str, item: PackItem) -> float:
         """The pack's metric for one answer, in [0, 1]."""
@@ -303,6 +326,7 @@ class _Meta:
     labels: tuple[str, ...]
     prompts: dict[str, PromptTemplate]
     domain: str
+    retrieval_passages: int
 
 
 def _read_text(path: Path, errors: _Errors, blobs: dict[str, bytes], root: Path) -> str | None:
@@ -370,7 +394,21 @@ def _load_meta(path: Path, errors: _Errors, blobs: dict[str, bytes], root: Path)
     defaults = _default_templates(task_type, labels)
     loaded = {kind: t or defaults.get(kind) for kind, t in templates.items()}
     prompts = {kind: t for kind, t in loaded.items() if t is not None}
-    return _Meta(name, description, task_type, metric, labels, prompts, str(domain))
+    return _Meta(name, description, task_type, metric, labels, prompts, str(domain), _retrieval_passages(data, bad))
+
+
+def _retrieval_passages(data: dict[str, Any], bad: _Report) -> int:
+    """`retrieval: true`, `retrieval: {passages: N}` or absent/false (0: the weak model drafts from memory)."""
+    value = data.get("retrieval", False)
+    if value is False or value is None:
+        return 0
+    if value is True:
+        return DEFAULT_RETRIEVAL_PASSAGES
+    passages = value.get("passages") if isinstance(value, dict) else None
+    if not isinstance(passages, int) or isinstance(passages, bool) or not 1 <= passages <= 20:
+        bad("retrieval", "'retrieval' must be true, false or {passages: N} with N from 1 to 20")
+        return 0
+    return passages
 
 
 def _task_and_metric(data: dict[str, Any], bad: _Report) -> tuple[str | None, str]:
@@ -435,6 +473,11 @@ def _default_templates(task_type: str | None, labels: Sequence[str]) -> dict[str
     return {
         "direct": PromptTemplate(system, "{question}"),
         "rag": PromptTemplate(system + " Use the context where it helps.", "Context:\n{context}\n\nQuestion: {question}"),
+        "weak_retrieval": PromptTemplate(
+            "Read the passages, copy the ones the question depends on, then write a short draft answer.",
+            "Passages:\n{context}\n\nQuestion: {question}\n\nWrite:\nBackground: <the passages that answer the "
+            "question, copied exactly>\nDraft answer: <your answer>",
+        ),
     }
 
 
@@ -515,5 +558,5 @@ def load_pack(path: str | Path) -> DomainPack:
     return DomainPack(
         name=meta.name, description=meta.description, task_type=meta.task_type, metric=meta.metric,
         labels=meta.labels, prompts=meta.prompts, corpus_paths=corpus, train=train, test=test, root=root,
-        domain=meta.domain, digest=_digest(blobs),
+        domain=meta.domain, digest=_digest(blobs), retrieval_passages=meta.retrieval_passages,
     )

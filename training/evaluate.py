@@ -1,16 +1,20 @@
 """Score weak, strong, RAG and weak-strong collaboration systems on a domain pack's test split.
 
     python -m training.evaluate --pack PATH [--weak REF] [--strong REF]
-        [--sft-adapter DIR] [--dpo-adapter DIR] [--limit N] [--out DIR]
+        [--sft-adapter DIR] [--dpo-adapter DIR] [--grounded-dpo-adapter DIR] [--grounded]
+        [--limit N] [--out DIR]
 
 Systems (rows of the paper's table), each scored on the same test items:
 
 1. `weak`        the un-specialised weak model alone
 2. `strong`      the strong model alone
-3. `strong_rag`  the strong model given the top-k BM25 corpus paragraphs
+3. `strong_rag`  the strong model given the top-k BM25 corpus passages (cowest_app.retrieval)
 4. `collab_base` collaboration: the un-specialised weak model drafts, the strong model answers
 5. `collab_sft`  the same with the SFT weak model (with --sft-adapter)
 6. `collab_dpo`  the same with the SFT+DPO weak model (with --dpo-adapter)
+7. `collab_retrieval_*` (with --grounded or --grounded-dpo-adapter) the same three
+   weak models drafting from the passages retrieved for the question, not from
+   memory; the SFT+DPO one is the adapter aligned on such drafts
 
 Multiple-choice and label tasks generate no final answer: the answering model's
 log-likelihood of each option letter (or label) after its reply opens with
@@ -20,7 +24,7 @@ draft (greedy, short). Short-answer tasks generate a short greedy answer and
 use the pack's metric.
 
 Outputs in --out: `results.json` (per system: accuracy, n, 95% bootstrap CI,
-per-item scores), `results.md` (the table) and `results.png` (bars with CIs).
+per-item scores, drafts and the answering model's prompt tokens), `results.md` (the table) and `results.png` (bars with CIs).
 """
 
 from __future__ import annotations
@@ -28,11 +32,8 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import math
-import re
 import sys
 import time
-from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Sequence
@@ -41,6 +42,7 @@ import numpy as np
 
 from cowest_app.models.base import GenerationOptions, Message
 from cowest_app.prompts import clean_generation
+from cowest_app.retrieval import render_context
 
 if TYPE_CHECKING:  # keep `import training.evaluate` light for the pure helpers
     from cowest_app.models.local import TransformersBackend
@@ -55,6 +57,10 @@ SYSTEMS: dict[str, str] = {
     "collab_base": "Weak + Strong (base weak)",
     "collab_sft": "Weak + Strong (SFT weak)",
     "collab_dpo": "Weak + Strong (SFT+DPO weak)",
+    # Retrieval-grounded drafting: the weak model reads the retrieved passages and drafts from them.
+    "collab_retrieval_base": "Retrieval-grounded Weak + Strong (base weak)",
+    "collab_retrieval_sft": "Retrieval-grounded Weak + Strong (SFT weak)",
+    "collab_retrieval_dpo": "Retrieval-grounded Weak + Strong (SFT+DPO weak)",
 }
 ANSWER_PREFIX = "Answer:"  # the answering model's reply opens with it; options are scored after it
 CHOICE_TASKS = ("multiple_choice", "label")
@@ -78,63 +84,6 @@ def bootstrap_ci(values: Sequence[float], n: int = 1000, seed: int = 0, level: f
     tail = (1.0 - level) / 2
     low, high = np.quantile(means, [tail, 1.0 - tail])
     return float(low), float(high)
-
-
-# -- BM25 retrieval -----------------------------------------------------------
-_WORD = re.compile(r"\w+")
-
-
-def tokenize(text: str) -> list[str]:
-    return _WORD.findall(text.lower())
-
-
-def split_paragraphs(texts: Sequence[str]) -> list[str]:
-    """Corpus documents cut at blank lines: a paragraph is a retrievable unit
-    short enough for several to fit in a prompt."""
-    return [p.strip() for text in texts for p in re.split(r"\n\s*\n", text) if p.strip()]
-
-
-@dataclass(frozen=True)
-class BM25Index:
-    docs: tuple[str, ...]
-    terms: tuple[Counter, ...]  # term frequencies per document
-    lengths: tuple[int, ...]
-    avg_length: float
-    df: dict[str, int]  # documents containing each term
-
-
-def build_bm25(docs: Sequence[str]) -> BM25Index:
-    terms = tuple(Counter(tokenize(d)) for d in docs)
-    lengths = tuple(sum(t.values()) for t in terms)
-    df: Counter = Counter()
-    for t in terms:
-        df.update(t.keys())
-    avg = sum(lengths) / len(lengths) if lengths else 0.0
-    return BM25Index(tuple(docs), terms, lengths, avg, dict(df))
-
-
-def bm25_scores(index: BM25Index, query: str, k1: float = 1.5, b: float = 0.75) -> list[float]:
-    """Okapi BM25 of every document for `query` (Lucene's idf, never negative)."""
-    n_docs = len(index.docs)
-    scores = [0.0] * n_docs
-    for term in set(tokenize(query)):
-        df = index.df.get(term, 0)
-        if df == 0:
-            continue
-        idf = math.log(1.0 + (n_docs - df + 0.5) / (df + 0.5))
-        for i, tf in enumerate(index.terms):
-            f = tf.get(term, 0)
-            if f:
-                norm = 1.0 - b + b * index.lengths[i] / (index.avg_length or 1.0)
-                scores[i] += idf * f * (k1 + 1.0) / (f + k1 * norm)
-    return scores
-
-
-def top_k(index: BM25Index, query: str, k: int) -> list[str]:
-    """The k best-matching documents, best first; documents sharing no term are never returned."""
-    scores = bm25_scores(index, query)
-    ranked = sorted(range(len(scores)), key=lambda i: (-scores[i], i))
-    return [index.docs[i] for i in ranked[:k] if scores[i] > 0]
 
 
 # -- model scoring --------------------------------------------------------------
@@ -294,8 +243,8 @@ class OptionLikelihood:
 # -- systems ----------------------------------------------------------------------
 @dataclass(frozen=True)
 class Settings:
-    rag_k: int = 3
-    draft_tokens: int = 64  # weak drafts: short, they only carry background knowledge
+    rag_k: int = 4  # passages the strong model reads in Strong + RAG (as many as a grounded draft is written from)
+    draft_tokens: int = 96  # weak drafts: one or two statements and an answer line
     answer_tokens: int = 32  # short-answer finals
     batch_size: int = 8
 
@@ -330,9 +279,14 @@ def final_answers(
 def run_system(
     pack: DomainPack, items: Sequence[PackItem], answerer: TransformersBackend, settings: Settings,
     prompt: Callable[[str, str | None], list[Message]], drafter: TransformersBackend | None = None,
-    label: str = "",
+    label: str = "", grounded: bool = False,
 ) -> dict[str, Any]:
-    """Score one system; `prompt(question, draft)` builds the answering model's conversation."""
+    """Score one system; `prompt(question, draft)` builds the answering model's conversation.
+
+    With a `drafter`, the weak model first drafts for every item, from memory
+    or (grounded) from the passages retrieved for it. Each item records how
+    many tokens the answering model's prompt had: what the system costs it.
+    """
     from tqdm import tqdm
 
     started = time.perf_counter()
@@ -340,13 +294,16 @@ def run_system(
     with tqdm(total=len(items) * (2 if drafter else 1), desc=label, unit="item", leave=False) as bar:
         drafts: list[str | None] = [None] * len(items)
         if drafter is not None:
-            weak_prompts = [pack.weak_messages(q) for q in questions]
+            weak_prompts = [pack.draft_messages(q, grounded) for q in questions]
             drafts = list(greedy_generate(drafter, weak_prompts, settings.draft_tokens, settings.batch_size, bar.update))
         conversations = [prompt(q, d) for q, d in zip(questions, drafts)]
         answers = final_answers(pack, answerer, items, conversations, settings, bar.update)
     scores = [float(pack.score(a, item)) for a, item in zip(answers, items)]
-    rows = [{"id": item.id, "score": s, "answer": a, "draft": d} for item, s, a, d in zip(items, scores, answers, drafts)]
-    return summarise(scores) | {"label": label, "seconds": round(time.perf_counter() - started, 3), "items": rows}
+    tokens = [int(answerer.encode(c)["input_ids"].shape[-1]) for c in conversations]
+    rows = [{"id": item.id, "score": s, "answer": a, "draft": d, "prompt_tokens": t}
+            for item, s, a, d, t in zip(items, scores, answers, drafts, tokens)]
+    return summarise(scores) | {"label": label, "seconds": round(time.perf_counter() - started, 3),
+                                "mean_prompt_tokens": round(float(np.mean(tokens)), 1), "items": rows}
 
 
 def summarise(scores: Sequence[float]) -> dict[str, Any]:
@@ -356,11 +313,17 @@ def summarise(scores: Sequence[float]) -> dict[str, Any]:
 
 def evaluate(
     pack: DomainPack, weak_ref: str, strong_ref: str, *, sft_adapter: str | None = None,
-    dpo_adapter: str | None = None, limit: int | None = None, out: str | Path | None = None,
+    dpo_adapter: str | None = None, grounded_dpo_adapter: str | None = None, grounded: bool = False,
+    limit: int | None = None, out: str | Path | None = None,
     settings: Settings = Settings(), load_4bit: bool = False, device: str | None = None,
     cache_dir: str | None = None, strong_dtype: str | None = None,
 ) -> dict[str, Any]:
-    """Score every system on the test split; write the three result files to `out` when given."""
+    """Score every system on the test split; write the three result files to `out` when given.
+
+    `grounded` (or a `grounded_dpo_adapter`) adds the retrieval-grounded
+    collaboration rows: base and SFT weak models drafting from the retrieved
+    passages, and the SFT+DPO one aligned on such drafts.
+    """
     from cowest_app.models.local import TransformersBackend
 
     items = list(pack.test[:limit] if limit is not None else pack.test)
@@ -370,13 +333,12 @@ def evaluate(
     weak = TransformersBackend(weak_ref, cache_dir=cache_dir, load_4bit=load_4bit, device=device)
     strong = TransformersBackend(strong_ref, cache_dir=cache_dir, load_4bit=load_4bit, device=device,
                                  dtype=strong_dtype)  # the backend resolves dtype names
-    index = build_bm25(split_paragraphs(pack.corpus_texts()))
 
     def direct(q: str, _draft: str | None) -> list[Message]:
         return pack.direct_messages(q)
 
     def rag(q: str, _draft: str | None) -> list[Message]:
-        return pack.rag_messages(q, "\n\n".join(top_k(index, q, settings.rag_k)))
+        return pack.rag_messages(q, render_context(pack.retriever.search(q, settings.rag_k)))
 
     def refine(q: str, draft: str | None) -> list[Message]:
         return pack.strong_messages(q, draft or "")
@@ -384,17 +346,25 @@ def evaluate(
     systems: dict[str, dict[str, Any]] = {}
 
     def score(key: str, answerer: Any, prompt: Callable, drafter: Any = None) -> None:
-        systems[key] = run_system(pack, items, answerer, settings, prompt, drafter, SYSTEMS[key])
+        systems[key] = run_system(pack, items, answerer, settings, prompt, drafter, SYSTEMS[key], "retrieval" in key)
         log.info("%s: %.3f on %d items (%.1fs)", SYSTEMS[key], systems[key]["accuracy"], len(items), systems[key]["seconds"])
 
+    grounded = grounded or grounded_dpo_adapter is not None
     score("weak", weak, direct)
     score("strong", strong, direct)
     score("strong_rag", strong, rag)
     score("collab_base", strong, refine, weak)
+    if grounded:
+        score("collab_retrieval_base", strong, refine, weak)
     # Each adapter is built on a fresh copy of the weak base (swap_adapter), never stacked.
-    for key, adapter in (("collab_sft", sft_adapter), ("collab_dpo", dpo_adapter)):
+    adapters = [("collab_sft", sft_adapter), ("collab_retrieval_sft", sft_adapter if grounded else None),
+                ("collab_dpo", dpo_adapter), ("collab_retrieval_dpo", grounded_dpo_adapter)]
+    loaded = None
+    for key, adapter in adapters:
         if adapter:
-            weak.swap_adapter(str(adapter), key)
+            if adapter != loaded:
+                weak.swap_adapter(str(adapter), key)
+                loaded = adapter
             score(key, strong, refine, weak)
 
     results = {
@@ -404,7 +374,10 @@ def evaluate(
         "metric": pack.metric,
         "config": {
             "weak": weak_ref, "strong": strong_ref, "sft_adapter": sft_adapter and str(sft_adapter),
-            "dpo_adapter": dpo_adapter and str(dpo_adapter), "limit": limit, "load_4bit": load_4bit,
+            "dpo_adapter": dpo_adapter and str(dpo_adapter),
+            "grounded_dpo_adapter": grounded_dpo_adapter and str(grounded_dpo_adapter),
+            "retrieval_passages": pack.retrieval_passages if grounded else None,
+            "limit": limit, "load_4bit": load_4bit,
             "strong_dtype": strong_dtype or "default",
             "rag_k": settings.rag_k, "draft_tokens": settings.draft_tokens,
             "answer_tokens": settings.answer_tokens, "batch_size": settings.batch_size,
@@ -439,12 +412,13 @@ def render_table(results: dict[str, Any]) -> str:
     lines = [
         f"### {results.get('pack', 'pack')} ({results.get('task_type', '')})",
         "",
-        f"| System | {metric} (%) | 95% CI | n |",
-        "|---|---:|---:|---:|",
+        f"| System | {metric} (%) | 95% CI | n | answering model's prompt tokens (mean) |",
+        "|---|---:|---:|---:|---:|",
     ]
     for system in results["systems"].values():
         ci = f"[{_pct(system['ci_low'])}, {_pct(system['ci_high'])}]"
-        lines.append(f"| {system['label']} | {_pct(system['accuracy'])} | {ci} | {system['n']} |")
+        tokens = system.get("mean_prompt_tokens", "-")  # result sets from before it was recorded have none
+        lines.append(f"| {system['label']} | {_pct(system['accuracy'])} | {ci} | {system['n']} | {tokens} |")
     return "\n".join(lines) + "\n"
 
 
@@ -480,9 +454,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--strong", default=STRONG_DEFAULT, help="strong model: packaged:NAME, directory or Hub id")
     parser.add_argument("--sft-adapter", help="LoRA adapter of the SFT weak model")
     parser.add_argument("--dpo-adapter", help="LoRA adapter of the SFT+DPO weak model")
+    parser.add_argument("--grounded-dpo-adapter", help="LoRA adapter of the SFT+DPO weak model aligned on retrieval-grounded drafts")
+    parser.add_argument("--grounded", action="store_true",
+                        help="add the retrieval-grounded collaboration rows (implied by --grounded-dpo-adapter)")
     parser.add_argument("--limit", type=int, help="score only the first N test items")
     parser.add_argument("--out", default="data/eval", help="directory for results.json/.md/.png")
-    parser.add_argument("--rag-k", type=int, default=Settings.rag_k, help="paragraphs retrieved for RAG")
+    parser.add_argument("--rag-k", type=int, default=Settings.rag_k, help="passages retrieved for RAG")
     parser.add_argument("--draft-tokens", type=int, default=Settings.draft_tokens, help="max new tokens of a weak draft")
     parser.add_argument("--answer-tokens", type=int, default=Settings.answer_tokens, help="max new tokens of a short answer")
     parser.add_argument("--batch-size", type=int, default=Settings.batch_size)
@@ -509,6 +486,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(str(exc))
     results = evaluate(
         pack, ns.weak, ns.strong, sft_adapter=ns.sft_adapter, dpo_adapter=ns.dpo_adapter,
+        grounded_dpo_adapter=ns.grounded_dpo_adapter, grounded=ns.grounded,
         limit=ns.limit, out=ns.out, settings=settings_from(ns), load_4bit=ns.load_4bit, device=ns.device,
         cache_dir=ns.cache_dir, strong_dtype=ns.strong_dtype,
     )

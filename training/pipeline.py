@@ -66,13 +66,16 @@ class PipelineOptions:
     train_limit: int | None = None
     test_limit: int | None = None
     k: int = 4
-    draft_tokens: int = 64  # drafts only carry background knowledge; short keeps CPU runs bounded
+    draft_tokens: int = 96  # drafts carry one or two statements and an answer line; short keeps CPU runs bounded
     final_tokens: int = 96  # the strong model's finals during feedback (scored for the answer)
     temperature: float = 0.8  # drafts must differ to be compared
     seed: int = 0
     # corpus: language modelling on the corpus only; corpus+drafts: plus one drafting
     # example per train question (on the shipped pack corpus-only SFT left the weak model at chance)
     sft_data: str = "corpus+drafts"
+    # Also run the retrieval-grounded recipe: SFT on grounded drafting examples, feedback and
+    # DPO on drafts written from retrieved passages, and its rows in the evaluation.
+    grounded: bool = False
     sft_recipe: Path = RECIPES / "sft.yaml"
     dpo_recipe: Path = RECIPES / "dpo.yaml"
     sft_overrides: tuple[str, ...] = ()
@@ -191,7 +194,7 @@ def sft_stage(pack: DomainPack, opts: PipelineOptions, out: Path) -> dict[str, A
 
     def work(stage_dir: Path) -> tuple[list[str], dict[str, Any]]:
         # JSONL, one document per line: training.sft reads it without caring how the pack stores its corpus.
-        rows = sft_rows(pack, opts.sft_data)
+        rows = sft_rows(pack, opts.sft_data, opts.grounded)
         lines = [json.dumps(row, ensure_ascii=False) for row in rows]
         (stage_dir / "corpus.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
         metrics = sft_main(config)
@@ -201,21 +204,29 @@ def sft_stage(pack: DomainPack, opts: PipelineOptions, out: Path) -> dict[str, A
     # The corpus digest too: SFT must rerun when the corpus changes, whatever the pack fingerprint covers.
     corpus_sha = hashlib.sha256("\0".join(pack.corpus_texts()).encode()).hexdigest()
     inputs = {"pack": pack.fingerprint(), "corpus": corpus_sha, "sft_data": opts.sft_data,
-              "config": config_inputs(config)}
+              "config": config_inputs(config)} | ({"grounded": True} if opts.grounded else {})
     return run_stage(out, "sft", inputs, work)
 
 
 SFT_DATA = ("corpus+drafts", "corpus")
 
 
-def sft_rows(pack: DomainPack, sft_data: str) -> list[dict[str, Any]]:
-    """The SFT stage's JSONL rows: corpus texts, then (corpus+drafts) one drafting chat per train question."""
-    from training.draft_data import draft_examples
+def sft_rows(pack: DomainPack, sft_data: str, grounded: bool = False) -> list[dict[str, Any]]:
+    """The SFT stage's JSONL rows: corpus texts, then (corpus+drafts) one drafting chat per train
+    question, and (grounded) one more per train question drafting from its retrieved passages."""
+    from training.draft_data import draft_examples, grounded_draft_examples
 
     if sft_data not in SFT_DATA:
         raise ValueError(f"unknown sft_data {sft_data!r}; use one of {', '.join(SFT_DATA)}")
     rows: list[dict[str, Any]] = [{"text": t} for t in pack.corpus_texts()]
-    return rows + draft_examples(pack) if sft_data == "corpus+drafts" else rows
+    if sft_data == "corpus+drafts":
+        rows += draft_examples(pack)
+    return rows + grounded_draft_examples(pack) if grounded else rows
+
+
+def stage_name(stage: str, grounded: bool) -> str:
+    """Feedback and DPO run once per drafting mode; the grounded runs live beside the others."""
+    return f"{stage}-grounded" if grounded else stage
 
 
 def feedback_evaluator(pack: DomainPack, opts: PipelineOptions, strong: Any) -> Any:
@@ -234,7 +245,8 @@ def feedback_evaluator(pack: DomainPack, opts: PipelineOptions, strong: Any) -> 
     return ReferenceEvaluator(task_type=pack.task_type, options=pack.labels or None)
 
 
-def feedback_stage(pack: DomainPack, opts: PipelineOptions, out: Path, sft: dict[str, Any]) -> dict[str, Any]:
+def feedback_stage(pack: DomainPack, opts: PipelineOptions, out: Path, sft: dict[str, Any],
+                   grounded: bool = False) -> dict[str, Any]:
     from cowest_app.models.base import GenerationOptions
 
     weak_opts = GenerationOptions(max_new_tokens=opts.draft_tokens, temperature=opts.temperature, seed=opts.seed)
@@ -244,7 +256,7 @@ def feedback_stage(pack: DomainPack, opts: PipelineOptions, out: Path, sft: dict
         "train_limit": opts.train_limit, "k": opts.k, "weak_options": dataclasses.asdict(weak_opts),
         "strong_options": dataclasses.asdict(strong_opts), "load_4bit": opts.load_4bit,
         "feedback_scoring": opts.feedback_scoring, "min_margin": opts.min_margin, "strong_dtype": opts.strong_dtype,
-    }
+    } | ({"grounded": True, "passages": pack.retrieval_passages} if grounded else {})
 
     def work(stage_dir: Path) -> tuple[list[str], dict[str, Any]]:
         from tqdm import tqdm
@@ -268,7 +280,7 @@ def feedback_stage(pack: DomainPack, opts: PipelineOptions, out: Path, sft: dict
 
             result = collect(items, weak, strong, evaluator, k=opts.k, min_margin=opts.min_margin,
                              weak_opts=weak_opts, strong_opts=strong_opts, progress=progress,
-                             prompt_set=pack.prompt_set())
+                             prompt_set=pack.prompt_set(grounded))
         pairs = [r.pair for r in result.results if r.pair is not None and r.pair.trainable]
         _, count, sha = write_dpo_jsonl(pairs, stage_dir / "pairs.jsonl")
         report = {
@@ -281,7 +293,7 @@ def feedback_stage(pack: DomainPack, opts: PipelineOptions, out: Path, sft: dict
                    "seconds_collect": round(result.elapsed_s, 3), "note": f"{count} pairs from {len(items)} questions"}
         return ["pairs.jsonl", "feedback.json"], summary
 
-    record = run_stage(out, "feedback", inputs, work)
+    record = run_stage(out, stage_name("feedback", grounded), inputs, work)
     _release_memory()
     return record
 
@@ -294,12 +306,15 @@ def _result_row(result: Any) -> dict[str, Any]:
     }
 
 
-def dpo_stage(pack: DomainPack, opts: PipelineOptions, out: Path, sft: dict[str, Any], feedback: dict[str, Any]) -> dict[str, Any]:
+def dpo_stage(pack: DomainPack, opts: PipelineOptions, out: Path, sft: dict[str, Any], feedback: dict[str, Any],
+              grounded: bool = False) -> dict[str, Any]:
     from training.dpo import DPORecipe, main as dpo_main
 
-    stage_dir = out / "dpo"
+    name = stage_name("dpo", grounded)
+    stage_dir = out / name
+    pairs = out / stage_name("feedback", grounded) / "pairs.jsonl"
     config = stage_recipe(DPORecipe, opts.dpo_recipe, opts.dpo_overrides, opts,
-                          dataset=str(out / "feedback" / "pairs.jsonl"), output_dir=str(stage_dir / "adapter"),
+                          dataset=str(pairs), output_dir=str(stage_dir / "adapter"),
                           init_adapter=str(out / "sft" / "adapter"))
     inputs = {"pack": pack.fingerprint(), "config": config_inputs(config), "sft": upstream(sft), "feedback": upstream(feedback)}
 
@@ -311,22 +326,26 @@ def dpo_stage(pack: DomainPack, opts: PipelineOptions, out: Path, sft: dict[str,
         summary = {k: metrics.get(k) for k in ("train_loss", "final_loss", "rewards/accuracies", "steps", "n_pairs", "seconds")}
         return ["adapter/adapter_config.json", "adapter/adapter_model.safetensors"], summary | {"trained": True}
 
-    return run_stage(out, "dpo", inputs, work)
+    return run_stage(out, name, inputs, work)
 
 
-def evaluate_stage(pack: DomainPack, opts: PipelineOptions, out: Path, sft: dict[str, Any], dpo: dict[str, Any]) -> dict[str, Any]:
+def evaluate_stage(pack: DomainPack, opts: PipelineOptions, out: Path, sft: dict[str, Any], dpo: dict[str, Any],
+                   grounded_dpo: dict[str, Any] | None = None) -> dict[str, Any]:
     from training.evaluate import RESULTS_JSON, RESULTS_MD, RESULTS_PNG, evaluate
 
     dpo_adapter = str(out / "dpo" / "adapter") if dpo["outputs"] else None
+    grounded_adapter = str(out / "dpo-grounded" / "adapter") if grounded_dpo and grounded_dpo["outputs"] else None
     inputs = {
         "pack": pack.fingerprint(), "sft": upstream(sft), "dpo": upstream(dpo), "weak": opts.weak,
         "strong": opts.strong, "test_limit": opts.test_limit, "settings": dataclasses.asdict(opts.eval),
         "load_4bit": opts.load_4bit, "strong_dtype": opts.strong_dtype,
-    }
+    } | ({"grounded": True, "dpo_grounded": upstream(grounded_dpo)} if grounded_dpo else {})
 
     def work(stage_dir: Path) -> tuple[list[str], dict[str, Any]]:
         results = evaluate(pack, opts.weak, opts.strong, sft_adapter=str(out / "sft" / "adapter"),
-                           dpo_adapter=dpo_adapter, limit=opts.test_limit, out=stage_dir, settings=opts.eval,
+                           dpo_adapter=dpo_adapter, grounded_dpo_adapter=grounded_adapter,
+                           grounded=grounded_dpo is not None,
+                           limit=opts.test_limit, out=stage_dir, settings=opts.eval,
                            load_4bit=opts.load_4bit, device=opts.device, cache_dir=opts.cache_dir,
                            strong_dtype=opts.strong_dtype)
         scores = {key: round(s["accuracy"], 4) for key, s in results["systems"].items()}
@@ -356,12 +375,13 @@ def run_pipeline(pack: DomainPack, opts: PipelineOptions, out: str | Path) -> di
     started = time.perf_counter()
     sft = sft_stage(pack, opts, out)
     _release_memory()
-    feedback = feedback_stage(pack, opts, out, sft)
-    dpo = dpo_stage(pack, opts, out, sft, feedback)
-    _release_memory()
-    evaluation = evaluate_stage(pack, opts, out, sft, dpo)
+    stages = {"sft": sft}
+    for grounded in (False, True) if opts.grounded else (False,):
+        feedback = stages[stage_name("feedback", grounded)] = feedback_stage(pack, opts, out, sft, grounded)
+        stages[stage_name("dpo", grounded)] = dpo_stage(pack, opts, out, sft, feedback, grounded)
+        _release_memory()
+    stages["evaluate"] = evaluation = evaluate_stage(pack, opts, out, sft, stages["dpo"], stages.get("dpo-grounded"))
     total = round(time.perf_counter() - started, 3)
-    stages = {"sft": sft, "feedback": feedback, "dpo": dpo, "evaluate": evaluation}
     report = {
         "pack": pack.name,
         "pack_fingerprint": pack.fingerprint(),
@@ -409,7 +429,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="max new tokens of a strong final during feedback")
     parser.add_argument("--answer-tokens", type=int, default=EvalSettings.answer_tokens,
                         help="max new tokens of a short answer during evaluation")
-    parser.add_argument("--rag-k", type=int, default=EvalSettings.rag_k, help="paragraphs retrieved for RAG")
+    parser.add_argument("--rag-k", type=int, default=EvalSettings.rag_k, help="passages retrieved for RAG")
     parser.add_argument("--batch-size", type=int, default=EvalSettings.batch_size, help="evaluation batch size")
     parser.add_argument("--seed", type=int, default=PipelineOptions.seed, help="seed of the draft sampling")
     parser.add_argument("--sft-recipe", type=Path, default=PipelineOptions.sft_recipe)
@@ -418,6 +438,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="override a recipe key, e.g. sft.num_train_epochs=1 or dpo.max_steps=10")
     parser.add_argument("--sft-data", choices=SFT_DATA, default=PipelineOptions.sft_data,
                         help="what SFT trains on: the corpus plus a drafting example per train question, or the corpus only")
+    parser.add_argument("--grounded", action="store_true",
+                        help="also run the retrieval-grounded recipe (on by default when the pack's domain.yaml sets retrieval)")
     parser.add_argument("--feedback-scoring", choices=("likelihood", "generate"), default=PipelineOptions.feedback_scoring,
                         help="choice tasks: score finals by the strong model's option likelihood, or generate and parse them")
     parser.add_argument("--min-margin", type=float, default=PipelineOptions.min_margin,
@@ -435,6 +457,7 @@ def options_from_args(ns: argparse.Namespace) -> PipelineOptions:
     return PipelineOptions(
         weak=ns.weak, strong=ns.strong, train_limit=ns.train_limit, test_limit=ns.test_limit, k=ns.k,
         draft_tokens=ns.draft_tokens, final_tokens=ns.final_tokens, seed=ns.seed, sft_data=ns.sft_data,
+        grounded=ns.grounded,
         sft_recipe=ns.sft_recipe,
         dpo_recipe=ns.dpo_recipe, sft_overrides=sft_overrides, dpo_overrides=dpo_overrides,
         eval=EvalSettings(rag_k=ns.rag_k, draft_tokens=ns.draft_tokens, answer_tokens=ns.answer_tokens,
@@ -455,6 +478,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         opts = options_from_args(ns)
         check_recipes(opts)
         pack = load_pack(ns.pack)
+        if pack.retrieval_passages and not opts.grounded:
+            opts = dataclasses.replace(opts, grounded=True)
     except (ValueError, OSError) as exc:  # RecipeError and PackError are ValueErrors too
         parser.error(str(exc))
     out = Path(ns.out) if ns.out else Path("data") / "pipeline" / pack.name

@@ -1,4 +1,4 @@
-"""Evaluation: bootstrap CIs, BM25, reports, and log-likelihood option scoring on the tiny Llama."""
+"""Evaluation: bootstrap CIs, reports, and log-likelihood option scoring on the tiny Llama."""
 
 from __future__ import annotations
 
@@ -14,20 +14,15 @@ from training.evaluate import (
     SYSTEMS,
     OptionLikelihood,
     Settings,
-    bm25_scores,
     bootstrap_ci,
-    build_bm25,
     continuation_logprobs,
     greedy_generate,
     option_logprobs,
     render_chart,
     render_table,
-    split_paragraphs,
     evaluate,
     main,
     summarise,
-    tokenize,
-    top_k,
     write_results,
 )
 
@@ -87,40 +82,6 @@ def test_bootstrap_is_seeded() -> None:
     assert bootstrap_ci(values, seed=1) != bootstrap_ci(values, seed=0)
     with pytest.raises(ValueError):
         bootstrap_ci([])
-
-
-# -- BM25 -------------------------------------------------------------------------------
-CORPUS = [
-    "Hypertension is persistently high blood pressure.\n\nThiazide diuretics are a first-line treatment.",
-    "Informed consent needs capacity, disclosure and voluntariness.",
-    "Scurvy is caused by vitamin C deficiency and treated with vitamin C.",
-]
-
-
-def test_paragraphs_split_at_blank_lines() -> None:
-    paragraphs = split_paragraphs(CORPUS)
-    assert len(paragraphs) == 4
-    assert paragraphs[1] == "Thiazide diuretics are a first-line treatment."
-    assert tokenize("First-line, VITAMIN C!") == ["first", "line", "vitamin", "c"]
-
-
-def test_bm25_ranks_the_matching_paragraph_first() -> None:
-    index = build_bm25(split_paragraphs(CORPUS))
-    assert top_k(index, "Which vitamin deficiency causes scurvy?", 1) == [CORPUS[2]]
-    # Both hypertension paragraphs, the one naming the treatment first.
-    assert top_k(index, "What is a first-line treatment for high blood pressure?", 2) == split_paragraphs(CORPUS)[1::-1]
-    # Paragraphs sharing no term with the query are never retrieved.
-    assert top_k(index, "quantum chromodynamics", 3) == []
-
-
-def test_bm25_weighs_rare_terms_and_short_documents() -> None:
-    docs = ["cat dog", "cat fish", "cat bird", "cat dog dog dog dog dog dog dog dog dog dog dog dog dog"]
-    scores = bm25_scores(build_bm25(docs), "cat fish")
-    # "fish" (one document) outweighs "cat" (every document).
-    assert scores.index(max(scores)) == 1
-    # Same term frequency of "dog", the shorter document scores higher per the length norm.
-    dog = bm25_scores(build_bm25(["dog cat", "dog cat cat cat cat cat cat", "fish"]), "dog")
-    assert dog[0] > dog[1] > dog[2] == 0.0
 
 
 # -- reports ---------------------------------------------------------------------------
