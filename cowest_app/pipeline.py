@@ -171,8 +171,9 @@ class CollaborationPipeline:
         if not first.degenerate:
             return snap
         redo = self.redraft_opts or redraft_options(self.weak_opts)
+        # The stage's timings become the re-draft's; the first try's time is kept here.
         info = {DRAFT_CHECK: first.reason, "draft_check_detail": first.detail, REDRAFTED: True,
-                NOTE: f"{first.reason}: re-drafted"}
+                "first_draft_ms": snap.stages[WEAK].ms, NOTE: f"{first.reason}: re-drafted"}
         snap = yield from self._stream(snap, WEAK, self.weak, messages, redo, info)
         second = self._verdict(snap.stages[WEAK], question)
         if second.degenerate:

@@ -114,6 +114,12 @@ def draft_status(snap: Snapshot) -> str:
     return "ok"
 
 
+def answered(status: str) -> bool:
+    """Whether a logged run reached an answer, so its question can be asked again
+    for feedback collection: "ok", and runs where the draft check intervened."""
+    return status == "ok" or status.startswith(("fallback:", "redrafted:"))
+
+
 class CollabService:
     def __init__(self, config: AppConfig, weak: Backend, strong: Backend, store: LogStore) -> None:
         self.config = config
