@@ -3,15 +3,21 @@
 `run` yields a `Snapshot` after every chunk so a UI can redraw all stages at
 once. A failed stage is recorded in the snapshot, not raised: a strong-stage
 failure still leaves the weak draft on screen and in the log.
+
+No harm (issue 12): a collaboration must never be worse than the strong model
+alone. Drafts are decoded so they cannot loop and end after their answer
+line; a draft that is still degenerate (see `draft_check`) is re-drafted
+once, and if the second draft is no better, or the weak model failed, the
+strong model answers alone. What happened is in the stages' `info`.
 """
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field, replace
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
-from cowest_app import prompts
+from cowest_app import draft_check, prompts
 from cowest_app.models.base import Backend, BackendError, GenerationOptions, Message
 
 # Stage keys, in the order they run.
@@ -19,6 +25,44 @@ WEAK = "weak_draft"
 COLLAB = "final_answer"
 WEAK_ALONE = "weak_alone"
 STRONG_ALONE = "strong_alone"
+
+# Stage.info keys the draft check writes (read by the UI and the log).
+NOTE = "note"  # a short line for the stage table
+DRAFT_CHECK = "draft_check"  # the first draft's problem, when it had one
+REDRAFTED = "redrafted"
+REDRAFT_CHECK = "redraft_check"  # the re-draft's problem, when it had one too
+FALLBACK = "fallback"  # on the final answer: why the strong model answered alone
+
+# Serving drafts: small models loop, so repeats are penalised and the draft
+# ends once its answer line is written. A re-draft samples, with firmer rules.
+DRAFT_REPETITION_PENALTY = 1.15
+DRAFT_NO_REPEAT_NGRAM = 4
+REDRAFT_TEMPERATURE = 0.7
+REDRAFT_REPETITION_PENALTY = 1.3
+REDRAFT_NO_REPEAT_NGRAM = 3
+REDRAFT_SEED = 1234  # a re-draft of the same question is reproducible
+
+
+def draft_options(opts: GenerationOptions) -> GenerationOptions:
+    """`opts` with the serving draft's anti-loop rules and answer-line stop (explicit settings win)."""
+    return replace(
+        opts,
+        repetition_penalty=opts.repetition_penalty if opts.repetition_penalty != 1.0 else DRAFT_REPETITION_PENALTY,
+        no_repeat_ngram_size=opts.no_repeat_ngram_size or DRAFT_NO_REPEAT_NGRAM,
+        stop_after_line=opts.stop_after_line or prompts.DRAFT_ANSWER_LABEL,
+    )
+
+
+def redraft_options(opts: GenerationOptions) -> GenerationOptions:
+    """The second try after a degenerate draft: sampled, and stricter about repeats."""
+    first = draft_options(opts)
+    return replace(
+        first,
+        temperature=max(first.temperature, REDRAFT_TEMPERATURE),
+        repetition_penalty=max(first.repetition_penalty, REDRAFT_REPETITION_PENALTY),
+        no_repeat_ngram_size=min(first.no_repeat_ngram_size, REDRAFT_NO_REPEAT_NGRAM),
+        seed=first.seed if first.seed is not None else REDRAFT_SEED,
+    )
 
 
 @dataclass(frozen=True)
@@ -48,8 +92,12 @@ def _opts(opts: GenerationOptions) -> dict[str, Any]:
     return {k: getattr(opts, k) for k in GenerationOptions.__dataclass_fields__}
 
 
-def stream_stage(backend: Backend, messages: list[Message], opts: GenerationOptions) -> Iterator[Stage]:
-    """Run one generation, yielding the growing Stage; errors end it as 'failed'."""
+def stream_stage(backend: Backend, messages: list[Message], opts: GenerationOptions,
+                 clean: Callable[[str], str] = prompts.clean_generation) -> Iterator[Stage]:
+    """Run one generation, yielding the growing Stage; errors end it as 'failed'.
+
+    `clean` tidies the finished text (user-facing answers use `prompts.clean_answer`).
+    """
     started = time.perf_counter()
     stage = Stage(status="running")
     yield stage
@@ -64,12 +112,16 @@ def stream_stage(backend: Backend, messages: list[Message], opts: GenerationOpti
             stage = replace(stage, text=text, first_token_ms=first)
             yield stage
         info = dict(getattr(stream, "info", None) or backend.describe())
-        yield replace(stage, text=prompts.clean_generation(text), status="done",
+        yield replace(stage, text=clean(text), status="done",
                       ms=(time.perf_counter() - started) * 1000, info=info)
     except Exception as exc:  # a failed stage is data for the UI and the log, not a crash
         message = str(exc) if isinstance(exc, BackendError) else f"Unexpected error: {type(exc).__name__}: {exc}"
         yield replace(stage, status="failed", error=message, ms=(time.perf_counter() - started) * 1000,
                       info=backend.describe())
+
+
+def _with_info(stage: Stage, info: dict[str, Any]) -> Stage:
+    return replace(stage, info={**stage.info, **info}) if info else stage
 
 
 @dataclass(frozen=True)
@@ -78,27 +130,67 @@ class CollaborationPipeline:
     strong: Backend
     weak_opts: GenerationOptions
     strong_opts: GenerationOptions
+    redraft_opts: GenerationOptions | None = None  # None: `redraft_options(weak_opts)`
 
     def run(self, domain: prompts.Domain, question: str, compare: bool = False) -> Iterator[Snapshot]:
         keys = [WEAK, COLLAB] + ([WEAK_ALONE, STRONG_ALONE] if compare else [])
         snap = Snapshot({k: Stage() for k in keys})
         yield snap
 
-        for stage in stream_stage(self.weak, prompts.weak_draft_messages(domain, question), self.weak_opts):
-            snap = snap.with_stage(WEAK, stage)
-            yield snap
+        snap = yield from self._draft(snap, domain, question)
         draft = snap.stages[WEAK]
-        # Without a draft the strong model still answers: the user gets an
-        # answer, and the log shows the weak stage failed.
-        refine = prompts.strong_refine_messages(domain, question, draft.text if draft.status == "done" else "")
-        for stage in stream_stage(self.strong, refine, self.strong_opts):
-            snap = snap.with_stage(COLLAB, stage)
-            yield snap
+        fallback = self._fallback_reason(draft)
+        if fallback is None:
+            messages = prompts.strong_refine_messages(domain, question, draft.text)
+            info: dict[str, Any] = {}
+        else:
+            # No usable draft: the strong model answers alone, as well as it would without us.
+            messages = prompts.direct_answer_messages(domain, question)
+            info = {FALLBACK: fallback, NOTE: f"fallback: {fallback} (strong model alone)"}
+        snap = yield from self._stream(snap, COLLAB, self.strong, messages, self.strong_opts, info, prompts.clean_answer)
 
         if compare:
             alone = prompts.direct_answer_messages(domain, question)
             for key, backend, opts in ((WEAK_ALONE, self.weak, self.weak_opts), (STRONG_ALONE, self.strong, self.strong_opts)):
-                for stage in stream_stage(backend, alone, opts):
-                    snap = snap.with_stage(key, stage)
-                    yield snap
+                snap = yield from self._stream(snap, key, backend, alone, opts, {}, prompts.clean_answer)
         yield Snapshot(snap.stages, done=True)
+
+    def _stream(self, snap: Snapshot, key: str, backend: Backend, messages: list[Message], opts: GenerationOptions,
+                info: dict[str, Any], clean: Callable[[str], str] = prompts.clean_generation) -> Iterator[Snapshot]:
+        """Stream one stage into the snapshot, `info` merged into every update; returns the last snapshot."""
+        for stage in stream_stage(backend, messages, opts, clean):
+            snap = snap.with_stage(key, _with_info(stage, info))
+            yield snap
+        return snap
+
+    def _draft(self, snap: Snapshot, domain: prompts.Domain, question: str) -> Iterator[Snapshot]:
+        """The weak draft, re-drafted once when the first is degenerate; returns the last snapshot."""
+        messages = prompts.weak_draft_messages(domain, question)
+        snap = yield from self._stream(snap, WEAK, self.weak, messages, self.weak_opts, {})
+        first = self._verdict(snap.stages[WEAK], question)
+        if not first.degenerate:
+            return snap
+        redo = self.redraft_opts or redraft_options(self.weak_opts)
+        # The stage's timings become the re-draft's; the first try's time is kept here.
+        info = {DRAFT_CHECK: first.reason, "draft_check_detail": first.detail, REDRAFTED: True,
+                "first_draft_ms": snap.stages[WEAK].ms, NOTE: f"{first.reason}: re-drafted"}
+        snap = yield from self._stream(snap, WEAK, self.weak, messages, redo, info)
+        second = self._verdict(snap.stages[WEAK], question)
+        if second.degenerate:
+            note = f"{first.reason}, then {second.reason} on re-draft: not used"
+            snap = snap.with_stage(WEAK, _with_info(snap.stages[WEAK], {REDRAFT_CHECK: second.reason, NOTE: note}))
+            yield snap
+        return snap
+
+    @staticmethod
+    def _verdict(stage: Stage, question: str) -> draft_check.DraftVerdict:
+        if stage.status != "done":
+            return draft_check.DraftVerdict()  # a failure is its own outcome, not a bad draft
+        return draft_check.check_draft(stage.text, question, prompts.DRAFT_LABELS)
+
+    @staticmethod
+    def _fallback_reason(draft: Stage) -> str | None:
+        """Why the draft cannot go to the strong model, or None when it can."""
+        if draft.status != "done":
+            return "weak model failed"
+        return draft.info.get(REDRAFT_CHECK)

@@ -1,8 +1,9 @@
 """Domain presets and the prompts of each stage, as pure functions.
 
 The weak model writes a draft that carries the background knowledge it was
-specialised on; the strong model gets the question and that draft and writes
-the final answer, trusting its own reasoning where the draft is wrong.
+specialised on; the strong model gets the question and that draft, as notes
+it may use or ignore, and answers the user directly, trusting its own
+reasoning where the notes are wrong.
 """
 
 from __future__ import annotations
@@ -99,28 +100,42 @@ def validate_question(question: object, max_chars: int) -> str:
     return cleaned
 
 
+# The draft's format. The answer label also ends a serving draft: generation
+# stops once the line after it is written (see pipeline.draft_options).
+BACKGROUND_LABEL = "Background:"
+DRAFT_ANSWER_LABEL = "Draft answer:"
+DRAFT_LABELS = (BACKGROUND_LABEL, DRAFT_ANSWER_LABEL)
+
+
 def weak_draft_messages(domain: Domain, question: str) -> list[Message]:
     system = (
         f"You are a domain expert assistant ({domain.label}). "
         "Write a short draft answer to the question and, first, the background knowledge it relies on. "
         f"{domain.weak_focus}"
     )
-    user = f"Question: {question}\n\nWrite:\nBackground: <key facts>\nDraft answer: <your answer>"
+    user = f"Question: {question}\n\nWrite:\n{BACKGROUND_LABEL} <key facts>\n{DRAFT_ANSWER_LABEL} <your answer>"
     return [{"role": "system", "content": system}, {"role": "user", "content": user}]
 
 
+# The refinement prompt's wording, in one place so it can move into domain
+# packs. The draft is presented as optional notes, and the model is told to
+# ignore unhelpful ones and never to mention them: a strong model told it
+# works with a "specialist" judged the draft in its answer ("The specialist
+# draft is incorrect...") and copied a looping draft (issue 12).
+REFINE_SYSTEM = (
+    "You are a careful assistant answering {label} questions. {focus} "
+    "Some notes on the question come with it. They may hold useful facts, but they can be wrong, "
+    "off-topic or repetitive: use only what is correct and helps, and ignore the notes entirely when they do not. "
+    "Answer the user directly, in your own words. Never mention the notes, where they came from, "
+    "or that anyone else was involved."
+)
+REFINE_USER = 'Question: {question}\n\nNotes (use or ignore):\n"""\n{notes}\n"""\n\nNow answer the question.'
+NO_NOTES = "(no notes)"
+
+
 def strong_refine_messages(domain: Domain, question: str, draft: str) -> list[Message]:
-    system = (
-        f"You are a strong general assistant working with a smaller {domain.label.lower()} specialist. "
-        "The specialist's draft may hold useful domain knowledge but can be wrong. "
-        "Use what is correct, fix what is not, and write the final answer. "
-        f"{domain.strong_focus}"
-    )
-    user = (
-        f"Question: {question}\n\n"
-        f"Specialist draft:\n\"\"\"\n{draft.strip() or '(empty)'}\n\"\"\"\n\n"
-        "Final answer:"
-    )
+    system = REFINE_SYSTEM.format(label=domain.label.lower(), focus=domain.strong_focus)
+    user = REFINE_USER.format(question=question, notes=draft.strip() or NO_NOTES)
     return [{"role": "system", "content": system}, {"role": "user", "content": user}]
 
 
@@ -136,3 +151,41 @@ _SPECIAL_TOKENS = re.compile(r"<\|(?:im_start|im_end|endoftext|eot_id)\|>")
 def clean_generation(text: str) -> str:
     """Strip chat-template tokens a model may echo and surrounding whitespace."""
     return _SPECIAL_TOKENS.sub("", text).strip()
+
+
+_EMPHASIS = r"[*_#\s]*"  # markdown bold or heading marks around a label
+# Scaffolding a model may open its answer with: the label the prompt ended on
+# ("Final answer:"), or a sentence about the notes / draft / "specialist"
+# rather than about the question. Only the start of an answer is touched: a
+# label or the word "draft" later on is the answer's own business.
+_LEADING_SCAFFOLD = (
+    re.compile(rf"^{_EMPHASIS}(?:the\s+)?final\s+answer(?:\s+is)?{_EMPHASIS}[:\-–]{_EMPHASIS}", re.IGNORECASE),
+    re.compile(
+        r"^(?:the\s+|your\s+)?(?:(?:specialist|colleague|assistant)(?:'s)?\s+)?(?:specialist|colleague|draft|notes?)"
+        r"\s+(?:is|are|was|were|seems?|looks?|contains?|has|have)\b[^.!?\n]*?"
+        # a judgement, so "The draft was abolished in 1973." stays
+        r"\b(?:correct|incorrect|wrong|right|accurate|inaccurate|mistaken|misleading|incomplete|irrelevant"
+        r"|helpful|unhelpful|useful|repetitive|partially|partly|errors?|mistakes?)\b[^.!?\n]*[.!?]\s*",
+        re.IGNORECASE,
+    ),
+    re.compile(rf"^{_EMPHASIS}(?:the\s+)?correct\s+answer\s+is{_EMPHASIS}:{_EMPHASIS}", re.IGNORECASE),
+)
+
+
+def clean_answer(text: str) -> str:
+    """A user-facing answer without template tokens or leaked leading scaffolding.
+
+    Strips, repeatedly and only at the start: "Final answer:" / "The final
+    answer is:" labels, "The correct answer is:" and a sentence judging the
+    notes or draft ("The specialist draft is incorrect."). An answer that is
+    nothing but scaffolding is kept as it was rather than emptied.
+    """
+    cleaned = clean_generation(text)
+    while True:
+        stripped = cleaned
+        for pattern in _LEADING_SCAFFOLD:
+            stripped = pattern.sub("", stripped, count=1).lstrip()
+        if stripped == cleaned:
+            break
+        cleaned = stripped
+    return cleaned or clean_generation(text)

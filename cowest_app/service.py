@@ -19,7 +19,18 @@ from cowest_app import prompts
 from cowest_app.config import AppConfig
 from cowest_app.export import export_log
 from cowest_app.models.base import Backend, GenerationOptions, create_backend
-from cowest_app.pipeline import COLLAB, STRONG_ALONE, WEAK, WEAK_ALONE, CollaborationPipeline, Snapshot
+from cowest_app.pipeline import (
+    COLLAB,
+    DRAFT_CHECK,
+    FALLBACK,
+    REDRAFTED,
+    STRONG_ALONE,
+    WEAK,
+    WEAK_ALONE,
+    CollaborationPipeline,
+    Snapshot,
+    draft_options,
+)
 from cowest_app.ratelimit import RateLimiter, retry_text
 from cowest_app.store import Feedback, Interaction, LogStore, StoreError
 
@@ -87,6 +98,28 @@ def build_strong(config: AppConfig, weak: Backend | None = None) -> Backend:
     return create_backend("transformers", model=config.strong_model, cache_dir=config.cache_dir, dtype=dtype, **assist)
 
 
+def draft_status(snap: Snapshot) -> str:
+    """The log status of a finished run: "ok", or what the draft check did.
+
+    "fallback:<reason>": the strong model answered alone, so votes on the final
+    answer say nothing about the draft; "redrafted:<reason>": the first draft
+    was degenerate and a second one was refined.
+    """
+    fallback = snap.stages[COLLAB].info.get(FALLBACK)
+    if fallback:
+        return f"fallback:{fallback}"
+    weak_info = snap.stages[WEAK].info
+    if weak_info.get(REDRAFTED):
+        return f"redrafted:{weak_info.get(DRAFT_CHECK)}"
+    return "ok"
+
+
+def answered(status: str) -> bool:
+    """Whether a logged run reached an answer, so its question can be asked again
+    for feedback collection: "ok", and runs where the draft check intervened."""
+    return status == "ok" or status.startswith(("fallback:", "redrafted:"))
+
+
 class CollabService:
     def __init__(self, config: AppConfig, weak: Backend, strong: Backend, store: LogStore) -> None:
         self.config = config
@@ -98,7 +131,7 @@ class CollabService:
         self.pipeline = CollaborationPipeline(
             weak,
             strong,
-            GenerationOptions(max_new_tokens=config.weak_max_new_tokens, temperature=config.temperature),
+            draft_options(GenerationOptions(max_new_tokens=config.weak_max_new_tokens, temperature=config.temperature)),
             GenerationOptions(max_new_tokens=config.strong_max_new_tokens, temperature=config.temperature),
         )
 
@@ -140,6 +173,8 @@ class CollabService:
         failed = snap.failed
         if status == "ok" and failed:
             status = "+".join(f"{k}_failed" for k in failed)
+        elif status == "ok":
+            status = draft_status(snap)
         weak_info = stages[WEAK].info or self.weak.describe()
         strong_info = stages[COLLAB].info or self.strong.describe()
         timings = {f"{k}_ms": round(s.ms, 1) for k, s in stages.items() if s.ms is not None}

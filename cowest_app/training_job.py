@@ -273,6 +273,7 @@ class TrainingJob:
         """
         from cowest_app.collect import QuestionItem, collect_for_question
         from cowest_app.evaluators import ReferenceEvaluator, make_evaluator
+        from cowest_app.service import answered
 
         store = self.service.store
         logged = self._log_human_pairs()
@@ -281,8 +282,9 @@ class TrainingJob:
         todo: list[tuple[Any, Any, Callable[[], None]]] = []
         records = [r for r in store.iter_records() if r["created_at"] > marks.get("log_after", "")]
         for record in records[:budget]:
-            # Failed or custom-domain interactions only move the watermark.
-            usable = record["status"] == "ok" and record["domain"] in prompts.DOMAINS
+            # Failed or custom-domain interactions only move the watermark. A
+            # fallback's question is kept: its draft was the weak model's failure.
+            usable = answered(record["status"]) and record["domain"] in prompts.DOMAINS
             item = QuestionItem(record["question"], record["domain"], interaction_ids=(record["id"],)) if usable else None
             todo.append((item, None, partial(marks.__setitem__, "log_after", record["created_at"])))
         if self.config.feedback_file and len(todo) < budget:

@@ -14,7 +14,7 @@ import gradio as gr
 
 from cowest_app import prompts
 from cowest_app.eval_view import build_evaluation_tab
-from cowest_app.pipeline import COLLAB, STRONG_ALONE, WEAK, WEAK_ALONE, Snapshot
+from cowest_app.pipeline import COLLAB, NOTE, STRONG_ALONE, WEAK, WEAK_ALONE, Snapshot
 from cowest_app.service import CollabService
 
 if TYPE_CHECKING:
@@ -43,6 +43,8 @@ def stage_table(snapshot: Snapshot) -> str:
     for key, stage in snapshot.stages.items():
         info = stage.info
         status = stage.status if not stage.error else f"failed: {stage.error}"
+        if info.get(NOTE):  # what the draft check did: re-drafted, not used, fallback
+            status += f" · {info[NOTE]}"
         rows.append(
             f"| {STAGE_TITLES[key]} | {_escape(info.get('model', '…'))} | {_escape(info.get('adapter_version') or '–')} "
             f"| {_escape(status)} | {_ms(stage.first_token_ms)} | {_ms(stage.ms)} |"

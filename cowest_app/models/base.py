@@ -6,22 +6,49 @@ knows whether a local model or a remote endpoint is behind it.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Protocol
+from typing import Any, Callable, Iterable, Iterator, Protocol
 
 Message = dict[str, str]
 
 
 @dataclass(frozen=True)
 class GenerationOptions:
+    """How one reply is decoded. Every default leaves a rule off, so callers that
+    set none of the anti-loop fields decode exactly as before they existed."""
+
     max_new_tokens: int = 256
     temperature: float = 0.0  # 0 means greedy
     top_p: float = 0.95
     seed: int | None = None
+    # Repeats are penalised within the reply only: a draft must be free to
+    # reuse the question's words and the format labels its prompt shows.
+    repetition_penalty: float = 1.0  # 1.0 = off; >1 makes already generated tokens less likely
+    no_repeat_ngram_size: int = 0  # 0 = off; n bans repeating any n-token sequence of the reply
+    stop: tuple[str, ...] = ()  # the reply ends before the first of these strings
+    # The reply ends with the first non-empty line after this label (e.g. a
+    # draft's "Draft answer:"), so nothing after the answer is generated.
+    stop_after_line: str | None = None
+
+    def __post_init__(self) -> None:
+        # Options arrive as keyword arguments, possibly from JSON: a list of stops is fine too.
+        stop = (self.stop,) if isinstance(self.stop, str) else tuple(self.stop or ())
+        if not all(isinstance(s, str) and s for s in stop):
+            raise ValueError(f"stop strings must be non-empty strings, got {self.stop!r}")
+        object.__setattr__(self, "stop", stop)
+        if self.repetition_penalty <= 0:
+            raise ValueError(f"repetition_penalty must be positive, got {self.repetition_penalty}")
+        if self.no_repeat_ngram_size < 0:
+            raise ValueError(f"no_repeat_ngram_size must be >= 0, got {self.no_repeat_ngram_size}")
 
     @property
     def greedy(self) -> bool:
         return self.temperature <= 0.0
+
+    @property
+    def has_stop_rules(self) -> bool:
+        return bool(self.stop) or bool(self.stop_after_line)
 
 
 class BackendError(RuntimeError):
@@ -64,3 +91,69 @@ def options_from(opts: dict[str, Any]) -> GenerationOptions:
     if unknown:
         raise TypeError(f"unknown generation options: {sorted(unknown)}")
     return GenerationOptions(**opts)
+
+
+# -- stop rules, shared by every backend ------------------------------------
+
+
+def _line_after_label(label: str) -> re.Pattern[str]:
+    # The label may sit behind list or emphasis marks ("- **Draft answer:**")
+    # and in any case; the answer may start on the label's line or the next.
+    return re.compile(r"^[^\w\n]*" + re.escape(label) + r"[^\w]*\w[^\n]*\n", re.IGNORECASE | re.MULTILINE)
+
+
+def stop_index(text: str, options: GenerationOptions) -> int | None:
+    """Where `text` ends under the options' stop rules, or None while no rule has fired."""
+    cuts = [i for i in (text.find(s) for s in options.stop) if i >= 0]
+    if options.stop_after_line:
+        match = _line_after_label(options.stop_after_line).search(text)
+        if match:
+            cuts.append(match.end() - 1)  # keep the answer line, drop its newline and all after it
+    return min(cuts) if cuts else None
+
+
+def _held_back(text: str, stops: tuple[str, ...]) -> int:
+    """How many trailing characters could be the start of a stop string still arriving."""
+    longest = 0
+    for stop in stops:
+        for size in range(min(len(stop) - 1, len(text)), longest, -1):
+            if text.endswith(stop[:size]):
+                longest = size
+                break
+    return longest
+
+
+def apply_stop_rules(chunks: Iterable[str], options: GenerationOptions) -> Iterator[str]:
+    """Re-chunk a stream so it ends where a stop rule fires, never showing a stop string.
+
+    Text that may be the start of a stop string is held until the next chunk
+    decides it. The source is closed when a rule fires, which cancels a local
+    generation or releases a remote connection.
+    """
+    if not options.has_stop_rules:
+        yield from chunks
+        return
+    text, sent = "", 0
+    source = iter(chunks)
+    try:
+        for chunk in source:
+            text += chunk
+            cut = stop_index(text, options)
+            end = cut if cut is not None else len(text) - _held_back(text, options.stop)
+            if end > sent:
+                yield text[sent:end]
+                sent = end
+            if cut is not None:
+                return
+        if len(text) > sent:  # the stream ended on a partial stop string: it was text after all
+            yield text[sent:]
+    finally:
+        close = getattr(source, "close", None)
+        if close is not None:
+            close()
+
+
+def cut_at_stop(text: str, options: GenerationOptions) -> str:
+    """A whole reply cut where a stop rule fires (for batched, non-streamed generations)."""
+    cut = stop_index(text, options)
+    return text if cut is None else text[:cut]

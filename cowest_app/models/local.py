@@ -25,13 +25,26 @@ from transformers import (
     AutoModelForCausalLM,
     AutoTokenizer,
     BitsAndBytesConfig,
+    LogitsProcessor,
+    LogitsProcessorList,
+    NoRepeatNGramLogitsProcessor,
+    RepetitionPenaltyLogitsProcessor,
     StoppingCriteria,
     StoppingCriteriaList,
     TextIteratorStreamer,
 )
 
 from cowest_app.models import refs
-from cowest_app.models.base import BackendError, GenerationOptions, Message, options_from, register_backend
+from cowest_app.models.base import (
+    BackendError,
+    GenerationOptions,
+    Message,
+    apply_stop_rules,
+    cut_at_stop,
+    options_from,
+    register_backend,
+    stop_index,
+)
 
 log = logging.getLogger(__name__)
 
@@ -105,6 +118,50 @@ class _Cancelled(StoppingCriteria):
         return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device)
 
 
+class _StopRules(StoppingCriteria):
+    """Ends each sequence once its reply text meets the options' stop rules.
+
+    Decodes the reply so far at every step: replies are a few hundred tokens,
+    and text-level rules (a label's answer line) cannot be checked on ids. It
+    sees whole accepted blocks under assisted or prompt-lookup decoding too.
+    """
+
+    def __init__(self, tokenizer: Any, prompt_len: int, options: GenerationOptions) -> None:
+        self.tokenizer = tokenizer
+        self.prompt_len = prompt_len
+        self.options = options
+
+    def __call__(self, input_ids, scores, **kwargs) -> torch.BoolTensor:
+        replies = self.tokenizer.batch_decode(input_ids[:, self.prompt_len:], skip_special_tokens=True)
+        done = [stop_index(reply, self.options) is not None for reply in replies]
+        return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
+
+
+class _ReplyNoRepeatNGram(LogitsProcessor):
+    """transformers' no-repeat-n-gram rule applied to the reply only.
+
+    The stock processor also bans every n-gram of the prompt, so a draft could
+    never write the "Draft answer:" its prompt asks for.
+    """
+
+    def __init__(self, size: int, prompt_len: int) -> None:
+        self.inner = NoRepeatNGramLogitsProcessor(size)
+        self.prompt_len = prompt_len
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        return self.inner(input_ids[:, self.prompt_len:], scores)
+
+
+def reply_logits_processors(options: GenerationOptions, prompt_len: int) -> list[LogitsProcessor]:
+    """The anti-loop processors the options ask for, each blind to the prompt."""
+    processors: list[LogitsProcessor] = []
+    if options.repetition_penalty != 1.0:
+        processors.append(RepetitionPenaltyLogitsProcessor(options.repetition_penalty, prompt_ignore_length=prompt_len))
+    if options.no_repeat_ngram_size > 0:
+        processors.append(_ReplyNoRepeatNGram(options.no_repeat_ngram_size, prompt_len))
+    return processors
+
+
 class AdapterError(BackendError):
     """An adapter that cannot be loaded; the model that was active stays active."""
 
@@ -160,8 +217,10 @@ class TextStream:
     `info` names the model and adapter version that really produced the text.
     """
 
-    def __init__(self, streamer: TextIteratorStreamer, cancel: threading.Event) -> None:
+    def __init__(self, streamer: TextIteratorStreamer, cancel: threading.Event,
+                 options: GenerationOptions | None = None) -> None:
         self._streamer = streamer
+        self._options = options or GenerationOptions()
         self._cancel = cancel
         self._errors: list[BaseException] = []
         self._thread: threading.Thread | None = None
@@ -169,7 +228,9 @@ class TextStream:
 
     def __iter__(self) -> Iterator[str]:
         try:
-            for chunk in self._streamer:
+            # The worker stops on the same rules; this cuts the text it
+            # decoded in the step that fired them (e.g. the stop string itself).
+            for chunk in apply_stop_rules(self._streamer, self._options):
                 if chunk:
                     yield chunk
         finally:
@@ -311,13 +372,24 @@ class TransformersBackend:
             batch = self.tokenizer(text, return_tensors="pt")
         return {k: v.to(self.device) for k, v in batch.items()}
 
-    def generation_kwargs(self, opts: GenerationOptions) -> dict[str, Any]:
+    def generation_kwargs(self, opts: GenerationOptions, prompt_len: int = 0) -> dict[str, Any]:
+        """`generate` arguments for `opts`; `prompt_len` is the prompt's width, which the
+        anti-loop rules skip (0 applies them to the whole sequence)."""
         kwargs: dict[str, Any] = {"max_new_tokens": opts.max_new_tokens, "pad_token_id": self.tokenizer.pad_token_id}
         if opts.greedy:
             kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
         else:
             kwargs.update(do_sample=True, temperature=opts.temperature, top_p=opts.top_p)
+        processors = reply_logits_processors(opts, prompt_len)
+        if processors:
+            kwargs["logits_processor"] = LogitsProcessorList(processors)
         return kwargs
+
+    def stopping_criteria(self, opts: GenerationOptions, prompt_len: int, *extra: StoppingCriteria) -> StoppingCriteriaList:
+        criteria = list(extra)
+        if opts.has_stop_rules:
+            criteria.append(_StopRules(self.tokenizer, prompt_len, opts))
+        return StoppingCriteriaList(criteria)
 
     @property
     def assist_mode(self) -> str:
@@ -351,9 +423,10 @@ class TransformersBackend:
     def generate(self, messages: list[Message], **opts: Any) -> TextStream:
         options = options_from(opts)
         inputs = self.encode(messages)
+        prompt_len = inputs["input_ids"].shape[1]
         streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
         cancel = threading.Event()
-        stream = TextStream(streamer, cancel)
+        stream = TextStream(streamer, cancel, options)
         # Captured once: a swap during this generation does not affect it.
         active = self._active
         stream.info = {"model": self.model_ref, "adapter_version": active.version}
@@ -365,10 +438,10 @@ class TransformersBackend:
                 with torch.inference_mode():
                     active.model.generate(
                         **inputs,
-                        **self.generation_kwargs(options),
+                        **self.generation_kwargs(options, prompt_len),
                         **self.assist_kwargs(options),
                         streamer=streamer,
-                        stopping_criteria=StoppingCriteriaList([_Cancelled(cancel)]),
+                        stopping_criteria=self.stopping_criteria(options, prompt_len, _Cancelled(cancel)),
                     )
             except BaseException as exc:  # reported to the consumer, never lost in the thread
                 stream._errors.append(exc)
@@ -389,17 +462,18 @@ class TransformersBackend:
         if n < 1:
             raise ValueError("n must be at least 1")
         inputs = self.encode(messages)
+        prompt_len = inputs["input_ids"].shape[1]
         active = self._active
-        kwargs = self.generation_kwargs(options)
+        kwargs = self.generation_kwargs(options, prompt_len)
         if n > 1 and options.greedy:
             raise ValueError("n > 1 identical greedy drafts are useless: set temperature > 0")
         try:
             if options.seed is not None:
                 torch.manual_seed(options.seed)
             with torch.inference_mode():
-                out = active.model.generate(**inputs, **kwargs, num_return_sequences=n)
+                out = active.model.generate(**inputs, **kwargs, num_return_sequences=n,
+                                            stopping_criteria=self.stopping_criteria(options, prompt_len))
         except Exception as exc:
             raise as_backend_error(exc) from exc
-        prompt_len = inputs["input_ids"].shape[1]
-        return [self.tokenizer.decode(seq[prompt_len:], skip_special_tokens=True) for seq in out]
+        return [cut_at_stop(self.tokenizer.decode(seq[prompt_len:], skip_special_tokens=True), options) for seq in out]
 

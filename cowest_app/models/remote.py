@@ -24,6 +24,7 @@ from cowest_app.models.base import (
     BackendError,
     GenerationOptions,
     Message,
+    apply_stop_rules,
     options_from,
     register_backend,
 )
@@ -59,6 +60,12 @@ class InferenceClientBackend:
     Greedy decoding sends ``temperature=0.0`` and omits ``top_p``: OpenAI, vLLM,
     llama.cpp and TGI's chat route all treat 0 as greedy (TGI maps it to
     ``do_sample=false``).
+
+    Anti-loop options map onto what the chat API has: ``stop`` is sent as is
+    (and also enforced here, since servers differ on whether the stop string
+    is returned), ``repetition_penalty`` becomes a ``frequency_penalty``
+    (see `_sampling_params`), ``no_repeat_ngram_size`` has no counterpart and
+    is not sent, and ``stop_after_line`` is enforced here by ending the stream.
 
     ``timeout_s`` bounds each wait on the network (connect, and the gap between
     streamed chunks), not the whole generation.
@@ -101,6 +108,10 @@ class InferenceClientBackend:
 
     def generate(self, messages: list[Message], **opts: Any) -> Iterator[str]:
         options = options_from(opts)
+        # Closing the raw stream early (a stop rule fired) releases its connection.
+        return apply_stop_rules(self._stream(messages, options), options)
+
+    def _stream(self, messages: list[Message], options: GenerationOptions) -> Iterator[str]:
         chunks = 0
         finished = False
         # A fresh client per call: streamed responses live in the client's exit
@@ -182,7 +193,24 @@ def _sampling_params(options: GenerationOptions) -> dict[str, Any]:
     else:
         params["temperature"] = options.temperature
         params["top_p"] = options.top_p
+    if options.stop:
+        params["stop"] = list(options.stop)[:MAX_STOP_STRINGS]
+    if options.repetition_penalty != 1.0:
+        params["frequency_penalty"] = frequency_penalty(options.repetition_penalty)
     return params  # None values (seed) are dropped from the payload by the library
+
+
+MAX_STOP_STRINGS = 4  # OpenAI's limit; the rest are still enforced client-side
+
+
+def frequency_penalty(repetition_penalty: float) -> float:
+    """An OpenAI-style frequency penalty standing in for a transformers repetition penalty.
+
+    There is no exact equivalent (one divides a repeated token's logit, the
+    other subtracts per occurrence); this keeps "off" as off and a stronger
+    penalty as stronger, within the API's [-2, 2] range.
+    """
+    return max(-2.0, min(2.0, repetition_penalty - 1.0))
 
 
 def _connect_reason(err: Exception) -> str:

@@ -58,10 +58,10 @@ class StrongModel:
         if "grader" in system:
             graded = user.split("Answer to grade:\n", 1)[1].rsplit("\n\nScore:", 1)[0]
             return JUDGE.get(graded, "I cannot grade this.")
-        draft = re.search(r'Specialist draft:\n"""\n(.*)\n"""', user, re.DOTALL)
+        draft = re.search(r'\n\nNotes[^\n]*:\n"""\n(.*)\n"""', user, re.DOTALL)  # the refinement prompt's notes
         if draft is None:
             return "I am not sure."
-        seen = self.drafts.setdefault(user.split("\n\nSpecialist draft:", 1)[0], [])
+        seen = self.drafts.setdefault(user[:draft.start()], [])
         if draft.group(1) not in seen:
             seen.append(draft.group(1))
         return REFINED[min(seen.index(draft.group(1)), len(REFINED) - 1)]

@@ -20,6 +20,8 @@ def test_weak_prompt_asks_for_background_and_draft():
     msgs = prompts.weak_draft_messages(prompts.DOMAINS["medicine"], "Which vitamin prevents scurvy?")
     assert "Question: Which vitamin prevents scurvy?" in msgs[1]["content"]
     assert "Background:" in msgs[1]["content"] and "Draft answer:" in msgs[1]["content"]
+    # The serving draft stops after the line of this label: it must be the one the prompt asks for.
+    assert all(label in msgs[1]["content"] for label in prompts.DRAFT_LABELS)
 
 
 def test_strong_prompt_carries_question_and_draft():
@@ -27,12 +29,47 @@ def test_strong_prompt_carries_question_and_draft():
     user = msgs[1]["content"]
     assert user.startswith("Question: Why is the sky blue?")
     assert '"""\nRayleigh scattering.\n"""' in user
-    assert user.endswith("Final answer:")
+    # Ending on a label ("Final answer:") invited the model to repeat it in the answer.
+    assert not user.rstrip().endswith(":")
+
+
+def test_strong_prompt_offers_the_draft_as_optional_notes_never_to_be_mentioned():
+    for domain in prompts.DOMAINS.values():
+        system, user = (m["content"].lower() for m in prompts.strong_refine_messages(domain, "Q?", "D."))
+        # Words that leaked into answers live (issue 12) are not put in the model's mouth.
+        for word in ("specialist", "colleague", "draft", "final answer"):
+            assert word not in system and word not in user, (domain.key, word)
+        assert "notes" in user and "ignore" in system and "never mention the notes" in system
 
 
 def test_strong_prompt_marks_a_missing_draft():
     msgs = prompts.strong_refine_messages(prompts.DOMAINS["general"], "Q?", "")
-    assert "(empty)" in msgs[1]["content"]
+    assert prompts.NO_NOTES in msgs[1]["content"]
+
+
+@pytest.mark.parametrize("raw, clean", [
+    ("Final answer: Vitamin C.", "Vitamin C."),
+    ("**Final Answer:** Vitamin C", "Vitamin C"),
+    ("The final answer is: B", "B"),
+    ("  The final answer is - ascorbic acid<|im_end|>", "ascorbic acid"),
+    # The live leak: a verdict on the draft, then a label, then the answer.
+    ("The specialist draft is incorrect. The correct answer is: vitamin C deficiency.", "vitamin C deficiency."),
+    ("The notes are partly wrong. Final answer: Scurvy comes from a lack of vitamin C.",
+     "Scurvy comes from a lack of vitamin C."),
+])
+def test_clean_answer_strips_leading_scaffolding(raw, clean):
+    assert prompts.clean_answer(raw) == clean
+
+
+@pytest.mark.parametrize("text", [
+    "To draft a will, write down your wishes and have them witnessed.",
+    "The draft was abolished in the United States in 1973.",  # the military draft: no verdict on notes
+    "Notes are named with the letters A to G.",
+    "Vitamin C. Final answer: yes, as stated.",  # labels later in the answer are its own business
+    "Final answer:",  # nothing but a label: kept rather than emptied
+])
+def test_clean_answer_leaves_real_answers_alone(text):
+    assert prompts.clean_answer(text) == text
 
 
 def test_unknown_domain_is_a_clear_error():

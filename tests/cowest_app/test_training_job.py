@@ -45,7 +45,7 @@ def strong_reply(messages: list[dict]) -> str:
     user = messages[-1]["content"]
     question = user.split("\n", 1)[0].removeprefix("Question: ")
     reference = dict(QUESTIONS).get(question, "unknown")
-    if "Specialist draft" not in user:
+    if "\nNotes" not in user:  # the refinement prompt carries the draft as notes
         return "I am not sure."
     draft = user.split('"""')[1]
     helpful = hashlib.sha256(draft.encode()).digest()[0] % 2 == 0
