@@ -463,7 +463,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--draft-tokens", type=int, default=Settings.draft_tokens, help="max new tokens of a weak draft")
     parser.add_argument("--answer-tokens", type=int, default=Settings.answer_tokens, help="max new tokens of a short answer")
     parser.add_argument("--batch-size", type=int, default=Settings.batch_size)
-    parser.add_argument("--strong-dtype", choices=("float32", "bfloat16"), help="strong model dtype (default: float32 on CPU)")
+    parser.add_argument("--strong-dtype", choices=("auto", "float32", "bfloat16"), default="auto",
+                        help="strong model dtype (auto: bfloat16 where the device has it natively, else float32)")
     parser.add_argument("--load-4bit", action="store_true", help="load both models in NF4")
     parser.add_argument("--device", help="cpu, cuda, ... (default: cuda when available)")
     parser.add_argument("--cache-dir", help="model cache (default: $COWEST_CACHE_DIR or ~/.cache/cowest)")

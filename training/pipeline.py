@@ -83,9 +83,11 @@ class PipelineOptions:
     eval: EvalSettings = field(default_factory=EvalSettings)
     feedback_scoring: str = "likelihood"  # choice tasks: strong option probability; "generate": finals + metric
     min_margin: float = 0.05  # influence gap below which a pair is noise, not preference
-    # bfloat16: 4.6x the float32 prefill speed of the 1.5B strong model on this CPU
-    # (357 vs 78 tokens/s), option probabilities equal to about 0.01.
-    strong_dtype: str | None = "bfloat16"
+    # auto: bfloat16 on GPUs and CPUs with native bf16 (4.6x the float32 prefill speed of the
+    # 1.5B strong model on a Xeon with AMX, option probabilities equal to about 0.01), float32
+    # elsewhere (an AVX2-only EPYC emulates bf16 more than 7x slower than float32).
+    strong_dtype: str | None = "auto"
+    stop_after: str | None = None  # a stage name: run up to it and stop (e.g. sft, to measure recall first)
     load_4bit: bool = False  # inference models (feedback, evaluation); training follows its recipe
     device: str | None = None
     cache_dir: str | None = None
@@ -209,6 +211,7 @@ def sft_stage(pack: DomainPack, opts: PipelineOptions, out: Path) -> dict[str, A
 
 
 SFT_DATA = ("corpus+drafts", "corpus")
+STAGES = ("sft", "feedback", "dpo", "evaluate")
 
 
 def sft_rows(pack: DomainPack, sft_data: str, grounded: bool = False) -> list[dict[str, Any]]:
@@ -377,10 +380,16 @@ def run_pipeline(pack: DomainPack, opts: PipelineOptions, out: str | Path) -> di
     _release_memory()
     stages = {"sft": sft}
     for grounded in (False, True) if opts.grounded else (False,):
+        if opts.stop_after == "sft":
+            break
         feedback = stages[stage_name("feedback", grounded)] = feedback_stage(pack, opts, out, sft, grounded)
+        if opts.stop_after == "feedback":
+            continue
         stages[stage_name("dpo", grounded)] = dpo_stage(pack, opts, out, sft, feedback, grounded)
         _release_memory()
-    stages["evaluate"] = evaluation = evaluate_stage(pack, opts, out, sft, stages["dpo"], stages.get("dpo-grounded"))
+    if opts.stop_after is None:
+        stages["evaluate"] = evaluate_stage(pack, opts, out, sft, stages["dpo"], stages.get("dpo-grounded"))
+    evaluation = stages.get("evaluate", {})
     total = round(time.perf_counter() - started, 3)
     report = {
         "pack": pack.name,
@@ -444,8 +453,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="choice tasks: score finals by the strong model's option likelihood, or generate and parse them")
     parser.add_argument("--min-margin", type=float, default=PipelineOptions.min_margin,
                         help="least influence gap between chosen and rejected draft")
-    parser.add_argument("--strong-dtype", choices=("float32", "bfloat16"), default=PipelineOptions.strong_dtype,
-                        help="strong model dtype for feedback and evaluation")
+    parser.add_argument("--strong-dtype", choices=("auto", "float32", "bfloat16"), default=PipelineOptions.strong_dtype,
+                        help="strong model dtype for feedback and evaluation (auto: bfloat16 where the device has it natively)")
+    parser.add_argument("--stop-after", choices=STAGES[:-1], help="run the stages up to this one, then stop")
     parser.add_argument("--load-4bit", action="store_true", help="NF4 inference models for feedback and evaluation")
     parser.add_argument("--device", help="cpu, cuda, ... (default: cuda when available)")
     parser.add_argument("--cache-dir", help="model cache (default: $COWEST_CACHE_DIR or ~/.cache/cowest)")
@@ -463,7 +473,7 @@ def options_from_args(ns: argparse.Namespace) -> PipelineOptions:
         eval=EvalSettings(rag_k=ns.rag_k, draft_tokens=ns.draft_tokens, answer_tokens=ns.answer_tokens,
                           batch_size=ns.batch_size),
         feedback_scoring=ns.feedback_scoring, min_margin=ns.min_margin, strong_dtype=ns.strong_dtype,
-        load_4bit=ns.load_4bit, device=ns.device, cache_dir=ns.cache_dir,
+        load_4bit=ns.load_4bit, device=ns.device, cache_dir=ns.cache_dir, stop_after=ns.stop_after,
     )
 
 
