@@ -1,8 +1,10 @@
 """Shared pieces of the training entry points (`training.dpo`, `training.sft`).
 
-A recipe is a YAML file whose keys are exactly the fields of a frozen
-dataclass; `--set key=value` on the command line overrides single fields and is
-parsed to the field's type. Every run writes, inside its output directory:
+A recipe is a YAML file whose keys are fields of a recipe class: TRL's
+`SFTConfig` or `DPOConfig` (so every TRL and transformers training option) plus
+the project's few own fields (`ProjectFields`). `--set key=value` and `--key
+value` on the command line override single fields; TRL's parser converts every
+value to the field's type. Every run writes, inside its output directory:
 
 - the LoRA adapter (`adapter_config.json`, `adapter_model.safetensors`),
 - `resolved_config.yaml`: the recipe after overrides, loadable as a recipe again,
@@ -18,13 +20,14 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import difflib
+import enum
 import json
 import logging
 import os
 import sys
 import threading
 import time
-import types
 import typing
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence, TypeVar
@@ -32,6 +35,7 @@ from typing import Any, Callable, Iterator, Sequence, TypeVar
 import torch
 import yaml
 from transformers import TrainerCallback
+from trl.scripts.utils import TrlParser
 
 from cowest_app.files import write_atomic
 
@@ -51,75 +55,116 @@ class RecipeError(ValueError):
 
 
 # -- recipes ---------------------------------------------------------------
-_TRUE = {"true", "yes", "on", "1"}
-_FALSE = {"false", "no", "off", "0"}
-_NONE = {"none", "null", "~", ""}
+# The keys a recipe YAML, `--set key=value` and `--key value` flags may set are
+# the fields of the recipe class: a TRL config (SFTConfig / DPOConfig) plus the
+# project's own fields below. TRL's parser (TrlParser, a transformers
+# HfArgumentParser) turns them into the dataclass, so every TRL and
+# transformers training option works without a change here.
+SECRET_FIELDS = ("hub_token",)  # never written into resolved_config.yaml
+# Deprecated transformers aliases that mirror activation_checkpointing*: the resolved config states the real names.
+ALIAS_FIELDS = ("gradient_checkpointing", "gradient_checkpointing_kwargs")
+_NULLS = {"none", "null", ""}  # how a command line says "no value" for an optional path
 
 
-def _coerce(value: Any, hint: Any, where: str) -> Any:
-    """Convert a YAML or command-line value to the annotated type of a field.
+@dataclasses.dataclass
+class ProjectFields:
+    """The project's fields of a recipe, shared by SFTRecipe and DPORecipe (which add their data path).
 
-    Command-line values arrive as strings, and PyYAML reads `5e-5` (no dot) as a
-    string too, so strings are parsed for every non-string type.
+    A recipe class lists this after its TRL config among its bases, so these
+    fields come first in the resolved config. TrainingArguments.__post_init__
+    does not chain to other bases: a recipe calls `resolve_project_fields`
+    before and `check_project_fields` after it.
     """
-    origin = typing.get_origin(hint)
-    args = typing.get_args(hint)
-    if origin in (typing.Union, types.UnionType):
-        if value is None or (isinstance(value, str) and value.strip().lower() in _NONE):
-            if type(None) in args:
-                return None
-        inner = [a for a in args if a is not type(None)]
-        if len(inner) == 1:
-            return _coerce(value, inner[0], where)
-        raise RecipeError(f"{where}: unsupported field type {hint}")
-    if origin is tuple:
-        items = [s.strip() for s in value.split(",") if s.strip()] if isinstance(value, str) else value
-        if not isinstance(items, (list, tuple)):
-            raise RecipeError(f"{where}: expected a list, got {value!r}")
-        return tuple(_coerce(item, args[0], where) for item in items)
-    if hint is bool:
-        if isinstance(value, bool):
-            return value
-        text = str(value).strip().lower()
-        if text in _TRUE | _FALSE:
-            return text in _TRUE
-        raise RecipeError(f"{where}: expected true or false, got {value!r}")
-    if hint in (int, float):
-        if isinstance(value, bool):  # bool is an int subclass; `true` is never a number here
-            raise RecipeError(f"{where}: expected a number, got {value!r}")
-        try:
-            number = float(value) if hint is float else _to_int(value)
-        except (TypeError, ValueError):
-            raise RecipeError(f"{where}: expected {hint.__name__}, got {value!r}") from None
-        return number
-    if hint is str:
-        if isinstance(value, (dict, list)) or value is None:
-            raise RecipeError(f"{where}: expected a string, got {value!r}")
+
+    base_model: str = "packaged:smollm2-135m-instruct"  # packaged:NAME, a directory or a Hub id
+    load_4bit: bool = True  # QLoRA: NF4 base, LoRA in full precision
+    init_adapter: str | None = None  # continue training this adapter (its own r/alpha/targets apply)
+    lora_r: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.05
+    target_modules: list[str] = dataclasses.field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
+    compute_dtype: str | None = None  # the frozen base's dtype; null: float32 on CPU, bfloat16 on GPUs
+    torch_threads: int = 0  # 0: torch's default
+    cache_dir: str | None = None  # model cache; None: $COWEST_CACHE_DIR or ~/.cache/cowest
+
+    def resolve_project_fields(self) -> None:
+        """Settings the TRL config needs before its own __post_init__ runs."""
+        for name in ("init_adapter", "cache_dir", "compute_dtype"):
+            value = getattr(self, name)
+            # The parser keeps `--set init_adapter=none` as the string "none" for str fields.
+            if isinstance(value, str) and value.strip().lower() in _NULLS:
+                setattr(self, name, None)
+        if self.bf16 is None:  # TRL's default would be bf16 autocast everywhere, slow on CPUs without AMX
+            self.bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+        # transformers refuses bf16 autocast on a machine without a bf16 GPU unless told the run is on CPU.
+        self.use_cpu = self.use_cpu or not torch.cuda.is_available()
+
+    def check_project_fields(self) -> None:
+        for name in ("lora_r", "lora_alpha", "per_device_train_batch_size", "gradient_accumulation_steps"):
+            if getattr(self, name) <= 0:
+                raise RecipeError(f"{name} must be positive, got {getattr(self, name)}")
+        if not self.target_modules:
+            raise RecipeError("target_modules must name at least one module")
+        check_compute_dtype(self.compute_dtype)
+
+
+def project_field_names() -> list[str]:
+    return [f.name for f in dataclasses.fields(ProjectFields)]
+
+
+class RecipeParser(TrlParser):
+    """TRL's parser, raising RecipeError where argparse would print usage and exit."""
+
+    def error(self, message: str) -> typing.NoReturn:
+        raise RecipeError(message)
+
+    def field_names(self) -> list[str]:
+        return [f.name for cls in self.dataclass_types for f in dataclasses.fields(cls) if f.init]
+
+    def action(self, name: str) -> argparse.Action:
+        return next(a for a in self._actions if a.dest == name)
+
+
+def _unknown_key(key: str, parser: RecipeParser, where: str) -> RecipeError:
+    cls = parser.dataclass_types[0].__name__
+    close = difflib.get_close_matches(key, parser.field_names(), n=3)
+    hint = f"; did you mean {', '.join(close)}?" if close else ""
+    return RecipeError(f"{where}: unknown key {key!r} for {cls} (its TRL config's fields and the project's){hint}")
+
+
+def _yaml_default(parser: RecipeParser, key: str, value: Any) -> Any:
+    """A YAML value as the parser's default for `key`.
+
+    TRL's `set_defaults_with_config` takes YAML values as argparse defaults,
+    which argparse type-converts only when they are strings. Scalars are
+    therefore handed over as text, so `max_steps: 1.5` fails like
+    `--max_steps 1.5` would, and `5e-5` (a string to PyYAML) becomes a float.
+    """
+    action = parser.action(key)
+    if isinstance(value, (bool, int, float)):
         return str(value)
-    raise RecipeError(f"{where}: unsupported field type {hint}")
-
-
-def _to_int(value: Any) -> int:
-    if isinstance(value, str):
+    if isinstance(value, list) and action.nargs == "+":  # a list field: convert each item like the CLI does
         try:
-            return int(value.strip())
-        except ValueError:
-            value = float(value)  # "1e3" is a whole number written as a float
-    if isinstance(value, float) and not value.is_integer():
-        raise ValueError(value)
-    return int(value)
+            return [action.type(str(item)) for item in value]
+        except (TypeError, ValueError) as exc:
+            raise RecipeError(f"key {key!r}: {exc}") from None
+    return value  # None, strings, and dicts for the dict-valued TRL fields
 
 
-def _parse_override(item: str) -> tuple[str, str]:
+def _override_flags(parser: RecipeParser, item: str) -> list[str]:
+    """`key=value` (the --set form) as the command-line flags `--key value`."""
     key, sep, value = item.partition("=")
-    if not sep or not key.strip():
+    key = key.strip()
+    if not sep or not key:
         raise RecipeError(f"--set expects key=value, got {item!r}")
-    return key.strip(), value
+    if key not in parser.field_names():
+        raise _unknown_key(key, parser, f"--set {key}")
+    if parser.action(key).nargs == "+":  # a list field: `target_modules=q_proj,v_proj`
+        return [f"--{key}", *(v.strip() for v in value.split(",") if v.strip())]
+    return [f"--{key}", value]
 
 
-def load_recipe(cls: type[R], path: str | Path, overrides: Sequence[str] = ()) -> R:
-    """Build the recipe dataclass `cls` from a YAML file plus `key=value` overrides."""
-    path = Path(path)
+def read_yaml_mapping(path: Path) -> dict[str, Any]:
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
@@ -129,28 +174,62 @@ def load_recipe(cls: type[R], path: str | Path, overrides: Sequence[str] = ()) -
     raw = raw or {}
     if not isinstance(raw, dict):
         raise RecipeError(f"recipe {path} must be a mapping of key: value, got {type(raw).__name__}")
-    hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
-    sources: dict[str, tuple[Any, str]] = {k: (v, f"{path}: key {k!r}") for k, v in raw.items()}
-    for item in overrides:
-        key, value = _parse_override(item)
-        sources[key] = (value, f"--set {key}")
-    unknown = [k for k in sources if k not in names]
-    if unknown:
-        origin = sources[unknown[0]][1]
-        raise RecipeError(f"{origin}: unknown key {unknown[0]!r} for {cls.__name__}; known keys: {', '.join(names)}")
-    values = {k: _coerce(v, hints[k], where) for k, (v, where) in sources.items()}
+    return raw
+
+
+def load_recipe(cls: type[R], path: str | Path, overrides: Sequence[str] = (), flags: Sequence[str] = ()) -> R:
+    """Build the recipe `cls` from a YAML file, then `key=value` overrides, then `--key value` flags.
+
+    Later sources win. Errors (an unknown key, a value of the wrong type, a
+    check of the recipe or of TRL's config) are RecipeErrors naming the file
+    and the key.
+    """
+    path = Path(path)
+    raw = read_yaml_mapping(path)
+    parser = RecipeParser(cls)
+    for key in raw:
+        if key not in parser.field_names():
+            raise _unknown_key(key, parser, str(path))
     try:
-        return cls(**values)
-    except TypeError as exc:  # a required field left out
+        parser.set_defaults_with_config(**{k: _yaml_default(parser, k, v) for k, v in raw.items()})
+        argv = [token for item in overrides for token in _override_flags(parser, item)] + list(flags)
+        (config,) = parser.parse_args_into_dataclasses(args=argv, look_for_args_file=False)
+    except ValueError as exc:  # RecipeError, argparse's type errors, and the configs' own checks
         raise RecipeError(f"recipe {path}: {exc}") from None
-    except ValueError as exc:  # a field validation in __post_init__
-        raise RecipeError(f"recipe {path}: {exc}") from None
+    return config
+
+
+def _plain(value: Any) -> Any:
+    """A config value as YAML writes it: enums as their value, nested configs as dicts."""
+    if isinstance(value, enum.Enum):
+        return value.value
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if hasattr(value, "to_dict"):  # transformers' AcceleratorConfig and similar
+        return value.to_dict()
+    return value
 
 
 def recipe_dict(config: Any) -> dict[str, Any]:
-    """The recipe as plain YAML/JSON-friendly values (tuples become lists)."""
-    return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(config).items()}
+    """The recipe as plain values, loadable as a recipe again.
+
+    Every project field and every field the recipe class sets a default for
+    (the project's choices on top of TRL's), then each other TRL field that
+    differs from its default. That default comes from an instance built here,
+    so values TRL resolves from the machine alike on both sides (tqdm, devices)
+    are left out instead of listing all ~200 TrainingArguments fields.
+    """
+    cls = type(config)
+    defaults = cls()
+    always = set(project_field_names()) | set(cls.__dict__.get("__annotations__", {})) | {"activation_checkpointing"}
+    values = {}
+    for field in dataclasses.fields(config):
+        if not field.init or field.name in SECRET_FIELDS + ALIAS_FIELDS:
+            continue
+        value = _plain(getattr(config, field.name))
+        if field.name in always or value != _plain(getattr(defaults, field.name)):
+            values[field.name] = value
+    return values
 
 
 def save_resolved_config(config: Any, out_dir: str | Path) -> Path:
@@ -273,17 +352,6 @@ def prepare_policy(model: Any, load_4bit: bool, init_adapter: str | None, gradie
     return PeftModel.from_pretrained(model, init_adapter, is_trainable=True), None
 
 
-def precision_args(model: Any) -> dict[str, Any]:
-    """TrainingArguments precision flags for where the model lives.
-
-    TRL configs default to bf16=True, which on CPU means slow autocast; CPU
-    trains in fp32 and GPUs use bf16 when they support it.
-    """
-    on_cuda = next(model.parameters()).device.type == "cuda"
-    bf16 = on_cuda and torch.cuda.is_bf16_supported()
-    return {"bf16": bf16, "fp16": False, "use_cpu": not on_cuda}
-
-
 def trainable_snapshot(model: Any) -> dict[str, torch.Tensor]:
     """Copies of a loaded adapter's trainable weights, taken before a TRL trainer touches them."""
     if not hasattr(model, "peft_config"):  # a bare base: nothing to keep (and far too much to copy)
@@ -390,16 +458,20 @@ def library_versions() -> dict[str, str]:
 
 # -- command line ----------------------------------------------------------
 def run_cli(cls: type[R], main: Callable[[R], dict[str, Any]], argv: Sequence[str] | None, description: str) -> int:
-    """`--config recipe.yaml [--set key=value ...]`: run `main`, print its metrics as JSON."""
-    parser = argparse.ArgumentParser(description=description)
+    """`--config recipe.yaml [--set key=value ...] [--key value ...]`: run `main`, print its metrics as JSON."""
+    parser = argparse.ArgumentParser(
+        description=description,
+        epilog=f"Any other --KEY VALUE sets a field of {cls.__name__} (its TRL config's or the project's), "
+               "after the recipe and the --set overrides.",
+    )
     parser.add_argument("--config", required=True, help="YAML recipe")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override one recipe key")
-    ns = parser.parse_args(argv)
+    ns, flags = parser.parse_known_args(argv)
     lower_priority()
     exit_with_parent()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        config = load_recipe(cls, ns.config, ns.set)
+        config = load_recipe(cls, ns.config, ns.set, flags)
     except RecipeError as exc:
         parser.error(str(exc))  # exits with status 2 and the message on stderr
     from cowest_app.models.refs import ModelRefError

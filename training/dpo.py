@@ -29,18 +29,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from trl import DPOConfig
+
 from training.common import (
     METRICS_FILE,
     JsonlProgress,
+    ProjectFields,
     RecipeError,
     check_messages,
-    check_compute_dtype,
     last_logged,
     library_versions,
     load_base_model,
     lora_config,
     lora_shape,
-    precision_args,
     prepare_policy,
     run_cli,
     save_adapter,
@@ -56,46 +57,40 @@ log = logging.getLogger(__name__)
 REFERENCES = ("init_adapter", "base")
 
 
-@dataclass(frozen=True)
-class DPORecipe:
-    base_model: str = "packaged:smollm2-135m-instruct"  # packaged:NAME, a directory or a Hub id
+@dataclass
+class DPORecipe(DPOConfig, ProjectFields):
+    """TRL's DPOConfig (every option of DPOTrainer and TrainingArguments) plus the project's fields.
+
+    Defaults below are the project's where they differ from TRL's; the
+    shipped recipe YAMLs state their own choices on top.
+    """
+
     dataset: str = "training/data/example_pairs.jsonl"
-    output_dir: str = "data/training/dpo"
-    load_4bit: bool = True  # QLoRA: NF4 base, LoRA in full precision
-    init_adapter: str | None = None  # continue training this adapter (its own r/alpha/targets apply)
     reference: str = "init_adapter"  # with init_adapter: "init_adapter" (frozen copy) or "base"
-    lora_r: int = 16
-    lora_alpha: int = 32
-    lora_dropout: float = 0.05
-    target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")
+    output_dir: str = "data/training/dpo"
     learning_rate: float = 5e-5
-    beta: float = 0.1
     num_train_epochs: float = 3.0
-    max_steps: int = -1  # > 0 overrides num_train_epochs
     per_device_train_batch_size: int = 2
     gradient_accumulation_steps: int = 2
-    max_length: int = 1024  # prompt + completion tokens; longer pairs are truncated, prompt kept
-    seed: int = 42
-    torch_threads: int = 0  # 0: torch's default
-    logging_steps: int = 1
-    precompute_ref_log_probs: bool = False
-    gradient_checkpointing: bool = False
-    compute_dtype: str | None = None  # the frozen base's dtype; null: float32 on CPU, bfloat16 on GPUs
-    cache_dir: str | None = None  # model cache; None: $COWEST_CACHE_DIR or ~/.cache/cowest
+    logging_steps: float = 1  # every step reaches progress.jsonl, which the app's dashboard follows
+    report_to: None | str | list[str] = "none"  # no experiment trackers
+    save_strategy: str = "no"  # only the final adapter is saved, by training.dpo
+    gradient_checkpointing: bool | None = None  # TRL's default (True) slows a 135M model for no memory need
+    bf16: bool | None = None  # None: bf16 autocast on GPUs that support it, fp32 on CPU (ProjectFields)
 
     def __post_init__(self) -> None:
+        self.resolve_project_fields()
+        super().__post_init__()
+        self.check_project_fields()
         if self.reference not in REFERENCES:
-            raise ValueError(f"reference must be one of {REFERENCES}, got {self.reference!r}")
+            raise RecipeError(f"reference must be one of {REFERENCES}, got {self.reference!r}")
         if self.reference == "base" and self.precompute_ref_log_probs and self.init_adapter:
             # TRL precomputes inside its constructor, before the reference can be switched to the base.
-            raise ValueError("reference: base cannot be combined with precompute_ref_log_probs")
-        positive = ("lora_r", "lora_alpha", "per_device_train_batch_size", "gradient_accumulation_steps", "max_length")
-        for name in positive:
-            if getattr(self, name) <= 0:
-                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+            raise RecipeError("reference: base cannot be combined with precompute_ref_log_probs")
+        if self.max_length is not None and self.max_length <= 0:
+            raise RecipeError(f"max_length must be positive, got {self.max_length}")
         if self.beta <= 0:
-            raise ValueError(f"beta must be positive, got {self.beta}")
-        check_compute_dtype(self.compute_dtype)
+            raise RecipeError(f"beta must be positive, got {self.beta}")
 
 
 # -- data ------------------------------------------------------------------
@@ -132,29 +127,6 @@ def load_pairs(path: str | Path) -> list[dict[str, list[dict[str, str]]]]:
 
 
 # -- training --------------------------------------------------------------
-def dpo_args(config: DPORecipe, model: Any):
-    from trl import DPOConfig
-
-    return DPOConfig(
-        output_dir=config.output_dir,
-        learning_rate=config.learning_rate,
-        beta=config.beta,
-        num_train_epochs=config.num_train_epochs,
-        max_steps=config.max_steps,
-        per_device_train_batch_size=config.per_device_train_batch_size,
-        gradient_accumulation_steps=config.gradient_accumulation_steps,
-        max_length=config.max_length,
-        seed=config.seed,
-        logging_steps=config.logging_steps,
-        precompute_ref_log_probs=config.precompute_ref_log_probs,
-        # transformers 5 renamed it; TRL's `gradient_checkpointing` (default True) then mirrors this value
-        activation_checkpointing=config.gradient_checkpointing,
-        report_to=[],
-        save_strategy="no",  # only the final adapter is saved, by us
-        **precision_args(model),
-    )
-
-
 def _use_base_as_reference(trainer: Any) -> None:
     # TRL 1.16 gives a PeftModel passed without peft_config a frozen "ref" copy
     # of its adapter and uses it as the reference; without that copy it falls
@@ -192,12 +164,12 @@ def build_trainer(config: DPORecipe, pairs: list[dict[str, Any]]):
                                        compute_dtype=config.compute_dtype)
     new_lora = lora_config(config.lora_r, config.lora_alpha, config.lora_dropout, config.target_modules)
     model, peft_config = prepare_policy(
-        model, config.load_4bit, config.init_adapter, config.gradient_checkpointing, new_lora
+        model, config.load_4bit, config.init_adapter, config.activation_checkpointing, new_lora
     )
     before = trainable_snapshot(model)  # a continued adapter's exact weights (TRL rounds them to bf16)
     trainer = DPOTrainer(
         model=model,
-        args=dpo_args(config, model),
+        args=config,
         train_dataset=Dataset.from_list(pairs),
         processing_class=tokenizer,
         peft_config=peft_config,

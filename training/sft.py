@@ -15,6 +15,7 @@ and, last, `metrics.json`.
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import sys
@@ -23,18 +24,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from trl import SFTConfig
+
 from training.common import (
     METRICS_FILE,
     JsonlProgress,
+    ProjectFields,
     RecipeError,
     check_messages,
-    check_compute_dtype,
     last_logged,
     library_versions,
     load_base_model,
     lora_config,
     lora_shape,
-    precision_args,
     prepare_policy,
     run_cli,
     save_adapter,
@@ -51,37 +53,32 @@ TEXT_SUFFIXES = (".txt", ".md")
 MIN_CHUNK_TOKENS = 2  # a single token gives no next-token target
 
 
-@dataclass(frozen=True)
-class SFTRecipe:
-    base_model: str = "packaged:smollm2-135m-instruct"  # packaged:NAME, a directory or a Hub id
-    corpus: str = "training/data/example_corpus"  # directory of .txt/.md, or JSONL with "text"
+@dataclass
+class SFTRecipe(SFTConfig, ProjectFields):
+    """TRL's SFTConfig (every option of SFTTrainer and TrainingArguments) plus the project's fields.
+
+    Defaults below are the project's where they differ from TRL's; the
+    shipped recipe YAML states its own choices on top.
+    """
+
+    corpus: str = "training/data/example_corpus"  # directory of .txt/.md, or JSONL with "text" / "messages"
     output_dir: str = "data/training/sft"
-    load_4bit: bool = True  # QLoRA: NF4 base, LoRA in full precision
-    init_adapter: str | None = None  # continue training this adapter (its own r/alpha/targets apply)
-    lora_r: int = 16
-    lora_alpha: int = 32
-    lora_dropout: float = 0.05
-    target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")
-    learning_rate: float = 2e-4
+    learning_rate: float = 2e-4  # LoRA learns at a higher rate than TRL's full fine-tuning default
     num_train_epochs: float = 3.0
-    max_steps: int = -1  # > 0 overrides num_train_epochs
     per_device_train_batch_size: int = 4
-    gradient_accumulation_steps: int = 1
-    max_length: int = 512  # tokens per chunk
-    seed: int = 42
-    torch_threads: int = 0  # 0: torch's default
-    logging_steps: int = 1
-    gradient_checkpointing: bool = False
-    compute_dtype: str | None = None  # the frozen base's dtype; null: float32 on CPU, bfloat16 on GPUs
-    cache_dir: str | None = None  # model cache; None: $COWEST_CACHE_DIR or ~/.cache/cowest
+    max_length: int | None = 512  # tokens per chunk
+    logging_steps: float = 1  # every step reaches progress.jsonl, which the app's dashboard follows
+    report_to: None | str | list[str] = "none"  # no experiment trackers
+    save_strategy: str = "no"  # only the final adapter is saved, by training.sft
+    gradient_checkpointing: bool | None = None  # TRL's default (True) slows a 135M model for no memory need
+    bf16: bool | None = None  # None: bf16 autocast on GPUs that support it, fp32 on CPU (ProjectFields)
 
     def __post_init__(self) -> None:
-        for name in ("lora_r", "lora_alpha", "per_device_train_batch_size", "gradient_accumulation_steps"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
-        if self.max_length < MIN_CHUNK_TOKENS:
-            raise ValueError(f"max_length must be at least {MIN_CHUNK_TOKENS}, got {self.max_length}")
-        check_compute_dtype(self.compute_dtype)
+        self.resolve_project_fields()
+        super().__post_init__()
+        self.check_project_fields()
+        if self.max_length is None or self.max_length < MIN_CHUNK_TOKENS:  # texts are chunked to it
+            raise RecipeError(f"max_length must be at least {MIN_CHUNK_TOKENS}, got {self.max_length}")
 
 
 # -- data ------------------------------------------------------------------
@@ -182,26 +179,19 @@ def training_examples(documents: list[Document], tokenizer: Any, max_length: int
 
 
 # -- training --------------------------------------------------------------
-def sft_args(config: SFTRecipe, model: Any):
-    from trl import SFTConfig
+def trainer_args(config: SFTRecipe) -> SFTRecipe:
+    """The config as SFTTrainer gets it.
 
-    return SFTConfig(
-        output_dir=config.output_dir,
-        learning_rate=config.learning_rate,
-        num_train_epochs=config.num_train_epochs,
-        max_steps=config.max_steps,
-        per_device_train_batch_size=config.per_device_train_batch_size,
-        gradient_accumulation_steps=config.gradient_accumulation_steps,
-        max_length=config.max_length,
-        packing=False,  # chunks are already max_length-sized
-        seed=config.seed,
-        logging_steps=config.logging_steps,
-        # transformers 5 renamed it; TRL's `gradient_checkpointing` (default True) then mirrors this value
-        activation_checkpointing=config.gradient_checkpointing,
-        report_to=[],
-        save_strategy="no",  # only the final adapter is saved, by us
-        **precision_args(model),
-    )
+    Padding-free batches without packing: TRL refuses a max_length it would
+    not enforce, but every example here is already cut to max_length, so the
+    trainer gets a copy without one (a shallow copy: the recipe's checks, which
+    need max_length for chunking, are not run again).
+    """
+    if config.padding_free and not config.packing:
+        args = copy.copy(config)
+        args.max_length = None
+        return args
+    return config
 
 
 def main(config: SFTRecipe) -> dict[str, Any]:
@@ -229,12 +219,12 @@ def _run(config: SFTRecipe) -> dict[str, Any]:
         raise RecipeError(f"nothing to train on: every chat's prompt is longer than max_length={config.max_length}")
     new_lora = lora_config(config.lora_r, config.lora_alpha, config.lora_dropout, config.target_modules)
     model, peft_config = prepare_policy(
-        model, config.load_4bit, config.init_adapter, config.gradient_checkpointing, new_lora
+        model, config.load_4bit, config.init_adapter, config.activation_checkpointing, new_lora
     )
     before = trainable_snapshot(model)  # a continued adapter's exact weights (TRL rounds them to bf16)
     trainer = SFTTrainer(
         model=model,
-        args=sft_args(config, model),
+        args=trainer_args(config),
         # Pre-tokenised with labels: TRL trains on them as they are (-100 marks an unlearned prompt token).
         train_dataset=Dataset.from_list(examples),
         processing_class=tokenizer,

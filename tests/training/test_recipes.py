@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from training.common import RecipeError, load_recipe, run_cli, save_resolved_config, torch_threads
 from training.dpo import DPORecipe, load_pairs
@@ -30,10 +31,31 @@ def test_recipes_exist() -> None:
 
 @pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.name)
 def test_every_recipe_loads(path: Path) -> None:
+    from trl import DPOConfig, SFTConfig
+
     config = load_recipe(recipe_class(path), path)
+    assert isinstance(config, SFTConfig if path.name.startswith("sft") else DPOConfig)  # what the TRL trainer takes
     assert config.base_model
-    assert isinstance(config.target_modules, tuple)
+    assert isinstance(config.target_modules, list) and config.target_modules
     assert isinstance(config.learning_rate, float)  # `5.0e-5`-style YAML is parsed as a number
+    # The project's defaults where TRL's differ: no trackers, no checkpoints, every step logged.
+    assert config.report_to == [] and config.save_strategy == "no" and config.logging_steps == 1
+    assert config.activation_checkpointing is False
+    if not torch.cuda.is_available():
+        assert config.bf16 is False and config.use_cpu  # TRL's default (bf16 autocast) is opt-in on CPU
+
+
+def test_trl_options_come_from_yaml_set_and_flags(tmp_path: Path) -> None:
+    """Options the project never mentions reach the TRL config from every source, later sources winning."""
+    path = write(tmp_path, "lr_scheduler_type: cosine\nweight_decay: 0.1\nneftune_noise_alpha: 5\nwarmup_steps: 3\n")
+    config = load_recipe(SFTRecipe, path, ["weight_decay=0.2", "packing=true"], ["--adam_beta2", "0.95", "--warmup_steps", "4"])
+    assert config.lr_scheduler_type.value == "cosine"
+    assert config.neftune_noise_alpha == 5.0
+    assert config.weight_decay == 0.2 and config.packing is True and config.adam_beta2 == 0.95
+    assert config.warmup_steps == 4
+    dpo = load_recipe(DPORecipe, write(tmp_path, "loss_type: [sigmoid, bco_pair]\nloss_weights: [1, 0.5]\n"),
+                      ["label_smoothing=0.1"])
+    assert dpo.loss_type == ["sigmoid", "bco_pair"] and dpo.loss_weights == [1.0, 0.5] and dpo.label_smoothing == 0.1
 
 
 @pytest.mark.parametrize("path", [p for p in RECIPES if p.name in ("dpo.yaml", "sft.yaml")], ids=lambda p: p.name)
@@ -60,7 +82,11 @@ def test_unknown_key_names_key_and_file(tmp_path: Path) -> None:
         load_recipe(DPORecipe, path)
     assert "learning_rat" in str(info.value)
     assert str(path) in str(info.value)
-    assert "learning_rate" in str(info.value)  # the known keys are listed
+    assert "did you mean learning_rate" in str(info.value)  # the closest known keys are suggested
+    with pytest.raises(RecipeError, match="unknown key 'warmup_ratio'"):  # a TRL option transformers 5 removed
+        load_recipe(SFTRecipe, write(tmp_path, "warmup_ratio: 0.1\n"))
+    with pytest.raises(RecipeError, match="--warmup_ratio"):
+        load_recipe(SFTRecipe, write(tmp_path, "base_model: x\n"), flags=["--warmup_ratio", "0.1"])
 
 
 def test_overrides_are_parsed_to_field_types(tmp_path: Path) -> None:
@@ -82,7 +108,7 @@ def test_overrides_are_parsed_to_field_types(tmp_path: Path) -> None:
     assert config.beta == 0.25
     assert config.load_4bit is False
     assert config.init_adapter is None
-    assert config.target_modules == ("q_proj", "v_proj")
+    assert config.target_modules == ["q_proj", "v_proj"]
     assert config.base_model == "packaged:smollm2-135m-instruct"  # only the first '=' splits
     assert config.num_train_epochs == 2.0 and isinstance(config.num_train_epochs, float)
     assert config.learning_rate == 5e-5  # PyYAML reads 5e-5 as a string
@@ -90,7 +116,8 @@ def test_overrides_are_parsed_to_field_types(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     "override, fragment",
-    [("max_steps=abc", "max_steps"), ("load_4bit=maybe", "load_4bit"), ("nope=1", "nope"), ("max_steps", "key=value")],
+    [("max_steps=abc", "max_steps"), ("load_4bit=maybe", "load_4bit"), ("nope=1", "nope"), ("max_steps", "key=value"),
+     ("lr_scheduler_type=cosin", "lr_scheduler_type"), ("beta=0", "beta must be positive")],
 )
 def test_bad_overrides_are_clear(tmp_path: Path, override: str, fragment: str) -> None:
     path = write(tmp_path, "base_model: x\n")
@@ -107,6 +134,10 @@ def test_invalid_values_are_rejected(tmp_path: Path) -> None:
         load_recipe(SFTRecipe, write(tmp_path, "lora_r: 0\n"))
     with pytest.raises(RecipeError, match="max_steps"):
         load_recipe(SFTRecipe, write(tmp_path, "max_steps: 1.5\n"))
+    with pytest.raises(RecipeError, match="target_modules"):
+        load_recipe(SFTRecipe, write(tmp_path, "target_modules: []\n"))
+    with pytest.raises(RecipeError, match="max_length"):
+        load_recipe(SFTRecipe, write(tmp_path, "max_length: null\n"))  # SFT chunks texts to it
     with pytest.raises(RecipeError, match="mapping"):
         load_recipe(SFTRecipe, write(tmp_path, "- a\n- b\n"))
     with pytest.raises(RecipeError, match="does not exist"):
@@ -120,11 +151,16 @@ def test_thread_setting_is_scoped() -> None:
     assert torch.get_num_threads() == before
 
 
-def test_resolved_config_round_trips(tmp_path: Path) -> None:
-    config = load_recipe(DPORecipe, RECIPES[0], ["max_steps=3", "init_adapter=/some/adapter"])
+@pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.name)
+def test_resolved_config_round_trips(tmp_path: Path, path: Path) -> None:
+    cls = recipe_class(path)
+    config = load_recipe(cls, path, ["max_steps=3", "init_adapter=/some/adapter", "lr_scheduler_type=cosine"])
     written = save_resolved_config(config, tmp_path / "out")
     assert written.name == "resolved_config.yaml"
-    assert load_recipe(DPORecipe, written) == config
+    assert load_recipe(cls, written) == config
+    resolved = yaml.safe_load(written.read_text())
+    assert resolved["lr_scheduler_type"] == "cosine" and resolved["learning_rate"] == config.learning_rate
+    assert "hub_token" not in resolved and "gradient_checkpointing" not in resolved  # a secret; a deprecated alias
 
 
 def test_cli_rejects_unknown_key(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -138,9 +174,10 @@ def test_cli_rejects_unknown_key(tmp_path: Path, capsys: pytest.CaptureFixture[s
 def test_cli_passes_overrides(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     seen = []
     path = write(tmp_path, "base_model: x\n")
-    argv = ["--config", str(path), "--set", "beta=0.5"]
+    argv = ["--config", str(path), "--set", "beta=0.5", "--label_smoothing", "0.3"]
     run_cli(DPORecipe, lambda config: seen.append(config) or {"ok": 1}, argv, "t")
     assert seen[0].beta == 0.5
+    assert seen[0].label_smoothing == 0.3  # a TRL option given as a plain flag
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1]) == {"ok": 1}
 
 

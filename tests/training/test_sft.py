@@ -11,7 +11,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from training.common import load_recipe
+from training.common import load_recipe, run_cli
 from training.sft import SFTRecipe, main
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -27,7 +27,7 @@ def tiny_sft(model_dir: Path, out: Path, **changes) -> SFTRecipe:
         load_4bit=False,
         lora_r=4,
         lora_alpha=8,
-        target_modules=("q_proj", "v_proj"),
+        target_modules=["q_proj", "v_proj"],
         learning_rate=1e-3,
         max_steps=3,
         max_length=64,
@@ -129,3 +129,60 @@ def test_sft_on_drafting_chats(tmp_path: Path, tiny_model_dir: Path) -> None:
     assert metrics["n_chats"] == 4 and metrics["n_chunks"] == 0 and metrics["n_documents"] == 0
     # Only the reply is scored, so the loss is the random model's per-token loss on it, not NaN from empty labels.
     assert metrics["first_loss"] == pytest.approx(math.log(49152), rel=0.1)
+
+
+def logged(out: Path, key: str) -> list[float]:
+    return [line[key] for line in map(json.loads, (out / "progress.jsonl").read_text().splitlines()) if key in line]
+
+
+def test_trl_options_reach_the_trainer(tmp_path: Path, tiny_model_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A TRL option the project never names, from the YAML, a --set and a plain flag, changes training."""
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(f"base_model: {tiny_model_dir}\ncorpus: {CORPUS}\nload_4bit: false\nlora_r: 4\n"
+                      "max_steps: 3\nmax_length: 64\ntorch_threads: 2\nlr_scheduler_type: constant_with_warmup\n")
+    out = tmp_path / "out"
+    argv = ["--config", str(recipe), "--set", f"output_dir={out}", "--set", "warmup_steps=2", "--learning_rate", "0.002"]
+    assert run_cli(SFTRecipe, main, argv, "t") == 0
+    # The learning rate of each step: 0 and half of it during the 2 warmup steps, then constant
+    # (the default scheduler, linear decay without warmup, would log all, 2/3 and 1/3 of it).
+    assert logged(out, "learning_rate") == pytest.approx([0.0, 0.001, 0.002])
+    resolved = load_recipe(SFTRecipe, out / "resolved_config.yaml")
+    assert resolved.lr_scheduler_type.value == "constant_with_warmup" and resolved.warmup_steps == 2
+
+
+def chat_corpus(path: Path) -> Path:
+    """Chats whose replies differ in length (so padded batches really pad) and one plain text."""
+    rows = [{"text": "Cedraxin is stocked on ward 9 and dispensed by the night pharmacist."}]
+    for i in range(5):
+        rows.append({"messages": [{"role": "system", "content": "Recall."},
+                                  {"role": "user", "content": f"Dose of Cedraxin for patient {i}?"},
+                                  {"role": "assistant", "content": "Background: 80 mg a day. " * (1 + 2 * i)}]})
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return path
+
+
+@pytest.mark.parametrize("batching", [{"padding_free": True}, {"packing": True}], ids=["padding_free", "packing"])
+def test_unpadded_batches_train_like_padded_ones(tmp_path: Path, tiny_model_dir: Path, batching: dict) -> None:
+    """Padding-free and packed batches (TRL's, with position_ids) of the pre-tokenised examples,
+    prompt tokens masked with -100, learn exactly what padded batches learn: with the whole
+    corpus in one batch, both steps' losses agree (so do the gradients between them)."""
+    corpus = chat_corpus(tmp_path / "chats.jsonl")
+    # No LoRA dropout: its random masks would differ between the two batch layouts.
+    common = dict(corpus=str(corpus), max_steps=2, per_device_train_batch_size=8, learning_rate=1e-2, max_length=128,
+                  lora_dropout=0.0)
+    padded = main(tiny_sft(tiny_model_dir, tmp_path / "padded", **common))
+    unpadded = main(tiny_sft(tiny_model_dir, tmp_path / "unpadded", **common, **batching))
+    assert padded["n_chats"] == 5 and padded["steps"] == unpadded["steps"] == 2
+    losses = logged(tmp_path / "padded", "loss")
+    assert losses[1] < losses[0] - 0.01  # it learns, so step 2 checks the step-1 gradients too
+    assert logged(tmp_path / "unpadded", "loss") == pytest.approx(losses, abs=1e-4)
+
+
+def test_bf16_autocast_on_cpu_trains_a_float32_adapter(tmp_path: Path, tiny_model_dir: Path) -> None:
+    config = tiny_sft(tiny_model_dir, tmp_path / "out", bf16=True, compute_dtype="bfloat16", max_steps=2)
+    assert config.bf16 is True
+    metrics = main(config)
+    assert metrics["steps"] == 2 and math.isfinite(metrics["train_loss"])
+    tensors = load_file(str(Path(config.output_dir) / "adapter_model.safetensors"))
+    assert {t.dtype for t in tensors.values()} == {torch.float32}
+    assert all(t.abs().max() > 0 for k, t in tensors.items() if "lora_B" in k)
