@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
 
+from cowest_app.files import write_atomic
 from cowest_app.models.base import GenerationOptions, Message
 from cowest_app.prompts import clean_generation
 from cowest_app.retrieval import render_context
@@ -65,6 +66,7 @@ SYSTEMS: dict[str, str] = {
 ANSWER_PREFIX = "Answer:"  # the answering model's reply opens with it; options are scored after it
 CHOICE_TASKS = ("multiple_choice", "label")
 RESULTS_JSON, RESULTS_MD, RESULTS_PNG = "results.json", "results.md", "results.png"
+DRAFTS_JSON = "drafts.json"  # --drafts-only: what each weak model drafted, unscored
 
 Progress = Callable[[int], None]  # called with the number of items just finished
 
@@ -306,6 +308,16 @@ def run_system(
                                 "mean_prompt_tokens": round(float(np.mean(tokens)), 1), "items": rows}
 
 
+def draft_rows(pack: DomainPack, items: Sequence[PackItem], drafter: TransformersBackend, settings: Settings,
+               label: str, grounded: bool) -> dict[str, Any]:
+    """The weak model's drafts for every item, without asking the strong model anything."""
+    started = time.perf_counter()
+    prompts = [pack.draft_messages(shown_question(item), grounded) for item in items]
+    drafts = greedy_generate(drafter, prompts, settings.draft_tokens, settings.batch_size)
+    return {"label": label, "seconds": round(time.perf_counter() - started, 3),
+            "items": [{"id": item.id, "draft": d} for item, d in zip(items, drafts)]}
+
+
 def summarise(scores: Sequence[float]) -> dict[str, Any]:
     low, high = bootstrap_ci(scores)
     return {"accuracy": float(np.mean(scores)), "n": len(scores), "ci_low": low, "ci_high": high}
@@ -316,23 +328,35 @@ def evaluate(
     dpo_adapter: str | None = None, grounded_dpo_adapter: str | None = None, grounded: bool = False,
     limit: int | None = None, out: str | Path | None = None,
     settings: Settings = Settings(), load_4bit: bool = False, device: str | None = None,
-    cache_dir: str | None = None, strong_dtype: str | None = None,
+    cache_dir: str | None = None, strong_dtype: str | None = None, only: Sequence[str] | None = None,
+    drafts_only: bool = False,
 ) -> dict[str, Any]:
-    """Score every system on the test split; write the three result files to `out` when given.
+    """Score every system on the test split; write the result files to `out` when given.
 
     `grounded` (or a `grounded_dpo_adapter`) adds the retrieval-grounded
     collaboration rows: base and SFT weak models drafting from the retrieved
-    passages, and the SFT+DPO one aligned on such drafts.
+    passages, and the SFT+DPO one aligned on such drafts. `only` keeps the
+    named systems. `drafts_only` writes the collaboration systems' weak drafts
+    (`drafts.json`, same layout without scores) and never loads the strong
+    model: what a draft holds can be measured long before what it is worth.
     """
     from cowest_app.models.local import TransformersBackend
 
     items = list(pack.test[:limit] if limit is not None else pack.test)
     if not items:
         raise ValueError(f"pack {pack.name} has no test items to evaluate")
+    unknown = set(only or ()) - set(SYSTEMS)
+    if unknown:
+        raise ValueError(f"unknown systems {sorted(unknown)}; known: {', '.join(SYSTEMS)}")
     started = time.perf_counter()
     weak = TransformersBackend(weak_ref, cache_dir=cache_dir, load_4bit=load_4bit, device=device)
-    strong = TransformersBackend(strong_ref, cache_dir=cache_dir, load_4bit=load_4bit, device=device,
-                                 dtype=strong_dtype)  # the backend resolves dtype names
+    strong_model: list[TransformersBackend] = []  # loaded on first use: a drafts-only run never needs it
+
+    def strong() -> TransformersBackend:
+        if not strong_model:
+            strong_model.append(TransformersBackend(strong_ref, cache_dir=cache_dir, load_4bit=load_4bit,
+                                                    device=device, dtype=strong_dtype))  # it resolves dtype names
+        return strong_model[0]
 
     def direct(q: str, _draft: str | None) -> list[Message]:
         return pack.direct_messages(q)
@@ -345,12 +369,19 @@ def evaluate(
 
     systems: dict[str, dict[str, Any]] = {}
 
-    def score(key: str, answerer: Any, prompt: Callable, drafter: Any = None) -> None:
-        systems[key] = run_system(pack, items, answerer, settings, prompt, drafter, SYSTEMS[key], "retrieval" in key)
-        log.info("%s: %.3f on %d items (%.1fs)", SYSTEMS[key], systems[key]["accuracy"], len(items), systems[key]["seconds"])
+    def score(key: str, answerer: Callable[[], Any], prompt: Callable, drafter: Any = None) -> None:
+        if only is not None and key not in only or drafts_only and drafter is None:
+            return
+        grounded_key = "retrieval" in key
+        if drafts_only:
+            systems[key] = draft_rows(pack, items, drafter, settings, SYSTEMS[key], grounded_key)
+        else:
+            systems[key] = run_system(pack, items, answerer(), settings, prompt, drafter, SYSTEMS[key], grounded_key)
+            log.info("%s: %.3f on %d items (%.1fs)", SYSTEMS[key], systems[key]["accuracy"], len(items),
+                     systems[key]["seconds"])
 
     grounded = grounded or grounded_dpo_adapter is not None
-    score("weak", weak, direct)
+    score("weak", lambda: weak, direct)
     score("strong", strong, direct)
     score("strong_rag", strong, rag)
     score("collab_base", strong, refine, weak)
@@ -381,12 +412,15 @@ def evaluate(
             "strong_dtype": strong_dtype or "default",
             "rag_k": settings.rag_k, "draft_tokens": settings.draft_tokens,
             "answer_tokens": settings.answer_tokens, "batch_size": settings.batch_size,
-            "bootstrap": {"resamples": 1000, "seed": 0, "level": 0.95},
+            "bootstrap": {"resamples": 1000, "seed": 0, "level": 0.95}, "only": list(only) if only else None,
         },
         "seconds": round(time.perf_counter() - started, 3),
         "systems": systems,
     }
-    if out is not None:
+    if out is not None and drafts_only:
+        Path(out).mkdir(parents=True, exist_ok=True)
+        write_atomic(Path(out) / DRAFTS_JSON, json.dumps(results, indent=2) + "\n")
+    elif out is not None:
         write_results(results, out)
     return results
 
@@ -458,6 +492,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--grounded", action="store_true",
                         help="add the retrieval-grounded collaboration rows (implied by --grounded-dpo-adapter)")
     parser.add_argument("--limit", type=int, help="score only the first N test items")
+    parser.add_argument("--systems", help=f"comma-separated systems to run (default: all that apply): {', '.join(SYSTEMS)}")
+    parser.add_argument("--drafts-only", action="store_true",
+                        help=f"write the collaboration systems' weak drafts to OUT/{DRAFTS_JSON}; no strong model, no scores")
     parser.add_argument("--out", default="data/eval", help="directory for results.json/.md/.png")
     parser.add_argument("--rag-k", type=int, default=Settings.rag_k, help="passages retrieved for RAG")
     parser.add_argument("--draft-tokens", type=int, default=Settings.draft_tokens, help="max new tokens of a weak draft")
@@ -490,7 +527,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         grounded_dpo_adapter=ns.grounded_dpo_adapter, grounded=ns.grounded,
         limit=ns.limit, out=ns.out, settings=settings_from(ns), load_4bit=ns.load_4bit, device=ns.device,
         cache_dir=ns.cache_dir, strong_dtype=ns.strong_dtype,
+        only=ns.systems.split(",") if ns.systems else None, drafts_only=ns.drafts_only,
     )
+    if ns.drafts_only:
+        print(f"drafts in {ns.out}/{DRAFTS_JSON}")
+        return 0
     print(render_table(results))
     print(f"results in {ns.out}/ ({RESULTS_JSON}, {RESULTS_MD}, {RESULTS_PNG})")
     return 0

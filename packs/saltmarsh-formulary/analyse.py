@@ -1,10 +1,11 @@
 #!/usr/bin/env python3
 """Why the systems score what they score: paired differences and whether drafts carry the needed fact.
 
-    python packs/saltmarsh-formulary/analyse.py [RESULTS_JSON]   # default: results/results.json beside this file
+    python packs/saltmarsh-formulary/analyse.py [RESULTS_JSON | DRAFTS_JSON]   # default: results/results.json
 
-Reads a results.json of `training.evaluate` on this pack and prints (and writes
-as analysis.json next to it):
+Reads a results.json of `training.evaluate` on this pack (or the drafts.json
+of `training.evaluate --drafts-only`: fact recall only) and prints (and writes
+as analysis.json, or drafts-analysis.json, next to it):
 
 - paired bootstrap differences between systems (the same 150 items, so the
   difference of two systems is far less noisy than either interval);
@@ -24,7 +25,10 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 PAIRS = (("collab_dpo", "collab_sft"), ("collab_dpo", "strong"), ("collab_dpo", "weak"),
-         ("collab_sft", "strong"), ("collab_sft", "collab_base"))
+         ("collab_sft", "strong"), ("collab_sft", "collab_base"),
+         ("collab_retrieval_dpo", "strong_rag"), ("collab_retrieval_dpo", "collab_retrieval_sft"),
+         ("collab_retrieval_dpo", "strong"), ("collab_retrieval_sft", "strong_rag"),
+         ("collab_retrieval_sft", "strong"), ("collab_retrieval_sft", "collab_retrieval_base"))
 
 
 def read_jsonl(path: Path) -> list[dict]:
@@ -41,11 +45,14 @@ def paired_difference(a: list[float], b: list[float], resamples: int = 2000, see
 
 
 def fact_recall(items: list[dict], needed: dict[str, list[str]]) -> dict[str, float]:
-    with_fact = [i["score"] for i in items if all(f in (i.get("draft") or "") for f in needed[i["id"]])]
-    without = [i["score"] for i in items if not all(f in (i.get("draft") or "") for f in needed[i["id"]])]
-    mean = lambda xs: round(100 * sum(xs) / len(xs), 1) if xs else None  # noqa: E731
-    return {"drafts_with_facts": len(with_fact), "items": len(items),
-            "accuracy_with_facts": mean(with_fact), "accuracy_without": mean(without)}
+    """How many drafts hold every fact their item needs, verbatim; with scores, the accuracy on each side."""
+    holds = [all(f in (i.get("draft") or "") for f in needed[i["id"]]) for i in items]
+    report = {"drafts_with_facts": sum(holds), "items": len(items), "recall": round(100 * sum(holds) / len(items), 1)}
+    if all("score" in i for i in items):
+        mean = lambda xs: round(100 * sum(xs) / len(xs), 1) if xs else None  # noqa: E731
+        report |= {"accuracy_with_facts": mean([i["score"] for i, h in zip(items, holds) if h]),
+                   "accuracy_without": mean([i["score"] for i, h in zip(items, holds) if not h])}
+    return report
 
 
 def main(path: Path) -> dict:
@@ -53,19 +60,22 @@ def main(path: Path) -> dict:
     facts = {f["id"]: f["text"] for f in read_jsonl(HERE / "facts.jsonl")}
     needed = {item["id"]: [facts[f] for f in item["fact_ids"]] for item in read_jsonl(HERE / "test.jsonl")}
     systems = {key: {i["id"]: i for i in s["items"]} for key, s in results["systems"].items()}
-    ids = list(systems["strong"])
+    scored = {key: items for key, items in systems.items() if all("score" in i for i in items.values())}
+    ids = next(iter(systems.values()), {}).keys()
     report = {
-        "paired": {f"{a} - {b}": paired_difference([systems[a][i]["score"] for i in ids], [systems[b][i]["score"] for i in ids])
-                   for a, b in PAIRS if a in systems and b in systems},
-        "fact_recall": {key: fact_recall(list(systems[key].values()), needed)
-                        for key in ("collab_base", "collab_sft", "collab_dpo") if key in systems},
+        "paired": {f"{a} - {b}": paired_difference([scored[a][i]["score"] for i in ids], [scored[b][i]["score"] for i in ids])
+                   for a, b in PAIRS if a in scored and b in scored},
+        "fact_recall": {key: fact_recall(list(items.values()), needed)
+                        for key, items in systems.items() if key.startswith("collab_")},
     }
     for name, d in report["paired"].items():
         print(f"{name}: {d['diff']:+.1f} points [{d['low']:+.1f}, {d['high']:+.1f}]")
     for name, d in report["fact_recall"].items():
-        print(f"{name}: {d['drafts_with_facts']}/{d['items']} drafts hold every needed fact; accuracy "
-              f"{d['accuracy_with_facts']}% on those, {d['accuracy_without']}% on the rest")
-    (path.parent / "analysis.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+        accuracy = (f"; accuracy {d['accuracy_with_facts']}% on those, {d['accuracy_without']}% on the rest"
+                    if "accuracy_with_facts" in d else "")
+        print(f"{name}: {d['drafts_with_facts']}/{d['items']} drafts ({d['recall']}%) hold every needed fact{accuracy}")
+    name = "analysis.json" if path.name != "drafts.json" else "drafts-analysis.json"
+    (path.parent / name).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     return report
 
 
