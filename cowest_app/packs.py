@@ -122,6 +122,8 @@ class DomainPack:
     digest: str = field(default="", repr=False)  # sha256 of the files as loaded
     # Retrieval-grounded drafting: the weak model drafts from this many retrieved passages (0: from memory).
     retrieval_passages: int = 0
+    title: str = ""  # how the app names the pack; "" shows `name`
+    examples: tuple[str, ...] = ()  # example questions the app offers for this pack
 
     def split(self, name: str) -> tuple[PackItem, ...]:
         if name not in SPLITS:
@@ -327,6 +329,8 @@ class _Meta:
     prompts: dict[str, PromptTemplate]
     domain: str
     retrieval_passages: int
+    title: str
+    examples: tuple[str, ...]
 
 
 def _read_text(path: Path, errors: _Errors, blobs: dict[str, bytes], root: Path) -> str | None:
@@ -394,7 +398,25 @@ def _load_meta(path: Path, errors: _Errors, blobs: dict[str, bytes], root: Path)
     defaults = _default_templates(task_type, labels)
     loaded = {kind: t or defaults.get(kind) for kind, t in templates.items()}
     prompts = {kind: t for kind, t in loaded.items() if t is not None}
-    return _Meta(name, description, task_type, metric, labels, prompts, str(domain), _retrieval_passages(data, bad))
+    return _Meta(name, description, task_type, metric, labels, prompts, str(domain), _retrieval_passages(data, bad),
+                 _title(data, bad), _examples(data, bad))
+
+
+def _title(data: dict[str, Any], bad: _Report) -> str:
+    title = data.get("title", "")
+    if not isinstance(title, str):
+        bad("title", "'title' must be a string")
+        return ""
+    return title.strip()
+
+
+def _examples(data: dict[str, Any], bad: _Report) -> tuple[str, ...]:
+    """Example questions for the app's Ask tab: optional, a list of non-empty strings."""
+    examples = data.get("examples", [])
+    if not isinstance(examples, list) or not all(isinstance(e, str) and e.strip() for e in examples):
+        bad("examples", "'examples' must be a list of non-empty question strings")
+        return ()
+    return tuple(e.strip() for e in examples)
 
 
 def _retrieval_passages(data: dict[str, Any], bad: _Report) -> int:
@@ -559,4 +581,5 @@ def load_pack(path: str | Path) -> DomainPack:
         name=meta.name, description=meta.description, task_type=meta.task_type, metric=meta.metric,
         labels=meta.labels, prompts=meta.prompts, corpus_paths=corpus, train=train, test=test, root=root,
         domain=meta.domain, digest=_digest(blobs), retrieval_passages=meta.retrieval_passages,
+        title=meta.title or meta.name, examples=meta.examples,
     )
