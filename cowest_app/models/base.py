@@ -30,6 +30,10 @@ class GenerationOptions:
     # The reply ends with the first non-empty line after this label (e.g. a
     # draft's "Draft answer:"), so nothing after the answer is generated.
     stop_after_line: str | None = None
+    # The LoRA adapter slot (a domain pack's name) that writes this reply; a
+    # backend without that slot answers with its bare base model. None: the
+    # backend's default slot.
+    adapter: str | None = None
 
     def __post_init__(self) -> None:
         # Options arrive as keyword arguments, possibly from JSON: a list of stops is fine too.

@@ -12,13 +12,14 @@ output (see `_warm_up`).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Mapping
 
 import torch
 from transformers import (
@@ -245,13 +246,44 @@ class TextStream:
         self._cancel.set()
 
 
+DEFAULT_SLOT = "default"  # the adapter slot of a backend built with one `adapter`
+
+
+@dataclass(frozen=True)
+class AdapterSlot:
+    source: str  # a LoRA adapter directory or Hub id
+    version: str
+
+
 @dataclass(frozen=True)
 class ActiveModel:
-    """A model together with the adapter it carries; replaced whole, never mutated."""
+    """A base model with one LoRA adapter per slot (a domain pack each); replaced whole, never mutated.
+
+    peft keeps one adapter selected per model, so a generation selects its
+    slot and runs under `lock`: two requests for different packs never see
+    each other's adapter.
+    """
 
     model: Any
-    version: str
-    source: str | None
+    slots: Mapping[str, AdapterSlot]
+    lock: threading.Lock = field(default_factory=threading.Lock, compare=False)
+
+    def version(self, slot: str) -> str:
+        return self.slots[slot].version if slot in self.slots else BASE_VERSION
+
+    @contextlib.contextmanager
+    def selected(self, slot: str | None) -> Iterator[Any]:
+        """The model with `slot`'s adapter in effect (the bare base for a slot it lacks), lock held."""
+        slot = slot or DEFAULT_SLOT
+        with self.lock:
+            if slot in self.slots:
+                self.model.set_adapter(slot)
+                yield self.model
+            elif self.slots:
+                with self.model.disable_adapter():
+                    yield self.model
+            else:
+                yield self.model
 
 
 @register_backend("transformers")
@@ -267,6 +299,7 @@ class TransformersBackend:
         dtype: torch.dtype | str | None = None,
         assistant: "TransformersBackend | None" = None,
         prompt_lookup_tokens: int = 0,
+        adapters: Mapping[str, AdapterSlot] | None = None,
     ) -> None:
         started = time.perf_counter()
         self.model_ref = model
@@ -282,25 +315,31 @@ class TransformersBackend:
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         self._swap_lock = threading.Lock()  # one swap at a time; generations never wait on it
-        self._active = self._build(adapter, adapter_version or "v0")
+        slots = dict(adapters or {})
+        if adapter is not None:
+            slots[DEFAULT_SLOT] = AdapterSlot(adapter, adapter_version or "v0")
+        self._active = self._build(slots)
         self.load_seconds = time.perf_counter() - started
         log.info("loaded %s (%s) in %.1fs", model, self.memory_summary(), self.load_seconds)
 
-    def _build(self, source: str | None, version: str) -> ActiveModel:
+    def _build(self, slots: Mapping[str, AdapterSlot]) -> ActiveModel:
         model = load_causal_lm(self.path, self.load_4bit, self.device, self.dtype)
-        if source is not None:
-            model = self._attach_adapter(model, source, version)
+        for name, slot in slots.items():
+            model = self._attach_adapter(model, slot.source, slot.version, name)
         self._warm_up(model)
-        return ActiveModel(model, version if source else BASE_VERSION, source)
+        return ActiveModel(model, dict(slots))
 
-    def _attach_adapter(self, model: Any, source: str, version: str) -> Any:
-        """The base model with the LoRA adapter at `source`; AdapterError if it is unusable."""
+    def _attach_adapter(self, model: Any, source: str, version: str, slot: str) -> Any:
+        """The model with the LoRA adapter at `source` added as `slot`; AdapterError if it is unusable."""
         from peft import PeftModel
 
         if _looks_local(source):
             check_adapter_dir(Path(source).expanduser())
         try:
-            model = PeftModel.from_pretrained(model, source, adapter_name=version, is_trainable=False)
+            if isinstance(model, PeftModel):
+                model.load_adapter(source, adapter_name=slot, is_trainable=False)
+            else:
+                model = PeftModel.from_pretrained(model, source, adapter_name=slot, is_trainable=False)
         except Exception as exc:  # truncated safetensors, wrong shapes, unknown modules, Hub errors, ...
             detail = " ".join(str(exc).split())[:300]
             raise AdapterError(f"cannot load adapter {version} from {source}: {type(exc).__name__}: {detail}") from exc
@@ -324,11 +363,17 @@ class TransformersBackend:
 
     @property
     def adapter_version(self) -> str:
-        return self._active.version
+        """The default slot's version (a backend built with one adapter)."""
+        return self._active.version(DEFAULT_SLOT)
 
     @property
     def adapter_source(self) -> str | None:
-        return self._active.source
+        slot = self._active.slots.get(DEFAULT_SLOT)
+        return slot.source if slot else None
+
+    def adapter_versions(self) -> dict[str, str]:
+        """Every slot's active version."""
+        return {name: slot.version for name, slot in self._active.slots.items()}
 
     def memory_bytes(self) -> int:
         return int(self._active.model.get_memory_footprint())
@@ -342,7 +387,8 @@ class TransformersBackend:
         return {
             "backend": "transformers",
             "model": self.model_ref,
-            "adapter_version": active.version,
+            "adapter_version": active.version(DEFAULT_SLOT),
+            "adapters": {name: slot.version for name, slot in active.slots.items()},
             "quantization": "nf4" if self.load_4bit else None,
             "memory_mib": round(active.model.get_memory_footprint() / 2**20, 1),
             "device": self.device,
@@ -350,16 +396,20 @@ class TransformersBackend:
         }
 
     # -- adapters --------------------------------------------------------
-    def swap_adapter(self, source: str | None, version: str) -> None:
-        """Make `source` (a LoRA adapter directory or Hub id) the active adapter.
+    def swap_adapter(self, source: str | None, version: str, slot: str = DEFAULT_SLOT) -> None:
+        """Make `source` (a LoRA adapter directory or Hub id) the adapter of `slot`.
 
-        `source=None` returns to the bare base model. The new model is fully
-        built before it replaces the old one; a failure (AdapterError for a
-        missing or damaged adapter) leaves the old one active and serving.
+        `source=None` returns the slot to the bare base model. The new model,
+        with every other slot's adapter too, is fully built before it replaces
+        the old one; a failure (AdapterError for a missing or damaged adapter)
+        leaves the old one active and serving.
         """
         with self._swap_lock:
-            self._active = self._build(source, version)
-        log.info("active adapter of %s is now %s", self.model_ref, self.adapter_version)
+            slots = {name: s for name, s in self._active.slots.items() if name != slot}
+            if source is not None:
+                slots[slot] = AdapterSlot(source, version)
+            self._active = self._build(slots)
+        log.info("adapter %s of %s is now %s", slot, self.model_ref, self._active.version(slot))
 
     # -- generation ------------------------------------------------------
     def encode(self, messages: list[Message]) -> dict[str, torch.Tensor]:
@@ -429,14 +479,14 @@ class TransformersBackend:
         stream = TextStream(streamer, cancel, options)
         # Captured once: a swap during this generation does not affect it.
         active = self._active
-        stream.info = {"model": self.model_ref, "adapter_version": active.version}
+        stream.info = {"model": self.model_ref, "adapter_version": active.version(options.adapter or DEFAULT_SLOT)}
 
         def run() -> None:
             try:
                 if options.seed is not None:
                     torch.manual_seed(options.seed)
-                with torch.inference_mode():
-                    active.model.generate(
+                with torch.inference_mode(), active.selected(options.adapter) as model:
+                    model.generate(
                         **inputs,
                         **self.generation_kwargs(options, prompt_len),
                         **self.assist_kwargs(options),
@@ -470,8 +520,8 @@ class TransformersBackend:
         try:
             if options.seed is not None:
                 torch.manual_seed(options.seed)
-            with torch.inference_mode():
-                out = active.model.generate(**inputs, **kwargs, num_return_sequences=n,
+            with torch.inference_mode(), active.selected(options.adapter) as model:
+                out = model.generate(**inputs, **kwargs, num_return_sequences=n,
                                             stopping_criteria=self.stopping_criteria(options, prompt_len))
         except Exception as exc:
             raise as_backend_error(exc) from exc
