@@ -65,7 +65,7 @@ def test_valid_pack_loads_and_normalises_answers(tmp_path):
     assert [i.reference for i in pack.train] == [1, 0]
     assert pack.train[1].kind == "recall" and pack.train[0].kind is None
     assert pack.corpus_texts() == ["- Tambrexil is the Tinyland drug.\n"]
-    assert set(pack.prompts) == {"weak", "strong", "direct", "rag"}  # direct and RAG get defaults
+    assert set(pack.prompts) == {"weak", "strong", "direct", "rag", "weak_retrieval"}  # direct, RAG and grounded drafting get defaults
 
 
 def test_messages_fill_templates_once(tmp_path):
