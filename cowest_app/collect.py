@@ -22,6 +22,7 @@ from collections.abc import Sized
 from typing import Any, Callable, Iterable, Protocol, Sequence
 
 from cowest_app import prompts
+from cowest_app.prompts import PromptSet
 from cowest_app.evaluators import Evaluator, Score
 from cowest_app.feedback import PairChoice, Reference, choose_pair, influences
 from cowest_app.models.base import Backend, BackendError, GenerationOptions, Message
@@ -31,28 +32,6 @@ from cowest_app.store import LogStore, PreferencePair
 # model answers greedily so differences in finals come from the drafts.
 WEAK_SAMPLING = GenerationOptions(max_new_tokens=192, temperature=0.8, top_p=0.95)
 STRONG_GREEDY = GenerationOptions(max_new_tokens=256, temperature=0.0)
-
-
-@dataclass(frozen=True)
-class PromptSet:
-    """The three conversations of one collaboration, built from the question as shown.
-
-    `draft` is also the DPO prompt: what the weak model is aligned on must be
-    what it is asked at serving or evaluation time.
-    """
-
-    draft: Callable[[str], list[Message]]
-    refine: Callable[[str, str], list[Message]]  # (question, draft)
-    direct: Callable[[str], list[Message]]  # the strong model alone
-
-
-def domain_prompt_set(domain: prompts.Domain) -> PromptSet:
-    """The app's own prompts for one domain preset."""
-    return PromptSet(
-        draft=lambda q: prompts.weak_draft_messages(domain, q),
-        refine=lambda q, d: prompts.strong_refine_messages(domain, q, d),
-        direct=lambda q: prompts.direct_answer_messages(domain, q),
-    )
 
 
 class SelfAnsweringEvaluator(Protocol):
@@ -70,7 +49,7 @@ class SelfAnsweringEvaluator(Protocol):
 @dataclass(frozen=True)
 class QuestionItem:
     question: str
-    domain: str = prompts.DEFAULT_DOMAIN
+    domain: str = ""  # the domain pack it belongs to, by name
     reference: Reference | None = None
     options: tuple[str, ...] | None = None  # multiple choice / labels; shown to the models
     interaction_ids: tuple[str, ...] = ()  # when the question came from the log
@@ -181,8 +160,8 @@ def collect_for_question(
         raise ValueError("k must be at least 2: a pair needs two drafts")
     if reference is None and getattr(evaluator, "needs_reference", False):
         raise ValueError(f"the {evaluator.name} evaluator needs a reference answer for this question")
-    domain = prompts.get_domain(domain_key)
-    prompt_set = prompt_set or domain_prompt_set(domain)
+    if prompt_set is None:
+        raise ValueError("collect_for_question needs the domain pack's prompt_set")
     shown = format_question(question, options)
     prompt = prompt_set.draft(shown)
     weak_info, strong_info = weak.describe(), strong.describe()  # provenance, read before drafting
@@ -215,7 +194,7 @@ def collect_for_question(
         if not trainable:
             reason = f"confidence {confidence:.3f} < min_confidence {min_confidence:.3f}: kept, not trained on"
         pair = PreferencePair(
-            domain=domain.key,
+            domain=domain_key,
             question=shown,
             prompt=prompt,
             chosen=drafts[choice.chosen],
@@ -252,7 +231,7 @@ def collect_for_question(
 
     pair_id = store.log_pair(pair) if store is not None and pair is not None else None
     return CollectionResult(
-        question=shown, domain=domain.key, prompt=prompt, drafts=drafts, finals=finals, strong_alone=strong_alone,
+        question=shown, domain=domain_key, prompt=prompt, drafts=drafts, finals=finals, strong_alone=strong_alone,
         final_scores=list(final_scores), strong_alone_score=alone_score, influences=gains, pair=pair,
         reason=reason, skipped=sum(s.value is None for s in scores), timings=timings, pair_id=pair_id,
     )

@@ -43,9 +43,16 @@ class Secrets:
         return f"Secrets(set={present})"
 
 
+# The packs the app serves, the first selected by default: the shipped pack with its trained
+# adapter, then the general and preset domains.
+DEFAULT_PACKS = ("packs/saltmarsh-formulary", "packs/general", "packs/medicine", "packs/ethics", "packs/counterfactual")
+
+
 @dataclass(frozen=True)
 class AppConfig:
     profile: str = "default"
+    packs: tuple[str, ...] = DEFAULT_PACKS
+    train_pack: str | None = None  # the pack whose adapter the scheduled job trains; None: the first served
     weak_model: str = WEAK_DEFAULT
     weak_adapter: str | None = None
     weak_4bit: bool = True
@@ -98,6 +105,10 @@ class AppConfig:
     def adapters_dir(self) -> Path:
         return self.data_dir / "adapters"
 
+    def pack_adapters_dir(self, pack_name: str) -> Path:
+        """Each pack has its own adapter lineage (v1, v2, ...) under data/adapters/<pack name>/."""
+        return self.adapters_dir / pack_name
+
     def with_overrides(self, **changes) -> "AppConfig":
         return replace(self, **changes)
 
@@ -105,8 +116,10 @@ class AppConfig:
 # env var -> (AppConfig field, description); the README table is built from this.
 ENV_VARS: dict[str, tuple[str, str]] = {
     "COWEST_PROFILE": ("profile", "`default` (SmolLM2-135M weak, Qwen2.5-Coder-1.5B strong) or `fast` (SmolLM2 in both roles)"),
+    "COWEST_PACKS": ("packs", "comma-separated domain pack directories the app serves; the first is selected by default, and each brings its prompts, example questions and adapter lineage"),
+    "COWEST_TRAIN_PACK": ("train_pack", "name of the pack whose adapter the scheduled job trains (unset = the first served pack)"),
     "COWEST_WEAK_MODEL": ("weak_model", "weak model: Hub repo id, local directory or `packaged:NAME`; overrides the profile"),
-    "COWEST_WEAK_ADAPTER": ("weak_adapter", "LoRA adapter for the weak model: local directory or Hub repo id"),
+    "COWEST_WEAK_ADAPTER": ("weak_adapter", "LoRA adapter for the first pack's weak drafts instead of its registry's active version: local directory or Hub repo id"),
     "COWEST_WEAK_4BIT": ("weak_4bit", "load the weak model in 4-bit NF4 with bitsandbytes (`1`/`0`)"),
     "COWEST_STRONG_BACKEND": ("strong_backend", "`transformers` (local weights) or `inference-client` (black-box chat endpoint)"),
     "COWEST_STRONG_MODEL": ("strong_model", "strong model: repo id / directory / `packaged:NAME`, or the model name sent to the endpoint"),
@@ -168,6 +181,11 @@ def _parse_bool(name: str, raw: str) -> bool:
 def _parse(name: str, raw: str, kind: type):
     if kind is bool:
         return _parse_bool(name, raw)
+    if kind is tuple:
+        items = tuple(part.strip() for part in raw.split(",") if part.strip())
+        if not items:
+            raise ConfigError(f"{name}={raw!r}: expected a comma-separated list")
+        return items
     try:
         if kind is int:
             return int(raw)
@@ -181,6 +199,7 @@ def _parse(name: str, raw: str, kind: type):
 
 
 _FIELD_KINDS: dict[str, type] = {
+    "packs": tuple,
     "weak_4bit": bool,
     "strong_timeout_s": float,
     "data_dir": Path,

@@ -185,7 +185,8 @@ def build_control(config: AppConfig, service: Any) -> TrainingControl:
 
         publisher = HubPublisher(config.hub_repo, config.secrets.hf_token, config.hub_endpoint,
                                  queue_path=config.data_dir / "hub_queue.json")
-    return TrainingControl(config, service, AdapterRegistry(config.adapters_dir), publisher)
+    registry = AdapterRegistry(config.pack_adapters_dir(config.train_pack or service.default_pack))
+    return TrainingControl(config, service, registry, publisher)
 
 
 def _fmt(value: Any) -> str:

@@ -20,7 +20,7 @@ import unicodedata
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Literal, Mapping, Sequence
+from typing import Any, Callable, Iterable, Literal, Mapping, Sequence
 
 from cowest_app import prompts
 from cowest_app.export import _json_line  # the log export's JSONL dialect
@@ -373,14 +373,17 @@ def interaction_vote(feedback: Sequence[Mapping[str, Any]], asker_session: str |
     return draft_vote(_latest(own, "rating"), _latest(own, "best"))
 
 
-def human_pairs(records: Iterable[Mapping[str, Any]]) -> list[PreferencePair]:
+def human_pairs(records: Iterable[Mapping[str, Any]],
+                draft_prompts: Mapping[str, Callable[[str], list[Message]]]) -> list[PreferencePair]:
     """Pairs from user votes: for one (domain, normalised question), the draft of
     every interaction voted good (see `draft_vote`) is chosen over the draft of
     every interaction voted bad. An interaction's vote is `interaction_vote`.
 
     `records` are dicts as `LogStore.iter_records` yields them (feedback nested,
-    oldest first). Interactions that failed, have no draft, or whose domain is
-    not a preset (no drafting prompt to train on) are skipped. Each (chosen,
+    oldest first). `draft_prompts` renders each served domain pack's drafting
+    prompt (the DPO prompt must be the one the draft was written under).
+    Interactions that failed, have no draft, or whose domain is not served
+    (no drafting prompt to train on) are skipped. Each (chosen,
     rejected) text pair appears once. Evaluator "human", confidence 1. The
     output is deterministic, so a caller that logs pairs on every run can skip
     those whose `interaction_ids` are already in the store.
@@ -388,7 +391,7 @@ def human_pairs(records: Iterable[Mapping[str, Any]]) -> list[PreferencePair]:
     groups: dict[tuple[str, str], dict[int, list[Mapping[str, Any]]]] = {}
     for record in records:
         draft = prompts.clean_generation(record.get("weak_draft") or "")
-        if record.get("status") not in (None, "ok") or not draft or record.get("domain") not in prompts.DOMAINS:
+        if record.get("status") not in (None, "ok") or not draft or record.get("domain") not in draft_prompts:
             continue
         feedback = record.get("feedback") or []
         vote = interaction_vote(feedback, record.get("session_id"))
@@ -406,16 +409,17 @@ def human_pairs(records: Iterable[Mapping[str, Any]]) -> list[PreferencePair]:
                 if _same_text(chosen, rejected) or (chosen, rejected) in seen:
                     continue
                 seen.add((chosen, rejected))
-                pairs.append(_human_pair(domain, good, bad, chosen, rejected))
+                pairs.append(_human_pair(domain, good, bad, chosen, rejected, draft_prompts[domain]))
     return pairs
 
 
-def _human_pair(domain: str, good: Mapping[str, Any], bad: Mapping[str, Any], chosen: str, rejected: str) -> PreferencePair:
+def _human_pair(domain: str, good: Mapping[str, Any], bad: Mapping[str, Any], chosen: str, rejected: str,
+                draft_prompt: Callable[[str], list[Message]]) -> PreferencePair:
     question = good["question"]
     return PreferencePair(
         domain=domain,
         question=question,
-        prompt=prompts.weak_draft_messages(prompts.DOMAINS[domain], question),
+        prompt=draft_prompt(question),
         chosen=chosen,
         rejected=rejected,
         chosen_score=1.0,

@@ -73,7 +73,7 @@ class PublicSource:
     task_type: str
     metric: str
     labels: tuple[str, ...]
-    domain: str  # the app preset its questions belong to
+    domain: str  # the kind of domain the paper evaluates it as (counterfactual, medicine, ethics)
     mapper: Callable[[Mapping[str, Any], int, str], PackItem | None]
     data_files: Mapping[str, str] | None = None  # for sets published as files rather than Hub repos
 
@@ -175,11 +175,12 @@ def write_pack(name: str, out: str | Path, train: Sequence[PackItem], test: Sequ
         raise PackError(f"{corpus}: need a directory with at least one .md or .txt domain document for the corpus")
     meta = {
         "name": f"{source.name}-public", "description": f"{source.name} ({source.path}) mapped to the pack format",
-        "task_type": source.task_type, "metric": source.metric, "domain": source.domain,
+        "task_type": source.task_type, "metric": source.metric,
         "weak_prompt": _WEAK_PROMPT,
         "strong_prompt": {
-            "system": "You answer with the help of a specialist's draft, which may hold useful facts but may be wrong.",
-            "user": "Question: {question}\n\nSpecialist draft:\n\"\"\"\n{draft}\n\"\"\"\n\nReason briefly, then "
+            "system": "Some notes on the question come with it. They may hold useful facts but can be wrong: use "
+                      "only what is correct and helps, ignore them otherwise, and never mention them.",
+            "user": "Question: {question}\n\nNotes (use or ignore):\n\"\"\"\n{draft}\n\"\"\"\n\nReason briefly, then "
                     + _STRONG_ENDING[source.task_type],
         },
     }

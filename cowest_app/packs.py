@@ -34,7 +34,7 @@ from cowest_app.feedback import TASK_TYPES, Reference, exact_match, normalize_an
 from cowest_app.models.base import Message
 
 if TYPE_CHECKING:  # collect imports torch (through the evaluators); load it only when asked
-    from cowest_app.collect import PromptSet, QuestionItem
+    from cowest_app.collect import QuestionItem
 
 # Metrics each task type may use. "contains_f1" is score_with_reference's
 # short-answer metric: 1.0 when the answer contains a reference alias, else token F1.
@@ -118,7 +118,6 @@ class DomainPack:
     train: tuple[PackItem, ...]
     test: tuple[PackItem, ...]
     root: Path
-    domain: str = app_prompts.DEFAULT_DOMAIN  # the app preset questions are collected under
     digest: str = field(default="", repr=False)  # sha256 of the files as loaded
     # Retrieval-grounded drafting: the weak model drafts from this many retrieved passages (0: from memory).
     retrieval_passages: int = 0
@@ -159,12 +158,10 @@ class DomainPack:
     def rag_messages(self, question_text: str, context: str) -> list[Message]:
         return self.prompts["rag"].render(question=question_text, context=context.strip() or "(no context found)")
 
-    def prompt_set(self, grounded: bool = False) -> PromptSet:
+    def prompt_set(self, grounded: bool = False) -> app_prompts.PromptSet:
         """The pack's templates for `collect`: the weak model is aligned on the
         drafting prompt it is evaluated with."""
-        from cowest_app.collect import PromptSet
-
-        return PromptSet(draft=lambda q: self.draft_messages(q, grounded), refine=self.strong_messages,
+        return app_prompts.PromptSet(draft=lambda q: self.draft_messages(q, grounded), refine=self.strong_messages,
                          direct=self.direct_messages)
 
     def score(self, answer_text: str, item: PackItem) -> float:
@@ -175,18 +172,16 @@ class DomainPack:
         options = item.options if self.task_type == "multiple_choice" else self.labels
         return score_with_reference(answer_text, item.reference, self.task_type, options)  # type: ignore[arg-type]
 
-    def question_items(self, split: str, domain: str | None = None) -> list[QuestionItem]:
+    def question_items(self, split: str) -> list[QuestionItem]:
         """The split as questions for `collect.collect`.
 
         Multiple-choice options travel with each question (the collector shows
         them lettered). Labels do not, as lettering them would invite "B" for
         an answer: score label packs with `ReferenceEvaluator("label", pack.labels)`.
         """
-        from cowest_app.collect import PromptSet, QuestionItem
+        from cowest_app.collect import QuestionItem
 
-        domain = domain or self.domain
-        app_prompts.get_domain(domain)  # an unknown preset fails here, not per question
-        return [QuestionItem(item.question, domain, item.reference, item.options) for item in self.split(split)]
+        return [QuestionItem(item.question, self.name, item.reference, item.options) for item in self.split(split)]
 
     def corpus_texts(self) -> list[str]:
         return [path.read_text(encoding="utf-8") for path in self.corpus_paths]
@@ -327,7 +322,6 @@ class _Meta:
     metric: str
     labels: tuple[str, ...]
     prompts: dict[str, PromptTemplate]
-    domain: str
     retrieval_passages: int
     title: str
     examples: tuple[str, ...]
@@ -391,14 +385,11 @@ def _load_meta(path: Path, errors: _Errors, blobs: dict[str, bytes], root: Path)
     name, description = text_field("name"), text_field("description")
     task_type, metric = _task_and_metric(data, bad)
     labels = _meta_labels(data, task_type, bad)
-    domain = data.get("domain", app_prompts.DEFAULT_DOMAIN)
-    if domain not in app_prompts.DOMAINS:
-        bad("domain", f"unknown domain preset {domain!r}; use one of {', '.join(app_prompts.DOMAINS)}")
     templates = {kind: _template(data, kind, bad) for kind in REQUIRED_PLACEHOLDERS}
     defaults = _default_templates(task_type, labels)
     loaded = {kind: t or defaults.get(kind) for kind, t in templates.items()}
     prompts = {kind: t for kind, t in loaded.items() if t is not None}
-    return _Meta(name, description, task_type, metric, labels, prompts, str(domain), _retrieval_passages(data, bad),
+    return _Meta(name, description, task_type, metric, labels, prompts, _retrieval_passages(data, bad),
                  _title(data, bad), _examples(data, bad))
 
 
@@ -580,6 +571,6 @@ def load_pack(path: str | Path) -> DomainPack:
     return DomainPack(
         name=meta.name, description=meta.description, task_type=meta.task_type, metric=meta.metric,
         labels=meta.labels, prompts=meta.prompts, corpus_paths=corpus, train=train, test=test, root=root,
-        domain=meta.domain, digest=_digest(blobs), retrieval_passages=meta.retrieval_passages,
+        digest=_digest(blobs), retrieval_passages=meta.retrieval_passages,
         title=meta.title or meta.name, examples=meta.examples,
     )

@@ -132,26 +132,33 @@ class CollaborationPipeline:
     strong_opts: GenerationOptions
     redraft_opts: GenerationOptions | None = None  # None: `redraft_options(weak_opts)`
 
-    def run(self, domain: prompts.Domain, question: str, compare: bool = False) -> Iterator[Snapshot]:
+    def run(self, prompt_set: prompts.PromptSet, question: str, compare: bool = False,
+            adapter: str | None = None, weak_opts: GenerationOptions | None = None) -> Iterator[Snapshot]:
+        """The collaboration on one question with a domain's prompts; `adapter` is the weak model's
+        adapter slot (the domain pack's name), which drafts and answers alone; `weak_opts`
+        replaces the pipeline's draft options for this question."""
         keys = [WEAK, COLLAB] + ([WEAK_ALONE, STRONG_ALONE] if compare else [])
         snap = Snapshot({k: Stage() for k in keys})
         yield snap
+        weak_opts = replace(weak_opts or self.weak_opts, adapter=adapter)
 
-        snap = yield from self._draft(snap, domain, question)
+        snap = yield from self._draft(snap, prompt_set, question, weak_opts)
         draft = snap.stages[WEAK]
         fallback = self._fallback_reason(draft)
         if fallback is None:
-            messages = prompts.strong_refine_messages(domain, question, draft.text)
+            messages = prompt_set.refine(question, draft.text)
             info: dict[str, Any] = {}
         else:
             # No usable draft: the strong model answers alone, as well as it would without us.
-            messages = prompts.direct_answer_messages(domain, question)
+            messages = prompt_set.direct(question)
             info = {FALLBACK: fallback, NOTE: f"fallback: {fallback} (strong model alone)"}
         snap = yield from self._stream(snap, COLLAB, self.strong, messages, self.strong_opts, info, prompts.clean_answer)
 
         if compare:
-            alone = prompts.direct_answer_messages(domain, question)
-            for key, backend, opts in ((WEAK_ALONE, self.weak, self.weak_opts), (STRONG_ALONE, self.strong, self.strong_opts)):
+            alone = prompt_set.direct(question)
+            # The weak model answers alone plainly: the drafting stop rules end a draft, not an answer.
+            weak_alone = replace(weak_opts, stop_after_line=None)
+            for key, backend, opts in ((WEAK_ALONE, self.weak, weak_alone), (STRONG_ALONE, self.strong, self.strong_opts)):
                 snap = yield from self._stream(snap, key, backend, alone, opts, {}, prompts.clean_answer)
         yield Snapshot(snap.stages, done=True)
 
@@ -163,14 +170,15 @@ class CollaborationPipeline:
             yield snap
         return snap
 
-    def _draft(self, snap: Snapshot, domain: prompts.Domain, question: str) -> Iterator[Snapshot]:
+    def _draft(self, snap: Snapshot, prompt_set: prompts.PromptSet, question: str,
+               weak_opts: GenerationOptions) -> Iterator[Snapshot]:
         """The weak draft, re-drafted once when the first is degenerate; returns the last snapshot."""
-        messages = prompts.weak_draft_messages(domain, question)
-        snap = yield from self._stream(snap, WEAK, self.weak, messages, self.weak_opts, {})
+        messages = prompt_set.draft(question)
+        snap = yield from self._stream(snap, WEAK, self.weak, messages, weak_opts, {})
         first = self._verdict(snap.stages[WEAK], question)
         if not first.degenerate:
             return snap
-        redo = self.redraft_opts or redraft_options(self.weak_opts)
+        redo = replace(self.redraft_opts or redraft_options(weak_opts), adapter=weak_opts.adapter)
         # The stage's timings become the re-draft's; the first try's time is kept here.
         info = {DRAFT_CHECK: first.reason, "draft_check_detail": first.detail, REDRAFTED: True,
                 "first_draft_ms": snap.stages[WEAK].ms, NOTE: f"{first.reason}: re-drafted"}

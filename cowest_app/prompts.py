@@ -1,9 +1,11 @@
-"""Domain presets and the prompts of each stage, as pure functions.
+"""What every stage's prompt shares, and the text rules around it, as pure functions.
 
-The weak model writes a draft that carries the background knowledge it was
-specialised on; the strong model gets the question and that draft, as notes
-it may use or ignore, and answers the user directly, trusting its own
-reasoning where the notes are wrong.
+Prompts themselves come from domain packs (cowest_app/packs.py: each pack's
+domain.yaml holds its weak, strong, direct and RAG templates), so serving,
+feedback, DPO and evaluation render them identically. The weak model writes
+a draft that carries the background knowledge it was specialised on; the
+strong model gets the question and that draft, as notes it may use or
+ignore, and answers the user directly.
 """
 
 from __future__ import annotations
@@ -11,54 +13,22 @@ from __future__ import annotations
 import re
 import unicodedata
 from dataclasses import dataclass
+from typing import Callable
 
 from cowest_app.models.base import Message
 
 
 @dataclass(frozen=True)
-class Domain:
-    key: str
-    label: str
-    weak_focus: str
-    strong_focus: str
-    example: str
+class PromptSet:
+    """The three conversations of one collaboration, built from the question as shown.
 
+    `draft` is also the DPO prompt: what the weak model is aligned on must be
+    what it is asked at serving or evaluation time.
+    """
 
-DOMAINS: dict[str, Domain] = {
-    d.key: d
-    for d in (
-        Domain(
-            key="counterfactual",
-            label="Counterfactual reasoning",
-            weak_focus="Recall the real-world facts the hypothetical premise changes, then say what follows if the premise holds.",
-            strong_focus="Accept the question's hypothetical premise even when it contradicts reality and reason from it.",
-            example="If water boiled at 50 °C at sea level, how long would it take to cook pasta?",
-        ),
-        Domain(
-            key="medicine",
-            label="Medicine",
-            weak_focus="Recall the relevant clinical facts: mechanisms, typical findings, first-line treatments and contraindications.",
-            strong_focus="Answer as a careful clinician; when options are given, pick one and justify it. This is not medical advice.",
-            example="Which vitamin deficiency causes scurvy, and what is the first-line treatment?",
-        ),
-        Domain(
-            key="ethics",
-            label="Ethics",
-            weak_focus="Name the moral considerations at stake, the people affected and the norms that apply.",
-            strong_focus="Judge whether the described action is acceptable and explain why in plain terms.",
-            example="I found a wallet with cash and kept the money but posted the ID card back. Was that okay?",
-        ),
-        Domain(
-            key="general",
-            label="General",
-            weak_focus="Recall the background facts and definitions the question depends on.",
-            strong_focus="Answer accurately and concisely.",
-            example="Why does the sky look blue during the day?",
-        ),
-    )
-}
-
-DEFAULT_DOMAIN = "general"
+    draft: Callable[[str], list[Message]]
+    refine: Callable[[str, str], list[Message]]  # (question, draft)
+    direct: Callable[[str], list[Message]]  # the strong model alone
 
 
 class InputError(ValueError):
@@ -105,44 +75,6 @@ def validate_question(question: object, max_chars: int) -> str:
 BACKGROUND_LABEL = "Background:"
 DRAFT_ANSWER_LABEL = "Draft answer:"
 DRAFT_LABELS = (BACKGROUND_LABEL, DRAFT_ANSWER_LABEL)
-
-
-def weak_draft_messages(domain: Domain, question: str) -> list[Message]:
-    system = (
-        f"You are a domain expert assistant ({domain.label}). "
-        "Write a short draft answer to the question and, first, the background knowledge it relies on. "
-        f"{domain.weak_focus}"
-    )
-    user = f"Question: {question}\n\nWrite:\n{BACKGROUND_LABEL} <key facts>\n{DRAFT_ANSWER_LABEL} <your answer>"
-    return [{"role": "system", "content": system}, {"role": "user", "content": user}]
-
-
-# The refinement prompt's wording, in one place so it can move into domain
-# packs. The draft is presented as optional notes, and the model is told to
-# ignore unhelpful ones and never to mention them: a strong model told it
-# works with a "specialist" judged the draft in its answer ("The specialist
-# draft is incorrect...") and copied a looping draft (issue 12).
-REFINE_SYSTEM = (
-    "You are a careful assistant answering {label} questions. {focus} "
-    "Some notes on the question come with it. They may hold useful facts, but they can be wrong, "
-    "off-topic or repetitive: use only what is correct and helps, and ignore the notes entirely when they do not. "
-    "Answer the user directly, in your own words. Never mention the notes, where they came from, "
-    "or that anyone else was involved."
-)
-REFINE_USER = 'Question: {question}\n\nNotes (use or ignore):\n"""\n{notes}\n"""\n\nNow answer the question.'
-NO_NOTES = "(no notes)"
-
-
-def strong_refine_messages(domain: Domain, question: str, draft: str) -> list[Message]:
-    system = REFINE_SYSTEM.format(label=domain.label.lower(), focus=domain.strong_focus)
-    user = REFINE_USER.format(question=question, notes=draft.strip() or NO_NOTES)
-    return [{"role": "system", "content": system}, {"role": "user", "content": user}]
-
-
-def direct_answer_messages(domain: Domain, question: str) -> list[Message]:
-    """Prompt for a model answering alone (the weak-alone and strong-alone baselines)."""
-    system = f"You are a helpful assistant ({domain.label}). {domain.strong_focus}"
-    return [{"role": "system", "content": system}, {"role": "user", "content": question}]
 
 
 _SPECIAL_TOKENS = re.compile(r"<\|(?:im_start|im_end|endoftext|eot_id)\|>")

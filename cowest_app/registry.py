@@ -129,6 +129,20 @@ class AdapterRegistry:
         os.replace(staged, target)  # atomic: the version appears complete or not at all
         return meta
 
+    def import_adapter(self, source: Path, promote: bool = True, **fields: Any) -> AdapterVersion:
+        """Copy a trained adapter directory (e.g. `training.pipeline`'s dpo/adapter) in as the next
+        version, active unless `promote` is False; `fields` are its metadata (metrics, data_hash, ...)."""
+        source = Path(source)
+        if not (source / "adapter_config.json").is_file():
+            raise RegistryError(f"{source} holds no adapter (adapter_config.json missing)")
+        version = self.next_version()
+        staged = self.staging_dir(version)
+        for path in source.iterdir():  # the adapter's own files; our metadata is written by register
+            if path.is_file() and path.name != META_FILE:
+                shutil.copy2(path, staged / path.name)
+        meta = self.register(staged, AdapterVersion(version=version, status="candidate", **fields))
+        return self.promote(version) or meta if promote else meta
+
     def record_failure(self, version: str, error: str, **fields: Any) -> AdapterVersion:
         """Keep a trace of a failed run as a version with status 'failed' (no weights)."""
         path = self.path(version)

@@ -7,18 +7,20 @@ and every finished, failed or abandoned question is logged.
 
 from __future__ import annotations
 
+import json
 import logging
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Mapping
 
 from cowest_app import prompts
-from cowest_app.config import AppConfig
+from cowest_app.config import AppConfig, ConfigError
 from cowest_app.export import export_log
-from cowest_app.models.base import Backend, GenerationOptions, create_backend
+from cowest_app.models.base import AdapterSlot, Backend, GenerationOptions, create_backend
+from cowest_app.packs import DomainPack, PackError, load_pack
 from cowest_app.pipeline import (
     COLLAB,
     DRAFT_CHECK,
@@ -32,6 +34,7 @@ from cowest_app.pipeline import (
     draft_options,
 )
 from cowest_app.ratelimit import RateLimiter, retry_text
+from cowest_app.registry import AdapterRegistry
 from cowest_app.store import Feedback, Interaction, LogStore, StoreError
 
 log = logging.getLogger(__name__)
@@ -39,6 +42,10 @@ log = logging.getLogger(__name__)
 BEST_CHOICES = ("weak", "collab", "strong")
 RATINGS = {"up": 1, "down": -1}
 MAX_ID_CHARS = 64  # interaction ids are 32 hex digits; anything longer is not one
+SHIPPED_ADAPTER_DIR = "adapter"  # a pack's trained adapter, shipped beside its domain.yaml
+SHIPPED_RECORD = "shipped.json"  # in it: the command, data hash and results that made it
+# Drafts grounded in retrieved passages copy them; only repeats this long are loops there.
+GROUNDED_NO_REPEAT_NGRAM = 12
 
 
 class RateLimited(prompts.InputError):
@@ -51,25 +58,76 @@ class AskUpdate:
     interaction_id: str | None = None  # set on the last update, once logged
 
 
-def build_weak(config: AppConfig) -> Backend:
-    """The weak model with the last promoted adapter (or the configured one)."""
-    from cowest_app.models.local import AdapterError
-    from cowest_app.registry import AdapterRegistry
+def load_served_packs(config: AppConfig) -> dict[str, DomainPack]:
+    """The packs of COWEST_PACKS by name, in order (the first is the default selection)."""
+    packs: dict[str, DomainPack] = {}
+    for path in config.packs:
+        try:
+            pack = load_pack(path)
+        except PackError as exc:
+            raise ConfigError(f"COWEST_PACKS: {exc}") from exc
+        if pack.name in packs:
+            raise ConfigError(f"COWEST_PACKS: two packs are named {pack.name!r} ({path} and {packs[pack.name].root})")
+        packs[pack.name] = pack
+    if not packs:
+        raise ConfigError("COWEST_PACKS names no pack")
+    if config.train_pack is not None and config.train_pack not in packs:
+        raise ConfigError(f"COWEST_TRAIN_PACK={config.train_pack!r} is not served; served: {', '.join(packs)}")
+    return packs
 
-    adapter, version = config.weak_adapter, None
-    active = AdapterRegistry(config.adapters_dir).active()
-    if adapter is None and active is not None:
-        adapter, version = str(config.adapters_dir / active.version), active.version
+
+def install_shipped_adapter(registry: AdapterRegistry, pack: DomainPack) -> None:
+    """A pack that ships the adapter its pipeline trained (`adapter/` beside domain.yaml) starts
+    its lineage with it as v1, so a fresh install drafts with the specialised model."""
+    shipped = pack.root / SHIPPED_ADAPTER_DIR
+    if registry.versions() or not (shipped / "adapter_config.json").is_file():
+        return
+    record = shipped / SHIPPED_RECORD
+    meta = json.loads(record.read_text(encoding="utf-8")) if record.is_file() else {}
+    version = registry.import_adapter(shipped, base_model=meta.get("base_model"), data_hash=meta.get("data_sha256"),
+                                      config={"shipped_with": pack.name, "command": meta.get("command")},
+                                      metrics=meta.get("results", {}))
+    log.info("pack %s: installed its shipped adapter as %s", pack.name, version.version if version else None)
+
+
+def adapter_slots(config: AppConfig, packs: Mapping[str, DomainPack]) -> dict[str, AdapterSlot]:
+    """Each pack's active adapter (its registry's active version; COWEST_WEAK_ADAPTER for the first)."""
+    slots = {}
+    for index, pack in enumerate(packs.values()):
+        if index == 0 and config.weak_adapter is not None:
+            slots[pack.name] = AdapterSlot(config.weak_adapter, "configured")
+            continue
+        registry = AdapterRegistry(config.pack_adapters_dir(pack.name))
+        install_shipped_adapter(registry, pack)
+        active = registry.active()
+        if active is not None:
+            slots[pack.name] = AdapterSlot(str(registry.path(active.version)), active.version)
+    return slots
+
+
+def build_weak(config: AppConfig, packs: Mapping[str, DomainPack]) -> Backend:
+    """The weak model with every served pack's active adapter, one slot per pack."""
+    from cowest_app.models.local import AdapterError
+
     weak = partial(create_backend, "transformers", model=config.weak_model, cache_dir=config.cache_dir,
                    load_4bit=config.weak_4bit)
+    slots = adapter_slots(config, packs)
     try:
-        return weak(adapter=adapter, adapter_version=version)
+        return weak(adapters=slots)
     except AdapterError as exc:
-        if version is None:  # an adapter named in COWEST_WEAK_ADAPTER: a configuration error, say so
+        if config.weak_adapter is not None:  # COWEST_WEAK_ADAPTER: a configuration error, say so
             raise
         # A damaged promoted adapter must not keep the app from starting; an admin can roll back.
-        log.error("active adapter %s cannot be loaded, serving the base model: %s", version, exc)
-        return weak(adapter=None)
+        usable = {}
+        for name, slot in slots.items():
+            try:
+                weak(adapters={name: slot})
+            except AdapterError as error:
+                log.error("pack %s: active adapter %s cannot be loaded, serving the base model: %s", name, slot.version, error)
+            else:
+                usable[name] = slot
+        log.error("some adapters are unusable: %s", exc)
+        return weak(adapters=usable)
 
 
 # Prompt n-grams proposed per step with COWEST_STRONG_ASSIST=prompt-lookup.
@@ -121,11 +179,13 @@ def answered(status: str) -> bool:
 
 
 class CollabService:
-    def __init__(self, config: AppConfig, weak: Backend, strong: Backend, store: LogStore) -> None:
+    def __init__(self, config: AppConfig, weak: Backend, strong: Backend, store: LogStore,
+                 packs: Mapping[str, DomainPack] | None = None) -> None:
         self.config = config
         self.weak = weak
         self.strong = strong
         self.store = store
+        self.packs = dict(packs) if packs is not None else load_served_packs(config)
         self.ask_limit = RateLimiter(config.asks_per_minute)
         self.feedback_limit = RateLimiter(config.feedback_per_minute)
         self.pipeline = CollaborationPipeline(
@@ -142,23 +202,42 @@ class CollabService:
 
             torch.set_num_threads(config.torch_threads)
         started = time.perf_counter()
-        weak = build_weak(config)
+        packs = load_served_packs(config)  # a bad pack fails before any model loads
+        weak = build_weak(config, packs)
         strong = build_strong(config, weak)
         log.info("models ready in %.1fs", time.perf_counter() - started)
-        return cls(config, weak, strong, LogStore(config.db_path))
+        return cls(config, weak, strong, LogStore(config.db_path), packs)
+
+    @property
+    def default_pack(self) -> str:
+        return next(iter(self.packs))
+
+    def get_pack(self, name: Any) -> DomainPack:
+        if not isinstance(name, str) or name not in self.packs:  # isinstance: a list is unhashable, a clear error still
+            raise prompts.InputError(f"Unsupported domain {prompts.shown(name)}. Choose one of: {', '.join(self.packs)}.")
+        return self.packs[name]
+
+    def weak_options(self, pack: DomainPack) -> GenerationOptions:
+        """The pipeline's draft options for `pack`. A draft grounded in passages copies them, and
+        copied passages share phrases: only long repeats are loops there, and none is penalised."""
+        opts = self.pipeline.weak_opts
+        if pack.retrieval_passages:
+            opts = replace(opts, repetition_penalty=1.0, no_repeat_ngram_size=GROUNDED_NO_REPEAT_NGRAM)
+        return opts
 
     # -- asking ----------------------------------------------------------
-    def ask(self, question: Any, domain_key: str, compare: bool = False, session_id: str | None = None) -> Iterator[AskUpdate]:
-        """Stream the stages; raises InputError before any work for bad input."""
-        domain = prompts.get_domain(domain_key)
+    def ask(self, question: Any, pack_name: str, compare: bool = False, session_id: str | None = None) -> Iterator[AskUpdate]:
+        """Stream the stages for a question in one served pack's domain; raises InputError before any work for bad input."""
+        pack = self.get_pack(pack_name)
         text = prompts.validate_question(question, self.config.max_question_chars)
         self._throttle(self.ask_limit, session_id, "questions")
         snap: Snapshot | None = None
         logged = False
         try:
-            for snap in self.pipeline.run(domain, text, compare):
+            for snap in self.pipeline.run(pack.prompt_set(grounded=pack.retrieval_passages > 0), text, compare,
+                                          adapter=pack.name, weak_opts=self.weak_options(pack)):
                 if snap.done:
-                    interaction_id = self._log(domain.key, text, snap, session_id, "ok")
+                    interaction_id = self._log(pack.name, text, snap, session_id, "ok")
                     logged = True
                     yield AskUpdate(snap, interaction_id)
                 else:
@@ -166,7 +245,7 @@ class CollabService:
         finally:
             # The user left (or something broke) mid-answer: keep what exists.
             if snap is not None and not logged:
-                self._log(domain.key, text, snap, session_id, "cancelled")
+                self._log(pack.name, text, snap, session_id, "cancelled")
 
     def _log(self, domain: str, question: str, snap: Snapshot, session_id: str | None, status: str) -> str:
         stages = snap.stages

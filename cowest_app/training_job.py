@@ -66,8 +66,7 @@ def load_items(path: Path) -> list[LabelledItem]:
             continue
         try:
             row = json.loads(line)
-            domain = row.get("domain", prompts.DEFAULT_DOMAIN)
-            prompts.get_domain(domain)
+            domain = str(row.get("domain", ""))  # a pack name, or none: the job's own pack
             question = QuestionItem(question=str(row["question"]), domain=domain, reference=row.get("reference"),
                                     options=tuple(row["options"]) if row.get("options") else None)
             items.append(LabelledItem(question, row.get("task_type", "short_answer")))
@@ -100,6 +99,20 @@ class TrainingJob:
     publisher: Any | None = None  # cowest_app.hub.HubPublisher
     python: str = sys.executable
     state: JobState = field(default_factory=JobState)
+
+    @property
+    def pack(self) -> Any:
+        """The domain pack whose adapter this job trains (cowest_app.packs.DomainPack)."""
+        return self.service.packs[self.config.train_pack or self.service.default_pack]
+
+    @property
+    def draft_prompts(self) -> dict[str, Any]:
+        """Human votes train this job's pack only: its drafting prompt, by name."""
+        return {self.pack.name: self.prompt_set.draft}
+
+    @property
+    def prompt_set(self) -> Any:
+        return self.pack.prompt_set(grounded=self.pack.retrieval_passages > 0)
 
     def __post_init__(self) -> None:
         self._run_lock = threading.Lock()
@@ -152,7 +165,8 @@ class TrainingJob:
         if target is not None and target.status == "failed":
             raise RegistryError(f"{version} failed and has no adapter")
         try:
-            self.service.weak.swap_adapter(str(self.registry.path(version)) if version else None, version or "base")
+            self.service.weak.swap_adapter(str(self.registry.path(version)) if version else None, version or "base",
+                                           self.pack.name)
         except BackendError as exc:  # a damaged adapter: the active one keeps serving, the pointer stays
             raise JobError(f"{exc}; the active adapter is still {self.service.weak.describe().get('adapter_version')}") from exc
         self.registry.promote(version)
@@ -227,7 +241,7 @@ class TrainingJob:
             self.registry.update(version, status="rejected", metrics=metrics)
             return f"{version} rejected: {scores['candidate_score']:.3f} < active {scores['active_score']:.3f}"
         self.registry.update(version, metrics=metrics)
-        self.service.weak.swap_adapter(str(self.registry.path(version)), version)
+        self.service.weak.swap_adapter(str(self.registry.path(version)), version, self.pack.name)
         self.registry.promote(version)
 
         if self.publisher is not None:
@@ -252,7 +266,7 @@ class TrainingJob:
 
         store = self.service.store
         if any(p.evaluator == "human" for p in window):
-            live = {tuple(p.interaction_ids) for p in human_pairs(store.iter_records())}
+            live = {tuple(p.interaction_ids) for p in human_pairs(store.iter_records(), self.draft_prompts)}
             window = live_human_pairs(window, live)
         pairs = prefer_human(window)
         sessions = store.sessions_of(i for p in pairs for i in p.interaction_ids)
@@ -284,7 +298,7 @@ class TrainingJob:
         for record in records[:budget]:
             # Failed or custom-domain interactions only move the watermark. A
             # fallback's question is kept: its draft was the weak model's failure.
-            usable = answered(record["status"]) and record["domain"] in prompts.DOMAINS
+            usable = answered(record["status"]) and record["domain"] == self.pack.name
             item = QuestionItem(record["question"], record["domain"], interaction_ids=(record["id"],)) if usable else None
             todo.append((item, None, partial(marks.__setitem__, "log_after", record["created_at"])))
         if self.config.feedback_file and len(todo) < budget:
@@ -303,12 +317,13 @@ class TrainingJob:
             self._set(detail=f"collaborative feedback on question {n}/{len(todo)}")
             try:
                 result = collect_for_question(
-                    item.question, item.domain, self.service.weak, self.service.strong, evaluator or judge,
+                    item.question, self.pack.name, self.service.weak, self.service.strong, evaluator or judge,
                     self.config.feedback_k, item.reference, item.options,
                     min_margin=self.config.feedback_min_margin, min_confidence=self.config.feedback_min_confidence,
-                    weak_opts=GenerationOptions(max_new_tokens=self.config.weak_max_new_tokens, temperature=DRAFT_TEMPERATURE),
+                    weak_opts=GenerationOptions(max_new_tokens=self.config.weak_max_new_tokens, temperature=DRAFT_TEMPERATURE,
+                                                adapter=self.pack.name),
                     strong_opts=GenerationOptions(max_new_tokens=self.config.strong_max_new_tokens),
-                    store=store, interaction_ids=item.interaction_ids,
+                    store=store, interaction_ids=item.interaction_ids, prompt_set=self.prompt_set,
                 )
                 logged += result.pair_id is not None
             except Exception as exc:  # one bad question must not stop the run
@@ -322,7 +337,7 @@ class TrainingJob:
 
         store = self.service.store
         known = {tuple(p.interaction_ids) for p in store.iter_pairs(trainable_only=False) if p.evaluator == "human"}
-        new = [p for p in human_pairs(store.iter_records()) if tuple(p.interaction_ids) not in known]
+        new = [p for p in human_pairs(store.iter_records(), self.draft_prompts) if tuple(p.interaction_ids) not in known]
         for pair in new:
             store.log_pair(pair)
         return len(new)
@@ -408,11 +423,12 @@ class TrainingJob:
         return {k: v / len(items) for k, v in scores.items()} | {"eval_items": len(items)}
 
     def _collaborate(self, weak: Any, item: Any) -> str:
-        domain = prompts.get_domain(item.domain)
-        draft_opts = GenerationOptions(max_new_tokens=self.config.weak_max_new_tokens)
+        # The served weak model drafts in this pack's slot; a candidate built alone has it as its default.
+        slot = self.pack.name if weak is self.service.weak else None
+        draft_opts = GenerationOptions(max_new_tokens=self.config.weak_max_new_tokens, adapter=slot)
         final_opts = GenerationOptions(max_new_tokens=self.config.strong_max_new_tokens)
-        draft = "".join(weak.generate(prompts.weak_draft_messages(domain, item.question), **_fields(draft_opts)))
-        refine = prompts.strong_refine_messages(domain, item.question, prompts.clean_generation(draft))
+        draft = "".join(weak.generate(self.prompt_set.draft(item.question), **_fields(draft_opts)))
+        refine = self.prompt_set.refine(item.question, prompts.clean_generation(draft))
         return prompts.clean_generation("".join(self.service.strong.generate(refine, **_fields(final_opts))))
 
     def push(self, version: str) -> None:

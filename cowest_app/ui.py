@@ -27,7 +27,6 @@ STAGE_TITLES = {
     STRONG_ALONE: "Strong alone",
 }
 BEST_CHOICES = [("Final answer (collaboration)", "collab"), ("Weak draft", "weak"), ("Strong alone", "strong")]
-DOMAIN_CHOICES = [(d.label, d.key) for d in prompts.DOMAINS.values()]
 
 
 def _ms(value: float | None) -> str:
@@ -68,9 +67,21 @@ def user_error(exc: BaseException) -> gr.Error:
     return gr.Error(html.escape(str(exc), quote=False), duration=8)
 
 
+def pack_choices(service: CollabService) -> list[tuple[str, str]]:
+    """The served packs for the domain dropdown: (title, name)."""
+    return [(pack.title, name) for name, pack in service.packs.items()]
+
+
+def pack_examples(service: CollabService) -> list[list[str]]:
+    """Every served pack's example questions, each with its pack selected."""
+    return [[example, name] for name, pack in service.packs.items() for example in pack.examples]
+
+
 def models_banner(service: CollabService) -> str:
     weak, strong = service.weak.describe(), service.strong.describe()
-    weak_line = f"**Weak:** `{weak['model']}` · adapter `{weak.get('adapter_version')}`"
+    adapters = weak.get("adapters") or {}
+    served = ", ".join(f"{name} `{adapters.get(name, 'base')}`" for name in service.packs)
+    weak_line = f"**Weak:** `{weak['model']}` · adapters per domain: {served}"
     if weak.get("memory_mib") is not None:
         precision = "NF4 4-bit" if weak.get("quantization") == "nf4" else "full precision"
         weak_line += f" · {precision}, {weak['memory_mib']:.0f} MiB"
@@ -103,10 +114,11 @@ def build_ui(service: CollabService, control: "TrainingControl | None" = None) -
                                       placeholder="Ask a domain question…",
                                       max_length=service.config.max_question_chars)
                 with gr.Column(scale=1, min_width=220):
-                    domain = gr.Dropdown(DOMAIN_CHOICES, value=prompts.DEFAULT_DOMAIN, label="Domain")
+                    domain = gr.Dropdown(pack_choices(service), value=service.default_pack, label="Domain",
+                                         elem_id="domain")
                     compare = gr.Checkbox(False, label="Also answer with each model alone")
                     ask_btn = gr.Button("Ask", variant="primary", elem_id="ask")
-            gr.Examples([[d.example, d.key] for d in prompts.DOMAINS.values()], [question, domain])
+            gr.Examples(pack_examples(service), [question, domain])
             with gr.Row():
                 weak_box = gr.Textbox(label=STAGE_TITLES[WEAK], lines=12, interactive=False, buttons=["copy"],
                                       elem_id="weak-draft")

@@ -55,6 +55,14 @@ class GenerationOptions:
         return bool(self.stop) or bool(self.stop_after_line)
 
 
+@dataclass(frozen=True)
+class AdapterSlot:
+    """The LoRA adapter a weak model serves for one slot (a domain pack)."""
+
+    source: str  # a LoRA adapter directory or Hub id
+    version: str
+
+
 class BackendError(RuntimeError):
     """A generation failure with a message that can be shown to users as is."""
 

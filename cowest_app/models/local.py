@@ -37,6 +37,7 @@ from transformers import (
 
 from cowest_app.models import refs
 from cowest_app.models.base import (
+    AdapterSlot,
     BackendError,
     GenerationOptions,
     Message,
@@ -247,12 +248,6 @@ class TextStream:
 
 
 DEFAULT_SLOT = "default"  # the adapter slot of a backend built with one `adapter`
-
-
-@dataclass(frozen=True)
-class AdapterSlot:
-    source: str  # a LoRA adapter directory or Hub id
-    version: str
 
 
 @dataclass(frozen=True)

@@ -60,7 +60,7 @@ def load_error(root: Path) -> str:
 
 def test_valid_pack_loads_and_normalises_answers(tmp_path):
     pack = load_pack(write_pack(tmp_path / "p"))
-    assert (pack.name, pack.task_type, pack.metric, pack.domain) == ("tiny", "multiple_choice", "accuracy", "general")
+    assert (pack.name, pack.task_type, pack.metric, pack.title) == ("tiny", "multiple_choice", "accuracy", "tiny")
     assert [i.answer for i in pack.train] == ["B", "A"] and pack.test[0].answer == "C"
     assert [i.reference for i in pack.train] == [1, 0]
     assert pack.train[1].kind == "recall" and pack.train[0].kind is None
@@ -83,9 +83,9 @@ def test_messages_fill_templates_once(tmp_path):
 def test_format_item_and_question_items(tmp_path):
     pack = load_pack(write_pack(tmp_path / "p"))
     assert format_item(pack.train[0]) == "Which drug?\n\nOptions:\nA. Velorazine\nB. Tambrexil\nC. Oscavurin\nD. Pellidrone"
-    items = pack.question_items("train", domain="medicine")
-    assert [(q.question, q.domain, q.reference, q.options) for q in items][0] == ("Which drug?", "medicine", 1, tuple(OPTIONS))
-    assert pack.question_items("test")[0].domain == "general"
+    items = pack.question_items("train")
+    # Questions are collected under the pack's own name: the pack is the domain.
+    assert [(q.question, q.domain, q.reference, q.options) for q in items][0] == ("Which drug?", "tiny", 1, tuple(OPTIONS))
     with pytest.raises(ValueError):
         pack.question_items("dev")
 
@@ -118,13 +118,13 @@ def test_score_short_answer_metrics(tmp_path):
 
 
 def test_label_pack(tmp_path):
-    yaml_text = DOMAIN_YAML.replace("multiple_choice", "label") + "labels: [acceptable, unacceptable]\ndomain: ethics\n"
+    yaml_text = DOMAIN_YAML.replace("multiple_choice", "label") + "labels: [acceptable, unacceptable]\n"
     rows = [json.dumps({"id": "e1", "question": "I kept the found wallet.", "answer": "Unacceptable"})]
     pack = load_pack(write_pack(tmp_path / "p", yaml_text, rows, rows))
     item = pack.train[0]
     assert item.answer == "unacceptable" and item.options is None  # canonical spelling
     assert pack.score("Verdict: unacceptable.", item) == 1.0 and pack.score("That is acceptable.", item) == 0.0
-    assert pack.question_items("test")[0].options is None and pack.domain == "ethics"
+    assert pack.question_items("test")[0].options is None
     assert "acceptable, unacceptable" in pack.direct_messages("Q")[0]["content"]
 
 
@@ -171,7 +171,9 @@ BROKEN_YAML = "name: tiny\ndescription: d\ntask_type: [multiple_choice\nmetric: 
     (DOMAIN_YAML + "rag_prompt:\n  system: s\n  user: 'Q: {question}'\n", "domain.yaml:13:",
      "'rag_prompt.user' must contain {context}"),
     (DOMAIN_YAML.split("weak_prompt:")[0], "domain.yaml:", "missing field 'weak_prompt'"),
-    (DOMAIN_YAML + "domain: astrology\n", "domain.yaml:11:", "unknown domain preset 'astrology'"),
+    (DOMAIN_YAML + "retrieval: {passages: 50}\n", "domain.yaml:11:",
+     "'retrieval' must be true, false or {passages: N} with N from 1 to 20"),
+    (DOMAIN_YAML + "examples: [ok, '']\n", "domain.yaml:11:", "'examples' must be a list of non-empty question strings"),
     ("- just\n- a list\n", "domain.yaml:", "expected a mapping"),
 ])
 def test_domain_yaml_errors(tmp_path, yaml_text, where, message):
@@ -256,8 +258,8 @@ def _fact_lines(pack) -> list[str]:
 
 
 def test_saltmarsh_loads_with_enough_facts_and_items(saltmarsh):
-    assert (saltmarsh.name, saltmarsh.task_type, saltmarsh.metric, saltmarsh.domain) == (
-        "saltmarsh-formulary", "multiple_choice", "accuracy", "medicine")
+    assert (saltmarsh.name, saltmarsh.task_type, saltmarsh.metric, saltmarsh.retrieval_passages) == (
+        "saltmarsh-formulary", "multiple_choice", "accuracy", 4)
     assert len(saltmarsh.corpus_paths) >= 3
     assert len(set(_fact_lines(saltmarsh))) >= 150
     assert len(saltmarsh.train) >= 300 and len(saltmarsh.test) >= 150
