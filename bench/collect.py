@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
-from cowest_app import prompts
+from cowest_app.packs import load_pack
 from cowest_app.collect import weak_drafts
 from cowest_app.config import WEAK_DEFAULT
 from cowest_app.models.base import GenerationOptions
@@ -64,7 +64,7 @@ def run(backend: TransformersBackend, questions: list[tuple[str, str]], k: int, 
     machine hits both alike instead of whichever ran second."""
     sequential, batched = Tally(), Tally()
     for i, (domain, question) in enumerate(questions):
-        messages = prompts.weak_draft_messages(prompts.DOMAINS[domain], question)
+        messages = load_pack(f"packs/{domain}").weak_messages(question)
         options = GenerationOptions(max_new_tokens=tokens, temperature=0.8, seed=1000 + i)
         order = [(True, sequential), (False, batched)]
         for is_sequential, tally in order if i % 2 == 0 else order[::-1]:
@@ -88,7 +88,7 @@ def main() -> None:
 
     backend = TransformersBackend(WEAK_DEFAULT, load_4bit=not args.no_4bit)
     questions = [QUESTIONS[i % len(QUESTIONS)] for i in range(args.questions)]
-    weak_drafts(backend, prompts.weak_draft_messages(prompts.DOMAINS["general"], "warm up"), 2,
+    weak_drafts(backend, load_pack("packs/general").weak_messages("warm up"), 2,
                 GenerationOptions(max_new_tokens=4, temperature=0.8))  # first-call costs out of the timing
 
     sequential, batched = run(backend, questions, args.k, args.tokens)

@@ -24,7 +24,7 @@ import threading
 import time
 from pathlib import Path
 
-from cowest_app import prompts
+from cowest_app.packs import load_pack
 from cowest_app.config import WEAK_DEFAULT, AppConfig
 from cowest_app.registry import AdapterRegistry
 from cowest_app.service import CollabService
@@ -38,11 +38,11 @@ def seed_pairs(store: LogStore, n: int) -> None:
     """n trainable pairs from the shipped held-out questions: the right answer's draft over a wrong one's."""
     items = load_items(DEFAULT_EVAL_FILE)
     wrong = [i.item.reference for i in items[1:]] + [items[0].item.reference]
-    domain = prompts.DOMAINS["general"]
+    general = load_pack("packs/general")  # the domain of the shipped held-out questions
     for k in range(n):
         item, bad = items[k % len(items)].item, wrong[k % len(items)]
         store.log_pair(PreferencePair(
-            domain="general", question=item.question, prompt=prompts.weak_draft_messages(domain, item.question),
+            domain="general", question=item.question, prompt=general.weak_messages(item.question),
             chosen=f"Background: a well-known fact.\nDraft answer: {item.reference}.",
             rejected=f"Background: a well-known fact.\nDraft answer: {bad}.",
             margin=1.0, evaluator="reference", chosen_score=1.0, rejected_score=0.0, confidence=1.0,

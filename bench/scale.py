@@ -52,6 +52,7 @@ import torch
 from bench.dpo import RECIPE, varied_pairs
 from cowest_app.collect import STRONG_GREEDY, WEAK_SAMPLING, collect
 from cowest_app.config import STRONG_DEFAULT, WEAK_DEFAULT
+from cowest_app.packs import load_pack
 from cowest_app.evaluators import ReferenceEvaluator
 from cowest_app.models.local import TransformersBackend
 from cowest_app.training_job import DEFAULT_EVAL_FILE, load_items
@@ -121,7 +122,8 @@ def measure_collection(weak, strong, k: int, n: int, weak_tokens: int, strong_to
     with PeakRss() as rss:
         summary = collect(questions, weak, strong, evaluator, k=k,
                           weak_opts=replace(WEAK_SAMPLING, max_new_tokens=weak_tokens, seed=k),
-                          strong_opts=replace(STRONG_GREEDY, max_new_tokens=strong_tokens))
+                          strong_opts=replace(STRONG_GREEDY, max_new_tokens=strong_tokens),
+                          prompt_sets={"general": load_pack("packs/general").prompt_set()})
     if summary.errors:
         raise RuntimeError(f"collection failed: {summary.errors[0]}")
     return CollectCost(k, n, summary.elapsed_s, summary.pairs, rss.peak / MIB)

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from cowest_app import prompts
+from cowest_app.packs import load_pack
 from cowest_app.config import STRONG_DEFAULT, WEAK_DEFAULT
 from cowest_app.models.local import TransformersBackend
 from cowest_app.service import PROMPT_LOOKUP_TOKENS
@@ -85,9 +85,9 @@ def drafts(weak: TransformersBackend, questions: list[tuple[str, str]], tokens: 
     """The refinement prompts: each question with the weak model's greedy draft."""
     out = []
     for domain_key, question in questions:
-        domain = prompts.DOMAINS[domain_key]
-        draft = "".join(weak.generate(prompts.weak_draft_messages(domain, question), max_new_tokens=tokens))
-        out.append(prompts.strong_refine_messages(domain, question, draft))
+        pack = load_pack(f"packs/{domain_key}")  # each preset domain is a pack named after its directory
+        draft = "".join(weak.generate(pack.weak_messages(question), max_new_tokens=tokens))
+        out.append(pack.strong_messages(question, draft))
     return out
 
 

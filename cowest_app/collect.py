@@ -19,7 +19,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field, replace
 from collections.abc import Sized
-from typing import Any, Callable, Iterable, Protocol, Sequence
+from typing import Any, Callable, Iterable, Mapping, Protocol, Sequence
 
 from cowest_app import prompts
 from cowest_app.prompts import PromptSet
@@ -148,7 +148,7 @@ def collect_for_question(
     sequential: bool = False,
     store: LogStore | None = None,
     interaction_ids: Sequence[str] = (),
-    prompt_set: PromptSet | None = None,
+    prompt_set: PromptSet,
 ) -> CollectionResult:
     """Run the collaboration K times for one question and derive at most one pair.
 
@@ -160,8 +160,6 @@ def collect_for_question(
         raise ValueError("k must be at least 2: a pair needs two drafts")
     if reference is None and getattr(evaluator, "needs_reference", False):
         raise ValueError(f"the {evaluator.name} evaluator needs a reference answer for this question")
-    if prompt_set is None:
-        raise ValueError("collect_for_question needs the domain pack's prompt_set")
     shown = format_question(question, options)
     prompt = prompt_set.draft(shown)
     weak_info, strong_info = weak.describe(), strong.describe()  # provenance, read before drafting
@@ -250,6 +248,12 @@ def _pair_confidence(
     return min(scores[choice.chosen].confidence, scores[choice.rejected].confidence)
 
 
+def _prompt_set(prompt_sets: Mapping[str, PromptSet], domain: str) -> PromptSet:
+    if domain not in prompt_sets:
+        raise ValueError(f"Unsupported domain {domain!r}: no pack with that name ({', '.join(prompt_sets)})")
+    return prompt_sets[domain]
+
+
 def collect(
     questions: Iterable[QuestionItem],
     weak: Any,
@@ -264,7 +268,7 @@ def collect(
     sequential: bool = False,
     store: LogStore | None = None,
     progress: Callable[[Progress], None] | None = None,
-    prompt_set: PromptSet | None = None,
+    prompt_sets: Mapping[str, PromptSet],
 ) -> CollectSummary:
     """Collect for many questions; a question whose models fail is reported in
     `errors` and skipped, the run goes on. `progress` gets a Progress after each."""
@@ -279,7 +283,7 @@ def collect(
                 item.question, item.domain, weak, strong, evaluator, k, item.reference, item.options,
                 min_margin=min_margin, min_confidence=min_confidence, weak_opts=weak_opts,
                 strong_opts=strong_opts, sequential=sequential, store=store, interaction_ids=item.interaction_ids,
-                prompt_set=prompt_set,
+                prompt_set=_prompt_set(prompt_sets, item.domain),
             )
         except (BackendError, ValueError) as exc:  # ValueError covers bad items (unknown domain, no reference)
             errors.append((index, f"{type(exc).__name__}: {exc}"))

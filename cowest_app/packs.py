@@ -150,7 +150,7 @@ class DomainPack:
         return retrieval.Retriever(self.passages)
 
     def strong_messages(self, question_text: str, draft: str) -> list[Message]:
-        return self.prompts["strong"].render(question=question_text, draft=draft.strip() or "(empty)")
+        return self.prompts["strong"].render(question=question_text, draft=draft.strip() or app_prompts.NO_NOTES)
 
     def direct_messages(self, question_text: str) -> list[Message]:
         return self.prompts["direct"].render(question=question_text)

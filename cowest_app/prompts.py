@@ -41,12 +41,6 @@ def shown(value: object, limit: int = 60) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
-def get_domain(key: str) -> Domain:
-    if not isinstance(key, str) or key not in DOMAINS:  # isinstance: a list is unhashable, a clear error still
-        raise InputError(f"Unsupported domain {shown(key)}. Choose one of: {', '.join(DOMAINS)}.")
-    return DOMAINS[key]
-
-
 # Control characters other than newline and tab carry no meaning in a question
 # and can break tokenisers or terminals downstream.
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
@@ -75,6 +69,8 @@ def validate_question(question: object, max_chars: int) -> str:
 BACKGROUND_LABEL = "Background:"
 DRAFT_ANSWER_LABEL = "Draft answer:"
 DRAFT_LABELS = (BACKGROUND_LABEL, DRAFT_ANSWER_LABEL)
+# What the strong model's notes say when the weak model wrote nothing.
+NO_NOTES = "(no notes)"
 
 
 _SPECIAL_TOKENS = re.compile(r"<\|(?:im_start|im_end|endoftext|eot_id)\|>")

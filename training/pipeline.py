@@ -283,7 +283,7 @@ def feedback_stage(pack: DomainPack, opts: PipelineOptions, out: Path, sft: dict
 
             result = collect(items, weak, strong, evaluator, k=opts.k, min_margin=opts.min_margin,
                              weak_opts=weak_opts, strong_opts=strong_opts, progress=progress,
-                             prompt_set=pack.prompt_set(grounded))
+                             prompt_sets={pack.name: pack.prompt_set(grounded)})
         pairs = [r.pair for r in result.results if r.pair is not None and r.pair.trainable]
         _, count, sha = write_dpo_jsonl(pairs, stage_dir / "pairs.jsonl")
         report = {

@@ -8,7 +8,6 @@ from typing import Any
 
 import pytest
 
-from cowest_app import prompts
 from cowest_app.collect import Progress, QuestionItem, collect, collect_for_question, format_question
 from cowest_app.evaluators import ReferenceEvaluator, StrongJudge, WeakJudge
 from cowest_app.feedback import write_dpo_jsonl
@@ -17,6 +16,9 @@ from cowest_app.models.local import TransformersBackend
 from cowest_app.models.remote import InferenceClientBackend
 from cowest_app.store import LogStore
 from tests.fakes.openai_server import serve_openai
+from tests.served import served_pack
+
+PROMPT_SETS = {name: served_pack(name).prompt_set() for name in ("general", "medicine")}
 
 OPTIONS = ("Paris", "London")
 WEAK_OPTS = GenerationOptions(max_new_tokens=8, temperature=0.8, seed=0)
@@ -91,7 +93,7 @@ def store(tmp_path: Path) -> LogStore:
 def run_one(weak, strong_backend, evaluator, **kw):
     settings = {"k": 4, "weak_opts": WEAK_OPTS, "strong_opts": STRONG_OPTS, **kw}
     return collect_for_question("Capital of France?", "general", weak, strong_backend, evaluator,
-                                reference=0, options=OPTIONS, **settings)
+                                reference=0, options=OPTIONS, prompt_set=PROMPT_SETS["general"], **settings)
 
 
 def test_batched_drafts_pair_logged_with_provenance(weak, strong, store) -> None:
@@ -102,7 +104,8 @@ def test_batched_drafts_pair_logged_with_provenance(weak, strong, store) -> None
     ]
     seen: list[Progress] = []
     summary = collect(items, weak, backend, ReferenceEvaluator("multiple_choice"), k=4,
-                      weak_opts=WEAK_OPTS, strong_opts=STRONG_OPTS, store=store, progress=seen.append)
+                      weak_opts=WEAK_OPTS, strong_opts=STRONG_OPTS, store=store, progress=seen.append,
+                      prompt_sets=PROMPT_SETS)
 
     assert weak.sample_calls == [4, 4] and weak.generate_calls == 0  # one batched call per question
     assert len(server.requests) == 2 * (4 + 1)  # K refinements + the strong model alone
@@ -120,7 +123,7 @@ def test_batched_drafts_pair_logged_with_provenance(weak, strong, store) -> None
     assert stored.id == first.pair_id
     shown = format_question("Capital of France?", OPTIONS)
     assert stored.question == shown and shown.endswith("Options:\nA. Paris\nB. London")
-    assert stored.prompt == prompts.weak_draft_messages(prompts.DOMAINS["general"], shown)
+    assert stored.prompt == served_pack("general").weak_messages(shown)
     # The refinement requests carried exactly these drafts, in this order.
     assert (stored.chosen, stored.rejected) == (first.drafts[0], first.drafts[1])
     assert (stored.chosen_score, stored.rejected_score, stored.margin) == (1.0, 0.0, 1.0)
@@ -181,7 +184,7 @@ def test_failed_questions_are_reported_and_the_run_goes_on(weak, strong) -> None
     ])
     seen: list[Progress] = []
     summary = collect(items, weak, strong[0], ReferenceEvaluator("multiple_choice"),
-                      weak_opts=WEAK_OPTS, strong_opts=STRONG_OPTS, progress=seen.append)
+                      weak_opts=WEAK_OPTS, strong_opts=STRONG_OPTS, progress=seen.append, prompt_sets=PROMPT_SETS)
     assert [i for i, _ in summary.errors] == [0, 1]
     assert weak.sample_calls == [4]  # bad items are refused before any generation
     assert "Unsupported domain" in summary.errors[0][1] and "reference" in summary.errors[1][1]

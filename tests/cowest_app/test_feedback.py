@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 
-from cowest_app import prompts
 from cowest_app.feedback import (
     choose_pair,
     contains_answer,
@@ -28,6 +27,7 @@ from cowest_app.feedback import (
     write_dpo_jsonl,
 )
 from cowest_app.store import PreferencePair
+from tests.served import served_pack
 
 CITIES = ["Paris", "London", "Berlin", "Rome"]
 
@@ -234,7 +234,7 @@ def test_human_pairs() -> None:
         record("unknown-domain", "Code.", [{"rating": -1}], domain="code"),
         record("no-draft", "", [{"rating": -1}]),
     ]
-    pairs = human_pairs(records)
+    pairs = human_pairs(records, {"general": served_pack("general").weak_messages})
     assert [(p.chosen, p.rejected) for p in pairs] == [
         ("Rayleigh scattering.", "Because of the ocean."),
         ("Rayleigh scattering.", "Clouds."),
@@ -242,7 +242,7 @@ def test_human_pairs() -> None:
     first = pairs[0]
     assert first.evaluator == "human" and first.confidence == 1.0 and first.trainable
     assert first.interaction_ids == ("up", "down")
-    assert first.prompt == prompts.weak_draft_messages(prompts.DOMAINS["general"], "Why is the sky blue?")
+    assert first.prompt == served_pack("general").weak_messages("Why is the sky blue?")
     assert first.adapter_version == "v1" and first.details["rejected_adapter_version"] == "v2"
 
 
@@ -253,13 +253,13 @@ def test_human_pairs_dedupe_and_identical() -> None:
         record("d1", "Other.", [{"best": "strong"}]),
         record("d2", "Same.", [{"rating": -1}]),
     ]
-    pairs = human_pairs(records)
+    pairs = human_pairs(records, {"general": served_pack("general").weak_messages})
     assert [(p.chosen, p.rejected, p.interaction_ids) for p in pairs] == [("Same.", "Other.", ("u1", "d1"))]
 
 
 def make_pair(evaluator: str, question: str = "Why is the sky blue?", chosen: str = "good") -> PreferencePair:
     return PreferencePair(domain="general", question=question,
-                          prompt=prompts.weak_draft_messages(prompts.DOMAINS["general"], question),
+                          prompt=served_pack("general").weak_messages(question),
                           chosen=chosen, rejected="bad", margin=1.0, evaluator=evaluator)
 
 

@@ -41,6 +41,7 @@ from cowest_app.store import LogStore, clean_text as store_clean
 from cowest_app.training_job import JobError, TrainingJob
 from cowest_app.ui import _escape, build_ui, job_state_md, stage_table, user_error
 from tests.fakes.openai_server import serve_openai
+from tests.served import SERVED_NAMES
 
 SECRETS = Secrets(strong_api_token="sk-FAKE-strong-0123456789", hf_token="hf_FAKEhubtoken0123456789",
                   admin_secret="FAKE-admin-secret-0123456789")
@@ -134,7 +135,7 @@ def assert_secrets_nowhere(service: CollabService, records: Records) -> None:
 
 
 @FUZZ
-@given(question=st.sampled_from((False, True, True, True)).flatmap(lambda ok: hostile_text if ok else not_text), domain=mostly(st.sampled_from(list(prompts.DOMAINS))),
+@given(question=st.sampled_from((False, True, True, True)).flatmap(lambda ok: hostile_text if ok else not_text), domain=mostly(st.sampled_from(SERVED_NAMES)),
        compare=st.booleans(), session=st.one_of(st.none(), hostile_text))
 def test_ask_answers_or_refuses_and_never_loses_the_log(env, question, domain, compare, session) -> None:
     service, server, records, _ = env

@@ -24,6 +24,7 @@ from cowest_app.ui import stage_table
 from tests.cowest_app.test_draft_check import GOOD, LIVE_LOOP, SCURVY
 from tests.fakes.openai_server import serve_openai
 from tests.fakes.scripted_backend import ScriptedBackend
+from tests.served import served_pack
 
 STRONG_ALONE_ANSWER = "Scurvy is caused by a lack of vitamin C; the first-line treatment is vitamin C (ascorbic acid)."
 NOTES = re.compile(r'"""\n(.*?)\n"""', re.DOTALL)
@@ -57,7 +58,7 @@ def test_a_looping_draft_is_redrafted_then_dropped_and_the_strong_model_answers_
     # The strong model never saw the loop: it got the direct prompt.
     [request] = server.requests
     assert "Vibrio" not in str(request.body["messages"])
-    assert request.body["messages"] == prompts.direct_answer_messages(prompts.DOMAINS["medicine"], SCURVY)
+    assert request.body["messages"] == served_pack("medicine").direct_messages(SCURVY)
 
     # One re-draft, sampled and stricter than the first draft, which had the serving anti-loop rules.
     (_, first), (_, second) = weak.calls

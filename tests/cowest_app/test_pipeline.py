@@ -4,15 +4,15 @@ from pathlib import Path
 
 import pytest
 
-from cowest_app import prompts
 from cowest_app.models.base import GenerationOptions
 from cowest_app.models.local import TransformersBackend
 from cowest_app.models.remote import InferenceClientBackend
 from cowest_app.pipeline import COLLAB, STRONG_ALONE, WEAK, WEAK_ALONE, CollaborationPipeline
 from tests.fakes.openai_server import closed_port_url, serve_openai
+from tests.served import served_pack
 
 OPTS = GenerationOptions(max_new_tokens=12)
-DOMAIN = prompts.DOMAINS["medicine"]
+PROMPTS = served_pack("medicine").prompt_set()
 
 
 @pytest.fixture(scope="module")
@@ -21,7 +21,7 @@ def tiny(tiny_model_dir: Path) -> TransformersBackend:
 
 
 def run(pipeline, compare=False):
-    snaps = list(pipeline.run(DOMAIN, "Which vitamin prevents scurvy?", compare))
+    snaps = list(pipeline.run(PROMPTS, "Which vitamin prevents scurvy?", compare))
     return snaps, snaps[-1]
 
 

@@ -25,6 +25,7 @@ from cowest_app.registry import AdapterRegistry
 from cowest_app.service import CollabService, RateLimited
 from cowest_app.store import Interaction, LogStore, PreferencePair
 from cowest_app.training_job import TrainingJob
+from tests.served import served_pack
 
 CAP = 0.2
 
@@ -106,13 +107,13 @@ def test_human_pairs_ignore_foreign_and_repeated_votes() -> None:
         rec("x1", "x", "Poison.", [{"session_id": "x", "rating": 1}, {"session_id": "x", "rating": 1}]),
         rec("b2", "b", "Poison too.", [{"session_id": "x", "rating": -1}]),
     ]
-    pairs = human_pairs(records)
+    pairs = human_pairs(records, {"general": served_pack("general").weak_messages})
     assert sorted(p.interaction_ids for p in pairs) == [("g", "b"), ("x1", "b")]
 
 
 def pair(ids: tuple[str, ...], evaluator: str = "human", chosen: str = "good", question: str = "q?") -> PreferencePair:
     return PreferencePair(domain="general", question=question,
-                          prompt=prompts.weak_draft_messages(prompts.DOMAINS["general"], question),
+                          prompt=served_pack("general").weak_messages(question),
                           chosen=chosen, rejected="bad", margin=1.0, evaluator=evaluator, interaction_ids=ids)
 
 
@@ -240,7 +241,7 @@ def auto_pair(store: LogStore, session: str, k: int) -> None:
     question = f"{session}: other question {k}?"
     iid = log_answer(store, session, question, f"{session} draft {k}")
     store.log_pair(PreferencePair(domain="general", question=question,
-                                  prompt=prompts.weak_draft_messages(prompts.DOMAINS["general"], question),
+                                  prompt=served_pack("general").weak_messages(question),
                                   chosen=f"{session} better {k}", rejected=f"{session} worse {k}", margin=0.5,
                                   evaluator="weak_judge", confidence=0.9, interaction_ids=(iid,)))
 

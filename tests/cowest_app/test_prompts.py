@@ -3,29 +3,26 @@ from __future__ import annotations
 import pytest
 
 from cowest_app import prompts
+from tests.served import SERVED_NAMES, served_pack
 
 
-def test_every_domain_builds_all_prompts():
-    assert {"counterfactual", "medicine", "ethics", "general"} <= set(prompts.DOMAINS)
-    for domain in prompts.DOMAINS.values():
-        weak = prompts.weak_draft_messages(domain, "Q?")
-        strong = prompts.strong_refine_messages(domain, "Q?", "D.")
-        alone = prompts.direct_answer_messages(domain, "Q?")
-        for messages in (weak, strong, alone):
-            assert [m["role"] for m in messages] == ["system", "user"]
-            assert domain.label.lower() in messages[0]["content"].lower()
+@pytest.mark.parametrize("name", SERVED_NAMES)
+def test_every_served_pack_builds_all_prompts(name):
+    pack = served_pack(name)
+    for messages in (pack.weak_messages("Q?"), pack.strong_messages("Q?", "D."), pack.direct_messages("Q?"),
+                     pack.draft_messages("Q?", grounded=True)):
+        assert [m["role"] for m in messages] == ["system", "user"] and "Q?" in messages[1]["content"]
 
 
 def test_weak_prompt_asks_for_background_and_draft():
-    msgs = prompts.weak_draft_messages(prompts.DOMAINS["medicine"], "Which vitamin prevents scurvy?")
+    msgs = served_pack("medicine").weak_messages("Which vitamin prevents scurvy?")
     assert "Question: Which vitamin prevents scurvy?" in msgs[1]["content"]
-    assert "Background:" in msgs[1]["content"] and "Draft answer:" in msgs[1]["content"]
     # The serving draft stops after the line of this label: it must be the one the prompt asks for.
     assert all(label in msgs[1]["content"] for label in prompts.DRAFT_LABELS)
 
 
 def test_strong_prompt_carries_question_and_draft():
-    msgs = prompts.strong_refine_messages(prompts.DOMAINS["general"], "Why is the sky blue?", "  Rayleigh scattering.  ")
+    msgs = served_pack("general").strong_messages("Why is the sky blue?", "  Rayleigh scattering.  ")
     user = msgs[1]["content"]
     assert user.startswith("Question: Why is the sky blue?")
     assert '"""\nRayleigh scattering.\n"""' in user
@@ -33,17 +30,17 @@ def test_strong_prompt_carries_question_and_draft():
     assert not user.rstrip().endswith(":")
 
 
-def test_strong_prompt_offers_the_draft_as_optional_notes_never_to_be_mentioned():
-    for domain in prompts.DOMAINS.values():
-        system, user = (m["content"].lower() for m in prompts.strong_refine_messages(domain, "Q?", "D."))
-        # Words that leaked into answers live (issue 12) are not put in the model's mouth.
-        for word in ("specialist", "colleague", "draft", "final answer"):
-            assert word not in system and word not in user, (domain.key, word)
-        assert "notes" in user and "ignore" in system and "never mention the notes" in system
+@pytest.mark.parametrize("name", SERVED_NAMES)
+def test_strong_prompt_offers_the_draft_as_optional_notes_never_to_be_mentioned(name):
+    system, user = (m["content"].lower() for m in served_pack(name).strong_messages("Q?", "D."))
+    # Words that leaked into answers live (issue 12) are not put in the model's mouth.
+    for word in ("specialist", "colleague", "draft", "final answer"):
+        assert word not in system and word not in user, (name, word)
+    assert "notes" in user and "ignore" in system and "never mention the notes" in system
 
 
 def test_strong_prompt_marks_a_missing_draft():
-    msgs = prompts.strong_refine_messages(prompts.DOMAINS["general"], "Q?", "")
+    msgs = served_pack("general").strong_messages("Q?", "")
     assert prompts.NO_NOTES in msgs[1]["content"]
 
 
@@ -70,11 +67,6 @@ def test_clean_answer_strips_leading_scaffolding(raw, clean):
 ])
 def test_clean_answer_leaves_real_answers_alone(text):
     assert prompts.clean_answer(text) == text
-
-
-def test_unknown_domain_is_a_clear_error():
-    with pytest.raises(prompts.InputError, match="Unsupported domain 'astrology'"):
-        prompts.get_domain("astrology")
 
 
 @pytest.mark.parametrize("raw", ["", "   ", "\n\t ", "\x00\x01"])

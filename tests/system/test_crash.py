@@ -25,12 +25,12 @@ from pathlib import Path
 import psutil
 from gradio_client import Client
 
-from cowest_app import prompts
 from cowest_app.registry import AdapterRegistry, AdapterVersion
 from cowest_app.store import LogStore, PreferencePair
 from tests.conftest import make_lora_adapter
 from tests.system.app_process import ROOT, AppProcess, tiny_model_env, wait_for
 from tests.system.users import LoadResult, run_users
+from tests.served import served_pack
 
 ADMIN_SECRET = "crash-test-admin-secret"
 WRITERS = 4
@@ -53,11 +53,10 @@ def prepare_data_dir(data_dir: Path, model_dir: Path) -> str:
     registry.register(staged, AdapterVersion(version="v1", status="candidate", base_model=str(model_dir)))
     registry.promote("v1")
     store = LogStore(data_dir / "cowest.sqlite3")
-    domain = prompts.DOMAINS["general"]
     for n in range(8):
         question = f"What is {n} + {n}?"
         store.log_pair(PreferencePair(
-            domain="general", question=question, prompt=prompts.weak_draft_messages(domain, question),
+            domain="general", question=question, prompt=served_pack("general").weak_messages(question),
             chosen=f"Draft answer: {2 * n}.", rejected=f"Draft answer: {2 * n + 1}.", margin=1.0,
             evaluator="reference", chosen_score=1.0, rejected_score=0.0, confidence=1.0,
         ))
