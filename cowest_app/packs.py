@@ -48,6 +48,8 @@ SPLITS = ("train", "test")
 CORPUS_SUFFIXES = (".md", ".txt")
 LETTERS = "ABCDE"  # at most five options, as in the public multiple-choice sets
 MAX_ERRORS = 20
+SHIPPED_ADAPTER_DIR = "adapter"  # optional: the adapter the pack's pipeline trained, shipped beside domain.yaml
+SHIPPED_RECORD = "shipped.json"  # in it: the command, data hash and results that made that adapter
 DEFAULT_RETRIEVAL_PASSAGES = 4  # passages a weak model drafts from when a pack turns retrieval on without a number
 
 # Placeholders each template's user message must contain.

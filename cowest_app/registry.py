@@ -191,3 +191,33 @@ class AdapterRegistry:
                     archive.write(file, f"{version}/{file.name}")
             archive.writestr(f"{version}/README.md", card_md)
         return out
+
+
+# -- command line --------------------------------------------------------------
+def main(argv: list[str] | None = None) -> int:
+    """Register an adapter trained outside the app (e.g. by training.pipeline) as a pack's next version."""
+    import argparse
+
+    from cowest_app.packs import PackError, load_pack
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("--pack", required=True, help="the domain pack directory the adapter was trained on")
+    parser.add_argument("--adapter", required=True, type=Path, help="directory with adapter_config.json and the weights")
+    parser.add_argument("--data-dir", type=Path, default=Path("data"), help="the app's COWEST_DATA_DIR")
+    parser.add_argument("--no-promote", action="store_true", help="register as a candidate; do not make it active")
+    ns = parser.parse_args(argv)
+    try:
+        pack = load_pack(ns.pack)
+        registry = AdapterRegistry(ns.data_dir / "adapters" / pack.name)  # AppConfig.pack_adapters_dir
+        record = ns.adapter / "metrics.json"
+        metrics = json.loads(record.read_text(encoding="utf-8")) if record.is_file() else {}
+        meta = registry.import_adapter(ns.adapter, promote=not ns.no_promote, metrics=metrics,
+                                       config={"imported_from": str(ns.adapter.resolve())})
+    except (PackError, RegistryError, OSError) as exc:
+        parser.error(str(exc))
+    print(f"{pack.name}: {meta.version} ({meta.status}) from {ns.adapter}; the app serves it after a restart")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -20,7 +20,7 @@ from cowest_app import prompts
 from cowest_app.config import AppConfig, ConfigError
 from cowest_app.export import export_log
 from cowest_app.models.base import AdapterSlot, Backend, GenerationOptions, create_backend
-from cowest_app.packs import DomainPack, PackError, load_pack
+from cowest_app.packs import SHIPPED_ADAPTER_DIR, SHIPPED_RECORD, DomainPack, PackError, load_pack
 from cowest_app.pipeline import (
     COLLAB,
     DRAFT_CHECK,
@@ -42,8 +42,6 @@ log = logging.getLogger(__name__)
 BEST_CHOICES = ("weak", "collab", "strong")
 RATINGS = {"up": 1, "down": -1}
 MAX_ID_CHARS = 64  # interaction ids are 32 hex digits; anything longer is not one
-SHIPPED_ADAPTER_DIR = "adapter"  # a pack's trained adapter, shipped beside its domain.yaml
-SHIPPED_RECORD = "shipped.json"  # in it: the command, data hash and results that made it
 # Drafts grounded in retrieved passages copy them; only repeats this long are loops there.
 GROUNDED_NO_REPEAT_NGRAM = 12
 

@@ -66,7 +66,9 @@ SYSTEMS: dict[str, str] = {
 ANSWER_PREFIX = "Answer:"  # the answering model's reply opens with it; options are scored after it
 CHOICE_TASKS = ("multiple_choice", "label")
 RESULTS_JSON, RESULTS_MD, RESULTS_PNG = "results.json", "results.md", "results.png"
-DRAFTS_JSON = "drafts.json"  # --drafts-only: what each weak model drafted, unscored
+DRAFTS_JSON = "drafts.json"
+# An answering prompt longer than this means the context was not bounded (see cowest_app/retrieval.py).
+PROMPT_TOKEN_BUDGET = 1024  # --drafts-only: what each weak model drafted, unscored
 
 Progress = Callable[[int], None]  # called with the number of items just finished
 
@@ -302,6 +304,10 @@ def run_system(
         answers = final_answers(pack, answerer, items, conversations, settings, bar.update)
     scores = [float(pack.score(a, item)) for a, item in zip(answers, items)]
     tokens = [int(answerer.encode(c)["input_ids"].shape[-1]) for c in conversations]
+    over = sum(t > PROMPT_TOKEN_BUDGET for t in tokens)
+    if over:  # e.g. retrieval units that are not bounded: every prompt then carries far more than intended
+        log.warning("%s: %d of %d prompts exceed %d tokens (longest %d)", label, over, len(tokens),
+                    PROMPT_TOKEN_BUDGET, max(tokens))
     rows = [{"id": item.id, "score": s, "answer": a, "draft": d, "prompt_tokens": t}
             for item, s, a, d, t in zip(items, scores, answers, drafts, tokens)]
     return summarise(scores) | {"label": label, "seconds": round(time.perf_counter() - started, 3),
@@ -415,7 +421,7 @@ def evaluate(
             "bootstrap": {"resamples": 1000, "seed": 0, "level": 0.95}, "only": list(only) if only else None,
         },
         "seconds": round(time.perf_counter() - started, 3),
-        "systems": systems,
+        "systems": {key: systems[key] for key in SYSTEMS if key in systems},  # the table's order
     }
     if out is not None and drafts_only:
         Path(out).mkdir(parents=True, exist_ok=True)

@@ -64,6 +64,9 @@ def artifacts_dir() -> Path:
     return path
 
 
+DEFAULT_PACK = "saltmarsh-formulary"  # the first of the app's default COWEST_PACKS
+
+
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -71,8 +74,8 @@ def _free_port() -> int:
 
 
 def _promote_tiny_adapter(data_dir: Path, base_dir: Path) -> None:
-    """Register and promote a real LoRA adapter as v1, as a finished training run would."""
-    registry = AdapterRegistry(data_dir / "adapters")
+    """Register and promote a real LoRA adapter as the default pack's v1, as a finished training run would."""
+    registry = AdapterRegistry(data_dir / "adapters" / DEFAULT_PACK)
     staged = make_lora_adapter(base_dir, registry.staging_dir("v1"), seed=1)
     registry.register(staged, AdapterVersion(version="v1", status="candidate", base_model=str(base_dir), n_pairs=8,
                                              metrics={"train_loss": 0.62, "rewards/margins": 0.41}))
@@ -168,13 +171,19 @@ def ask(page: Page, question: str) -> None:
 def test_ask_rate_export_and_see_the_training_dashboard(page: Page, artifacts_dir: Path, tiny_model_dir: Path):
     question = "What does NSAID stand for?"
     expect(page.locator("#models-banner")).to_contain_text(f"Weak: {tiny_model_dir}")
-    expect(page.locator("#models-banner")).to_contain_text("adapter v1")
+    expect(page.locator("#models-banner")).to_contain_text(f"{DEFAULT_PACK} v1")
 
     ask(page, question)
     weak = page.locator("#weak-draft textarea").input_value()
     final = page.locator("#final-answer textarea").input_value()
     assert weak.strip() and final.strip(), (weak, final)
     expect(page.locator("#stage-table tr", has_text="Weak draft")).to_contain_text("v1")
+
+    # Another pack drafts with its own adapter: the general pack has none, so the bare base.
+    page.locator("#domain input").click()
+    page.get_by_role("option", name="General").click()
+    ask(page, "Why is the sky blue?")
+    expect(page.locator("#stage-table tr", has_text="Weak draft")).to_contain_text("base")
 
     page.locator("#rate-up").click()
     expect(page.locator("#feedback-message")).to_contain_text("👍 recorded")

@@ -91,9 +91,9 @@ def store(tmp_path: Path) -> LogStore:
 
 
 def run_one(weak, strong_backend, evaluator, **kw):
-    settings = {"k": 4, "weak_opts": WEAK_OPTS, "strong_opts": STRONG_OPTS, **kw}
+    settings = {"k": 4, "weak_opts": WEAK_OPTS, "strong_opts": STRONG_OPTS, "prompt_set": PROMPT_SETS["general"], **kw}
     return collect_for_question("Capital of France?", "general", weak, strong_backend, evaluator,
-                                reference=0, options=OPTIONS, prompt_set=PROMPT_SETS["general"], **settings)
+                                reference=0, options=OPTIONS, **settings)
 
 
 def test_batched_drafts_pair_logged_with_provenance(weak, strong, store) -> None:
@@ -227,7 +227,7 @@ class ScoresByDraftLength:
 
 
 def test_prompt_set_and_self_answering_evaluator(weak, strong) -> None:
-    from cowest_app.collect import PromptSet
+    from cowest_app.prompts import PromptSet
 
     backend, server = strong
     prompt_set = PromptSet(

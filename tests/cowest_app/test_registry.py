@@ -96,3 +96,18 @@ def test_zip_holds_adapter_and_card(tmp_path: Path):
     with zipfile.ZipFile(out) as archive:
         assert sorted(archive.namelist()) == ["v1/README.md", "v1/adapter_config.json", "v1/adapter_model.safetensors", "v1/cowest.json"]
         assert archive.read("v1/README.md") == b"# card"
+
+
+def test_an_adapter_trained_elsewhere_is_imported_as_the_next_active_version(tmp_path, tiny_adapters):
+    from cowest_app.registry import main
+
+    registry = AdapterRegistry(tmp_path / "data" / "adapters" / "general")
+    first = registry.import_adapter(tiny_adapters["v1"], metrics={"note": "shipped"})
+    assert (first.version, first.status, first.metrics) == ("v1", "active", {"note": "shipped"})
+    assert (registry.path("v1") / "adapter_model.safetensors").read_bytes() == \
+        (tiny_adapters["v1"] / "adapter_model.safetensors").read_bytes()
+    # One command registers a pipeline's adapter for a served pack (under data/adapters/<pack name>).
+    assert main(["--pack", "packs/general", "--adapter", str(tiny_adapters["v2"]), "--data-dir", str(tmp_path / "data")]) == 0
+    assert registry.active().version == "v2" and registry.get("v1").status == "archived"
+    with pytest.raises(SystemExit):
+        main(["--pack", "packs/general", "--adapter", str(tmp_path), "--data-dir", str(tmp_path / "data")])  # no adapter there

@@ -118,3 +118,48 @@ def test_export_writes_every_interaction(service: CollabService):
     lines = [json.loads(line) for line in path.read_text().splitlines()]
     assert [r["question"] for r in lines] == ["a?", "b?"]
     assert all(r["feedback"][0]["rating"] == -1 for r in lines)
+
+
+def test_the_app_serves_its_packs_with_the_adapter_each_ships(tmp_path: Path, tiny_model_dir: Path, tiny_adapters):
+    import shutil
+
+    from cowest_app.registry import AdapterRegistry
+    from cowest_app.service import build_weak, load_served_packs
+
+    # A pack shipping the adapter its pipeline trained, served first, and a pack without one.
+    shipped = tmp_path / "packs" / "general"
+    shutil.copytree(Path("packs/general"), shipped)
+    shutil.copytree(tiny_adapters["v1"], shipped / "adapter")
+    (shipped / "adapter" / "shipped.json").write_text(json.dumps(
+        {"base_model": "tiny", "data_sha256": "abc", "command": "python -m training.pipeline ...",
+         "results": {"recall": 0.5}}))
+    config = AppConfig(data_dir=tmp_path / "data", weak_model=str(tiny_model_dir), weak_4bit=False,
+                       packs=(str(shipped), "packs/ethics"), weak_max_new_tokens=8, strong_max_new_tokens=8)
+    packs = load_served_packs(config)
+    weak = build_weak(config, packs)
+    service = CollabService(config, weak, TransformersBackend(str(tiny_model_dir)), LogStore(config.db_path), packs)
+
+    registry = AdapterRegistry(config.pack_adapters_dir("general"))
+    installed = registry.active()
+    assert (installed.version, installed.data_hash, installed.metrics) == ("v1", "abc", {"recall": 0.5})
+    assert service.default_pack == "general" and weak.adapter_versions() == {"general": "v1"}
+    general = list(service.ask("Why is the sky blue?", "general"))[-1]
+    ethics = list(service.ask("Is lying wrong?", "ethics"))[-1]
+    logged = {r.domain: r.adapter_version for r in map(service.store.get_interaction,
+                                                        (general.interaction_id, ethics.interaction_id))}
+    assert logged == {"general": "v1", "ethics": "base"}
+    # Restarting does not install it twice.
+    build_weak(config, packs)
+    assert [v.version for v in registry.versions()] == ["v1"]
+
+
+def test_packs_that_cannot_be_served_stop_the_start_with_a_clear_error(tmp_path: Path):
+    from cowest_app.config import ConfigError
+    from cowest_app.service import load_served_packs
+
+    with pytest.raises(ConfigError, match="COWEST_PACKS: .*not a directory"):
+        load_served_packs(AppConfig(packs=(str(tmp_path / "missing"),)))
+    with pytest.raises(ConfigError, match="two packs are named 'general'"):
+        load_served_packs(AppConfig(packs=("packs/general", "packs/general")))
+    with pytest.raises(ConfigError, match="COWEST_TRAIN_PACK='medicine' is not served"):
+        load_served_packs(AppConfig(packs=("packs/general",), train_pack="medicine"))

@@ -228,11 +228,18 @@ def test_evaluate_cli_with_adapters(tmp_path: Path, tiny_model_dir: Path, tiny_a
     out = tmp_path / "eval"
     tiny = str(tiny_model_dir)
     code = main(["--pack", str(pack), "--weak", tiny, "--strong", tiny, "--sft-adapter", str(tiny_adapters["v1"]),
-                 "--dpo-adapter", str(tiny_adapters["v2"]), "--limit", "3", "--out", str(out),
-                 "--draft-tokens", "4", "--device", "cpu"])
+                 "--dpo-adapter", str(tiny_adapters["v2"]), "--grounded-dpo-adapter", str(tiny_adapters["v1"]),
+                 "--limit", "3", "--out", str(out), "--draft-tokens", "4", "--device", "cpu"])
     assert code == 0
     results = json.loads((out / "results.json").read_text())
     assert list(results["systems"]) == list(SYSTEMS)
+    # What each system costs the answering model is recorded per item: RAG reads passages, a draft is shorter.
+    tokens = {k: [r["prompt_tokens"] for r in s["items"]] for k, s in results["systems"].items()}
+    assert all(t > 0 for ts in tokens.values() for t in ts)
+    assert results["systems"]["strong_rag"]["mean_prompt_tokens"] > results["systems"]["strong"]["mean_prompt_tokens"]
+    # A draft grounded in passages is written from another prompt than one from memory.
+    grounded = [r["draft"] for r in results["systems"]["collab_retrieval_sft"]["items"]]
+    assert grounded != [r["draft"] for r in results["systems"]["collab_sft"]["items"]]
     assert all(s["n"] == 3 and all(r["answer"] in ("Answer: A", "Answer: B", "Answer: C") for r in s["items"])
                for s in results["systems"].values())
     # The three weak models really differ: each adapter changes the drafts.
@@ -241,3 +248,18 @@ def test_evaluate_cli_with_adapters(tmp_path: Path, tiny_model_dir: Path, tiny_a
     assert (out / "results.png").stat().st_size > 1000
     assert "| Weak + Strong (SFT+DPO weak) |" in (out / "results.md").read_text()
     assert "| Strong + RAG |" in capsys.readouterr().out
+
+
+def test_drafts_only_never_loads_the_strong_model(tmp_path: Path, tiny_model_dir: Path, tiny_adapters) -> None:
+    pack = write_pack(tmp_path / "pack")
+    out = tmp_path / "drafts"
+    code = main(["--pack", str(pack), "--weak", str(tiny_model_dir), "--strong", str(tmp_path / "no-such-model"),
+                 "--sft-adapter", str(tiny_adapters["v1"]), "--grounded", "--drafts-only",
+                 "--systems", "collab_base,collab_retrieval_sft", "--limit", "2", "--out", str(out),
+                 "--draft-tokens", "4", "--device", "cpu"])
+    assert code == 0
+    drafts = json.loads((out / "drafts.json").read_text())
+    assert list(drafts["systems"]) == ["collab_base", "collab_retrieval_sft"]
+    assert all([r["id"] for r in s["items"]] == ["q6", "q7"] and all(r["draft"] for r in s["items"])
+               for s in drafts["systems"].values())
+    assert not any("score" in r for s in drafts["systems"].values() for r in s["items"])

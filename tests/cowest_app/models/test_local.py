@@ -176,3 +176,32 @@ def test_cancel_flags_live_on_the_ids_device() -> None:
     assert flags.device.type == "meta" and flags.shape == (3,) and flags.dtype == torch.bool
     event.set()
     assert _Cancelled(event)(torch.zeros((2, 4), dtype=torch.long), None).tolist() == [True, True]
+
+
+def test_one_base_serves_one_adapter_per_pack(tiny_model_dir: Path, tiny_adapters):
+    from cowest_app.models.base import AdapterSlot
+
+    plain = TransformersBackend(str(tiny_model_dir))
+    alone = {v: TransformersBackend(str(tiny_model_dir), adapter=str(tiny_adapters[v]), adapter_version=v) for v in ("v1", "v2")}
+    backend = TransformersBackend(str(tiny_model_dir), adapters={
+        "pack-a": AdapterSlot(str(tiny_adapters["v1"]), "v1"), "pack-b": AdapterSlot(str(tiny_adapters["v2"]), "v2")})
+
+    def text(b: TransformersBackend, slot: str | None = None) -> tuple[str, str]:
+        stream = b.generate(MESSAGES, max_new_tokens=12, adapter=slot)
+        return "".join(stream), stream.info["adapter_version"]
+
+    # Each request drafts with its pack's adapter, exactly as a model holding only that adapter;
+    # a pack without an adapter gets the bare base model.
+    assert text(backend, "pack-a") == (text(alone["v1"])[0], "v1")
+    assert text(backend, "pack-b") == (text(alone["v2"])[0], "v2")
+    assert text(backend, "pack-c") == (text(plain)[0], BASE_VERSION)
+    assert backend.sample(MESSAGES, 2, max_new_tokens=6, temperature=0.9, seed=3, adapter="pack-b") == \
+        alone["v2"].sample(MESSAGES, 2, max_new_tokens=6, temperature=0.9, seed=3)
+    assert backend.adapter_versions() == {"pack-a": "v1", "pack-b": "v2"}
+
+    # Swapping one pack's adapter keeps the other's.
+    backend.swap_adapter(str(tiny_adapters["v2"]), "v7", "pack-a")
+    assert text(backend, "pack-a") == (text(alone["v2"])[0], "v7")
+    assert text(backend, "pack-b")[1] == "v2" and backend.describe()["adapters"] == {"pack-b": "v2", "pack-a": "v7"}
+    backend.swap_adapter(None, "base", "pack-b")
+    assert text(backend, "pack-b") == (text(plain)[0], BASE_VERSION)
