@@ -30,7 +30,6 @@ from cowest_app.config import AppConfig
 from cowest_app.models.base import BackendError, GenerationOptions
 from cowest_app.files import write_atomic
 from cowest_app.registry import AdapterRegistry, AdapterVersion, RegistryError
-from training.common import NICE_ENV, PARENT_PID_ENV
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +37,10 @@ ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_EVAL_FILE = Path(__file__).parent / "data" / "heldout_general.jsonl"
 PHASES = ("idle", "collecting", "training", "evaluating", "pushing")
 DRAFT_TEMPERATURE = 0.8  # K drafts must differ to be compared
+# The environment the app sets for its training child (`python -m training.dpo`), read there by
+# training.common.exit_with_parent / lower_priority: the child imports these names from here.
+PARENT_PID_ENV = "COWEST_PARENT_PID"  # exit when that process is gone
+NICE_ENV = "COWEST_TRAIN_NICE"  # run at this niceness
 
 
 class JobError(RuntimeError):
