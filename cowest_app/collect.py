@@ -10,8 +10,9 @@ weak model to write the drafts that help the strong model.
 Two seams let a caller change how a question is run without touching this
 loop: a `PromptSet` (the app's domain presets by default; a domain pack
 brings its own templates), and an evaluator that answers conversations
-itself (`answer_and_score`, e.g. by the strong model's option likelihood)
-instead of the strong model generating finals for a text evaluator.
+itself (a `SelfAnsweringEvaluator`, e.g. by the strong model's option
+likelihood) instead of the strong model generating finals for a
+`TextEvaluator`.
 """
 
 from __future__ import annotations
@@ -19,12 +20,12 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field, replace
 from collections.abc import Sized
-from typing import Any, Callable, Iterable, Protocol, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 from cowest_app import prompts
-from cowest_app.evaluators import Evaluator, Score
+from cowest_app.evaluators import Evaluator, PairJudge, Score, SelfAnsweringEvaluator, TextEvaluator
 from cowest_app.feedback import PairChoice, Reference, choose_pair, influences
-from cowest_app.models.base import Backend, BackendError, GenerationOptions, Message
+from cowest_app.models.base import Backend, BackendError, GenerationOptions, Message, WeakModel
 from cowest_app.store import LogStore, PreferencePair
 
 # Drafts must differ to be compared, so the weak model samples; the strong
@@ -53,18 +54,6 @@ def domain_prompt_set(domain: prompts.Domain) -> PromptSet:
         refine=lambda q, d: prompts.strong_refine_messages(domain, q, d),
         direct=lambda q: prompts.direct_answer_messages(domain, q),
     )
-
-
-class SelfAnsweringEvaluator(Protocol):
-    """An evaluator that answers the strong model's conversations itself and
-    scores those answers, e.g. from the strong model's option likelihoods:
-    no finals are generated for it."""
-
-    name: str
-
-    def answer_and_score(
-        self, conversations: Sequence[list[Message]], reference: Reference | None, options: Sequence[str] | None,
-    ) -> tuple[list[str], list[Score]]: ...
 
 
 @dataclass(frozen=True)
@@ -137,7 +126,7 @@ def complete(backend: Backend, messages: list[Message], options: GenerationOptio
     return prompts.clean_generation("".join(backend.generate(messages, **_opts(options))))
 
 
-def weak_drafts(weak: Any, messages: list[Message], k: int, options: GenerationOptions, sequential: bool = False) -> list[str]:
+def weak_drafts(weak: WeakModel, messages: list[Message], k: int, options: GenerationOptions, sequential: bool = False) -> list[str]:
     """K sampled drafts: one batched `weak.sample` call, or (the benchmark
     baseline) K separate generations. With a seed, the sequential path seeds
     each call differently; the same seed K times would give K equal drafts."""
@@ -155,7 +144,7 @@ def weak_drafts(weak: Any, messages: list[Message], k: int, options: GenerationO
 def collect_for_question(
     question: str,
     domain_key: str,
-    weak: Any,
+    weak: WeakModel,
     strong: Backend,
     evaluator: Evaluator,
     k: int = 4,
@@ -179,7 +168,9 @@ def collect_for_question(
     """
     if k < 2:
         raise ValueError("k must be at least 2: a pair needs two drafts")
-    if reference is None and getattr(evaluator, "needs_reference", False):
+    if not isinstance(evaluator, (TextEvaluator, SelfAnsweringEvaluator)):
+        raise TypeError(f"{type(evaluator).__name__} is neither a TextEvaluator nor a SelfAnsweringEvaluator")
+    if reference is None and evaluator.needs_reference:
         raise ValueError(f"the {evaluator.name} evaluator needs a reference answer for this question")
     domain = prompts.get_domain(domain_key)
     prompt_set = prompt_set or domain_prompt_set(domain)
@@ -192,9 +183,8 @@ def collect_for_question(
     conversations = [prompt_set.refine(shown, d) for d in drafts] + [prompt_set.direct(shown)]
 
     started = time.perf_counter()
-    answer_and_score = getattr(evaluator, "answer_and_score", None)
-    if answer_and_score is not None:
-        answers, scores = answer_and_score(conversations, reference, options)
+    if isinstance(evaluator, SelfAnsweringEvaluator):
+        answers, scores = evaluator.answer_and_score(conversations, reference, options)
     else:
         answers = [complete(strong, c, strong_opts) for c in conversations]
         timings["strong_s"] = time.perf_counter() - started
@@ -265,15 +255,14 @@ def _pair_confidence(
     # An evaluator that can compare two answers directly (the weak judge) says
     # how sure it is of this pair; otherwise the weaker of the two pointwise
     # confidences bounds it.
-    compare = getattr(evaluator, "pair_confidence", None)
-    if compare is not None:
-        return float(compare(question, finals[choice.chosen], finals[choice.rejected], reference, options))
+    if isinstance(evaluator, PairJudge):
+        return float(evaluator.pair_confidence(question, finals[choice.chosen], finals[choice.rejected], reference, options))
     return min(scores[choice.chosen].confidence, scores[choice.rejected].confidence)
 
 
 def collect(
     questions: Iterable[QuestionItem],
-    weak: Any,
+    weak: WeakModel,
     strong: Backend,
     evaluator: Evaluator,
     *,

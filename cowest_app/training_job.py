@@ -27,7 +27,7 @@ from typing import Any, Callable
 
 from cowest_app import prompts
 from cowest_app.config import AppConfig
-from cowest_app.models.base import BackendError, GenerationOptions
+from cowest_app.models.base import BackendError, GenerationOptions, WeakModel
 from cowest_app.files import write_atomic
 from cowest_app.registry import AdapterRegistry, AdapterVersion, RegistryError
 
@@ -397,8 +397,8 @@ class TrainingJob:
         items = [i for i in load_items(self.config.eval_file or DEFAULT_EVAL_FILE) if i.item.reference][: self.config.eval_max_items]
         if not items:
             raise JobError("the held-out set has no questions with references")
-        weak = self.service.weak
-        contender = TransformersBackend(self.config.weak_model, cache_dir=self.config.cache_dir, load_4bit=self.config.weak_4bit,
+        weak: WeakModel = self.service.weak
+        contender: WeakModel = TransformersBackend(self.config.weak_model, cache_dir=self.config.cache_dir, load_4bit=self.config.weak_4bit,
                                         adapter=str(self.registry.path(candidate.version)), adapter_version=candidate.version,
                                         device=getattr(weak, "device", None))
         scores = {"candidate_score": 0.0, "active_score": 0.0}
@@ -410,7 +410,7 @@ class TrainingJob:
                 scores[key] += score_with_reference(answer, item.item.reference, item.task_type, item.item.options)
         return {k: v / len(items) for k, v in scores.items()} | {"eval_items": len(items)}
 
-    def _collaborate(self, weak: Any, item: Any) -> str:
+    def _collaborate(self, weak: WeakModel, item: Any) -> str:
         domain = prompts.get_domain(item.domain)
         draft_opts = GenerationOptions(max_new_tokens=self.config.weak_max_new_tokens)
         final_opts = GenerationOptions(max_new_tokens=self.config.strong_max_new_tokens)

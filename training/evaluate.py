@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
 
+from cowest_app.evaluators import Score, SelfAnsweringEvaluator
 from cowest_app.files import write_atomic
 from cowest_app.models.base import GenerationOptions, Message
 from cowest_app.prompts import clean_generation
@@ -194,7 +195,7 @@ def greedy_generate(
     return replies
 
 
-class OptionLikelihood:
+class OptionLikelihood(SelfAnsweringEvaluator):
     """Collaborative-feedback evaluator for choice tasks that generates nothing.
 
     The strong model's reply to each conversation is read off its option
@@ -222,9 +223,7 @@ class OptionLikelihood:
 
     def answer_and_score(
         self, conversations: Sequence[list[Message]], reference: Any, options: Sequence[str] | None,
-    ) -> tuple[list[str], list[Any]]:
-        from cowest_app.evaluators import Score
-
+    ) -> tuple[list[str], list[Score]]:
         cands = self.candidates(options)
         correct = reference if isinstance(reference, int) and not isinstance(reference, bool) else cands.index(str(reference))
         rows = option_logprobs(self.backend, conversations, [cands] * len(conversations), self.batch_size)
@@ -236,10 +235,6 @@ class OptionLikelihood:
             answers.append(f"{ANSWER_PREFIX} {cands[best]} (p={probs[best]:.2f})")
             scores.append(Score(float(probs[correct]), 1.0, self.name))
         return answers, scores
-
-    def score_answers(self, question: str, answers: Sequence[str], reference: Any = None,
-                      options: Sequence[str] | None = None) -> list[Any]:
-        raise ValueError("option_likelihood scores conversations through answer_and_score, not answer texts")
 
 
 # -- systems ----------------------------------------------------------------------

@@ -48,6 +48,7 @@ from training.evaluate import Settings as EvalSettings
 
 if TYPE_CHECKING:
     from cowest_app.packs import DomainPack
+    from cowest_app.evaluators import Evaluator
 
 log = logging.getLogger(__name__)
 
@@ -232,7 +233,7 @@ def stage_name(stage: str, grounded: bool) -> str:
     return f"{stage}-grounded" if grounded else stage
 
 
-def feedback_evaluator(pack: DomainPack, opts: PipelineOptions, strong: Any) -> Any:
+def feedback_evaluator(pack: DomainPack, opts: PipelineOptions, strong: Any) -> Evaluator:
     """How feedback scores a final answer.
 
     Choice tasks (by default): the strong model's probability of the correct

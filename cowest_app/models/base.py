@@ -65,6 +65,22 @@ class Backend(Protocol):
         ...
 
 
+class WeakModel(Backend, Protocol):
+    """The weak role: a backend that also samples K drafts at once and swaps its LoRA adapter.
+
+    `cowest_app.models.local.TransformersBackend` is one; feedback collection,
+    the training job and the harness take a WeakModel, never `Any`.
+    """
+
+    def sample(self, messages: list[Message], n: int, **opts: Any) -> list[str]:
+        """`n` whole sampled replies to the same messages; opts are GenerationOptions fields."""
+        ...
+
+    def swap_adapter(self, source: str | None, version: str) -> None:
+        """Serve the LoRA adapter at `source` (None: the bare base model) as `version`."""
+        ...
+
+
 BackendFactory = Callable[..., Backend]
 _REGISTRY: dict[str, BackendFactory] = {}
 
