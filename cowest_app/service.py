@@ -32,11 +32,10 @@ from cowest_app.pipeline import (
     draft_options,
 )
 from cowest_app.ratelimit import RateLimiter, retry_text
-from cowest_app.store import Feedback, Interaction, LogStore, StoreError
+from cowest_app.store import BEST_CHOICES, Feedback, Interaction, LogStore, StoreError
 
 log = logging.getLogger(__name__)
 
-BEST_CHOICES = ("weak", "collab", "strong")
 RATINGS = {"up": 1, "down": -1}
 MAX_ID_CHARS = 64  # interaction ids are 32 hex digits; anything longer is not one
 
