@@ -20,9 +20,10 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field, replace
 from collections.abc import Sized
-from typing import Any, Callable, Iterable, Sequence
+from typing import Callable, Iterable, Sequence
 
 from cowest_app import prompts
+from cowest_app.defaults import DRAFT_TEMPERATURE, MIN_MARGIN
 from cowest_app.evaluators import Evaluator, PairJudge, Score, SelfAnsweringEvaluator, TextEvaluator
 from cowest_app.feedback import PairChoice, Reference, choose_pair, influences
 from cowest_app.models.base import Backend, BackendError, GenerationOptions, Message, WeakModel
@@ -30,7 +31,7 @@ from cowest_app.store import LogStore, PreferencePair
 
 # Drafts must differ to be compared, so the weak model samples; the strong
 # model answers greedily so differences in finals come from the drafts.
-WEAK_SAMPLING = GenerationOptions(max_new_tokens=192, temperature=0.8, top_p=0.95)
+WEAK_SAMPLING = GenerationOptions(max_new_tokens=192, temperature=DRAFT_TEMPERATURE, top_p=0.95)
 STRONG_GREEDY = GenerationOptions(max_new_tokens=256, temperature=0.0)
 
 
@@ -117,13 +118,9 @@ def format_question(question: str, options: Sequence[str] | None = None) -> str:
     return question + "\n\nOptions:\n" + "\n".join(lines)
 
 
-def _opts(options: GenerationOptions) -> dict[str, Any]:
-    return {name: getattr(options, name) for name in GenerationOptions.__dataclass_fields__}
-
-
 def complete(backend: Backend, messages: list[Message], options: GenerationOptions) -> str:
     """One whole reply, with echoed template tokens stripped."""
-    return prompts.clean_generation("".join(backend.generate(messages, **_opts(options))))
+    return prompts.clean_generation("".join(backend.generate(messages, **options.as_kwargs())))
 
 
 def weak_drafts(weak: WeakModel, messages: list[Message], k: int, options: GenerationOptions, sequential: bool = False) -> list[str]:
@@ -133,7 +130,7 @@ def weak_drafts(weak: WeakModel, messages: list[Message], k: int, options: Gener
     if options.greedy:
         raise ValueError("drafts must be sampled: set a temperature > 0")
     if not sequential:
-        return [prompts.clean_generation(d) for d in weak.sample(messages, k, **_opts(options))]
+        return [prompts.clean_generation(d) for d in weak.sample(messages, k, **options.as_kwargs())]
     drafts = []
     for i in range(k):
         seed = None if options.seed is None else options.seed + i
@@ -151,7 +148,7 @@ def collect_for_question(
     reference: Reference | None = None,
     options: Sequence[str] | None = None,
     *,
-    min_margin: float = 0.0,
+    min_margin: float = MIN_MARGIN,
     min_confidence: float = 0.6,
     weak_opts: GenerationOptions = WEAK_SAMPLING,
     strong_opts: GenerationOptions = STRONG_GREEDY,
@@ -229,8 +226,8 @@ def collect_for_question(
                 "reference": reference,
                 "finals": finals,
                 "strong_alone": strong_alone,
-                "weak_options": _opts(weak_opts),
-                "strong_options": _opts(strong_opts),
+                "weak_options": weak_opts.as_kwargs(),
+                "strong_options": strong_opts.as_kwargs(),
                 "min_margin": min_margin,
                 "min_confidence": min_confidence,
             },
@@ -267,7 +264,7 @@ def collect(
     evaluator: Evaluator,
     *,
     k: int = 4,
-    min_margin: float = 0.0,
+    min_margin: float = MIN_MARGIN,
     min_confidence: float = 0.6,
     weak_opts: GenerationOptions = WEAK_SAMPLING,
     strong_opts: GenerationOptions = STRONG_GREEDY,

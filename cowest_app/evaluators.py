@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from cowest_app.feedback import Reference, TaskType, judge_messages, parse_judge_score, score_with_reference
 from cowest_app.models.base import Backend, BackendError, Message
+from cowest_app.models.batching import left_pad
 
 if TYPE_CHECKING:  # importing them would load torch/transformers for users of the interfaces and other evaluators
     import torch
@@ -187,8 +188,8 @@ def answer_token_ids(tokenizer: Any, word: str) -> list[int]:
 def next_token_logprobs(backend: TransformersBackend, conversations: Sequence[list[Message]], batch_size: int = 8) -> torch.Tensor:
     """Log-probabilities (N, vocab) of the assistant's first token for each conversation.
 
-    Batched with left padding and explicit position ids, so each row sees the
-    positions it would alone, and `logits_to_keep=1` so only the last position
+    Batched with `left_pad` (explicit position ids: each row sees the
+    positions it would alone), and `logits_to_keep=1` so only the last position
     is projected onto the vocabulary (a full (N, L, vocab) tensor would not fit).
     """
     import torch
@@ -198,13 +199,7 @@ def next_token_logprobs(backend: TransformersBackend, conversations: Sequence[li
     rows: list[torch.Tensor] = []
     for start in range(0, len(conversations), batch_size):
         encoded = [backend.encode(m)["input_ids"][0] for m in conversations[start:start + batch_size]]
-        width = max(len(ids) for ids in encoded)
-        input_ids = torch.full((len(encoded), width), pad_id, dtype=torch.long, device=encoded[0].device)
-        mask = torch.zeros_like(input_ids)
-        for i, ids in enumerate(encoded):
-            input_ids[i, width - len(ids):] = ids
-            mask[i, width - len(ids):] = 1
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        input_ids, mask, positions = left_pad(encoded, pad_id, encoded[0].device)
         with torch.inference_mode():
             logits = model(input_ids=input_ids, attention_mask=mask, position_ids=positions, logits_to_keep=1).logits
         rows.append(torch.log_softmax(logits[:, -1, :].float(), dim=-1).cpu())

@@ -27,6 +27,7 @@ from typing import Any, Callable
 
 from cowest_app import prompts
 from cowest_app.config import AppConfig
+from cowest_app.defaults import DRAFT_TEMPERATURE
 from cowest_app.models.base import BackendError, GenerationOptions, WeakModel
 from cowest_app.files import write_atomic
 from cowest_app.registry import AdapterRegistry, AdapterVersion, RegistryError
@@ -35,8 +36,6 @@ log = logging.getLogger(__name__)
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_EVAL_FILE = Path(__file__).parent / "data" / "heldout_general.jsonl"
-PHASES = ("idle", "collecting", "training", "evaluating", "pushing")
-DRAFT_TEMPERATURE = 0.8  # K drafts must differ to be compared
 # The environment the app sets for its training child (`python -m training.dpo`), read there by
 # training.common.exit_with_parent / lower_priority: the child imports these names from here.
 PARENT_PID_ENV = "COWEST_PARENT_PID"  # exit when that process is gone
@@ -414,9 +413,9 @@ class TrainingJob:
         domain = prompts.get_domain(item.domain)
         draft_opts = GenerationOptions(max_new_tokens=self.config.weak_max_new_tokens)
         final_opts = GenerationOptions(max_new_tokens=self.config.strong_max_new_tokens)
-        draft = "".join(weak.generate(prompts.weak_draft_messages(domain, item.question), **_fields(draft_opts)))
+        draft = "".join(weak.generate(prompts.weak_draft_messages(domain, item.question), **draft_opts.as_kwargs()))
         refine = prompts.strong_refine_messages(domain, item.question, prompts.clean_generation(draft))
-        return prompts.clean_generation("".join(self.service.strong.generate(refine, **_fields(final_opts))))
+        return prompts.clean_generation("".join(self.service.strong.generate(refine, **final_opts.as_kwargs())))
 
     def push(self, version: str) -> None:
         from cowest_app.hub import render_model_card
@@ -431,10 +430,6 @@ class TrainingJob:
 def _held_back_note(offered: int, kept: int) -> str:
     dropped = offered - kept
     return f" ({dropped} of {offered} new pairs held back: stale votes, replaced by human votes or over the per-session cap)" if dropped else ""
-
-
-def _fields(opts: GenerationOptions) -> dict[str, Any]:
-    return {k: getattr(opts, k) for k in GenerationOptions.__dataclass_fields__}
 
 
 def _kill(child: subprocess.Popen) -> None:

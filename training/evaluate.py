@@ -43,6 +43,7 @@ import numpy as np
 from cowest_app.evaluators import Score, SelfAnsweringEvaluator
 from cowest_app.files import write_atomic
 from cowest_app.models.base import GenerationOptions, Message
+from cowest_app.models.batching import left_pad
 from cowest_app.prompts import clean_generation
 from cowest_app.results import RESULTS_JSON, RESULTS_MD, RESULTS_PNG, render_chart, render_table
 from cowest_app.retrieval import render_context
@@ -94,24 +95,6 @@ def _device(model: Any) -> Any:
     return next(model.parameters()).device
 
 
-def _left_pad(rows: Sequence[Sequence[int]], pad_id: int, device: Any):
-    """(input_ids, attention_mask, position_ids) of left-padded rows.
-
-    Explicit position ids make each row see the positions it would alone, so
-    batched scores equal one-by-one scores.
-    """
-    import torch
-
-    width = max(len(r) for r in rows)
-    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    mask = torch.zeros_like(input_ids)
-    for i, row in enumerate(rows):
-        input_ids[i, width - len(row):] = torch.tensor(row, dtype=torch.long)
-        mask[i, width - len(row):] = 1
-    positions = (mask.cumsum(-1) - 1).clamp(min=0)
-    return input_ids.to(device), mask.to(device), positions.to(device)
-
-
 def continuation_logprobs(
     model: Any, pad_id: int, prompts: Sequence[Sequence[int]], continuations: Sequence[Sequence[Sequence[int]]],
     batch_size: int = 8, progress: Progress | None = None,
@@ -138,7 +121,7 @@ def continuation_logprobs(
     for start in range(0, len(ordered), batch_size):
         batch = ordered[start:start + batch_size]
         keep = max(len(c) for row in batch for _, _, c in rows[row])
-        input_ids, mask, positions = _left_pad(batch, pad_id, device)
+        input_ids, mask, positions = left_pad(batch, pad_id, device)
         with torch.inference_mode():
             logits = model(input_ids=input_ids, attention_mask=mask, position_ids=positions, logits_to_keep=keep).logits
         logprobs = torch.log_softmax(logits.float(), dim=-1)
@@ -184,8 +167,8 @@ def greedy_generate(
     replies: list[str] = []
     for start in range(0, len(conversations), batch_size):
         chunk = conversations[start:start + batch_size]
-        input_ids, mask, _ = _left_pad([backend.encode(m)["input_ids"][0].tolist() for m in chunk],
-                                       tokenizer.pad_token_id, _device(model))
+        input_ids, mask, _ = left_pad([backend.encode(m)["input_ids"][0].tolist() for m in chunk],
+                                      tokenizer.pad_token_id, _device(model))
         with torch.inference_mode():
             out = model.generate(input_ids=input_ids, attention_mask=mask, **kwargs)
         width = input_ids.shape[1]

@@ -7,7 +7,7 @@ knows whether a local model or a remote endpoint is behind it.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any, Callable, Iterable, Iterator, Protocol
 
 Message = dict[str, str]
@@ -49,6 +49,11 @@ class GenerationOptions:
     @property
     def has_stop_rules(self) -> bool:
         return bool(self.stop) or bool(self.stop_after_line)
+
+    def as_kwargs(self) -> dict[str, Any]:
+        """Every field by name: the keyword arguments of `Backend.generate` and
+        `WeakModel.sample`, and how options are recorded. `options_from` is the inverse."""
+        return {f.name: getattr(self, f.name) for f in fields(self)}
 
 
 class BackendError(RuntimeError):
@@ -103,7 +108,7 @@ def create_backend(name: str, **kwargs: Any) -> Backend:
 
 
 def options_from(opts: dict[str, Any]) -> GenerationOptions:
-    unknown = set(opts) - set(GenerationOptions.__dataclass_fields__)
+    unknown = set(opts) - {f.name for f in fields(GenerationOptions)}
     if unknown:
         raise TypeError(f"unknown generation options: {sorted(unknown)}")
     return GenerationOptions(**opts)
