@@ -20,6 +20,7 @@ import torch
 from cowest_app.packs import load_pack
 from cowest_app.collect import weak_drafts
 from cowest_app.config import WEAK_DEFAULT
+from cowest_app.defaults import DRAFT_TEMPERATURE
 from cowest_app.models.base import GenerationOptions
 from cowest_app.models.local import TransformersBackend
 
@@ -65,7 +66,7 @@ def run(backend: TransformersBackend, questions: list[tuple[str, str]], k: int, 
     sequential, batched = Tally(), Tally()
     for i, (domain, question) in enumerate(questions):
         messages = load_pack(f"packs/{domain}").weak_messages(question)
-        options = GenerationOptions(max_new_tokens=tokens, temperature=0.8, seed=1000 + i)
+        options = GenerationOptions(max_new_tokens=tokens, temperature=DRAFT_TEMPERATURE, seed=1000 + i)
         order = [(True, sequential), (False, batched)]
         for is_sequential, tally in order if i % 2 == 0 else order[::-1]:
             draft_once(backend, messages, k, options, is_sequential, tally)
@@ -89,11 +90,11 @@ def main() -> None:
     backend = TransformersBackend(WEAK_DEFAULT, load_4bit=not args.no_4bit)
     questions = [QUESTIONS[i % len(QUESTIONS)] for i in range(args.questions)]
     weak_drafts(backend, load_pack("packs/general").weak_messages("warm up"), 2,
-                GenerationOptions(max_new_tokens=4, temperature=0.8))  # first-call costs out of the timing
+                GenerationOptions(max_new_tokens=4, temperature=DRAFT_TEMPERATURE))  # first-call costs out of the timing
 
     sequential, batched = run(backend, questions, args.k, args.tokens)
     print(f"weak model {WEAK_DEFAULT} ({backend.memory_summary()}, {torch.get_num_threads()} torch threads), "
-          f"{args.questions} questions, K={args.k}, up to {args.tokens} new tokens, temperature 0.8\n")
+          f"{args.questions} questions, K={args.k}, up to {args.tokens} new tokens, temperature {DRAFT_TEMPERATURE}\n")
     print("| path | drafts | seconds | drafts/s | ratio vs baseline | tokens/s |")
     print("|---|---|---|---|---|---|")
     base_rate = sequential.drafts / sequential.seconds

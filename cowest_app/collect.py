@@ -10,8 +10,9 @@ weak model to write the drafts that help the strong model.
 Two seams let a caller change how a question is run without touching this
 loop: a `PromptSet` (the app's domain presets by default; a domain pack
 brings its own templates), and an evaluator that answers conversations
-itself (`answer_and_score`, e.g. by the strong model's option likelihood)
-instead of the strong model generating finals for a text evaluator.
+itself (a `SelfAnsweringEvaluator`, e.g. by the strong model's option
+likelihood) instead of the strong model generating finals for a
+`TextEvaluator`.
 """
 
 from __future__ import annotations
@@ -19,31 +20,22 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field, replace
 from collections.abc import Sized
-from typing import Any, Callable, Iterable, Mapping, Protocol, Sequence
+from typing import Callable, Iterable, Mapping, Sequence
 
 from cowest_app import prompts
+from cowest_app.defaults import DRAFT_TEMPERATURE, MIN_MARGIN
+from cowest_app.evaluators import Evaluator, PairJudge, Score, SelfAnsweringEvaluator, TextEvaluator
 from cowest_app.prompts import PromptSet
-from cowest_app.evaluators import Evaluator, Score
 from cowest_app.feedback import PairChoice, Reference, choose_pair, influences
-from cowest_app.models.base import Backend, BackendError, GenerationOptions, Message
+from cowest_app.models.base import Backend, BackendError, GenerationOptions, Message, WeakModel
 from cowest_app.store import LogStore, PreferencePair
 
 # Drafts must differ to be compared, so the weak model samples; the strong
 # model answers greedily so differences in finals come from the drafts.
-WEAK_SAMPLING = GenerationOptions(max_new_tokens=192, temperature=0.8, top_p=0.95)
+WEAK_SAMPLING = GenerationOptions(max_new_tokens=192, temperature=DRAFT_TEMPERATURE, top_p=0.95)
 STRONG_GREEDY = GenerationOptions(max_new_tokens=256, temperature=0.0)
 
 
-class SelfAnsweringEvaluator(Protocol):
-    """An evaluator that answers the strong model's conversations itself and
-    scores those answers, e.g. from the strong model's option likelihoods:
-    no finals are generated for it."""
-
-    name: str
-
-    def answer_and_score(
-        self, conversations: Sequence[list[Message]], reference: Reference | None, options: Sequence[str] | None,
-    ) -> tuple[list[str], list[Score]]: ...
 
 
 @dataclass(frozen=True)
@@ -107,23 +99,19 @@ def format_question(question: str, options: Sequence[str] | None = None) -> str:
     return question + "\n\nOptions:\n" + "\n".join(lines)
 
 
-def _opts(options: GenerationOptions) -> dict[str, Any]:
-    return {name: getattr(options, name) for name in GenerationOptions.__dataclass_fields__}
-
-
 def complete(backend: Backend, messages: list[Message], options: GenerationOptions) -> str:
     """One whole reply, with echoed template tokens stripped."""
-    return prompts.clean_generation("".join(backend.generate(messages, **_opts(options))))
+    return prompts.clean_generation("".join(backend.generate(messages, **options.as_kwargs())))
 
 
-def weak_drafts(weak: Any, messages: list[Message], k: int, options: GenerationOptions, sequential: bool = False) -> list[str]:
+def weak_drafts(weak: WeakModel, messages: list[Message], k: int, options: GenerationOptions, sequential: bool = False) -> list[str]:
     """K sampled drafts: one batched `weak.sample` call, or (the benchmark
     baseline) K separate generations. With a seed, the sequential path seeds
     each call differently; the same seed K times would give K equal drafts."""
     if options.greedy:
         raise ValueError("drafts must be sampled: set a temperature > 0")
     if not sequential:
-        return [prompts.clean_generation(d) for d in weak.sample(messages, k, **_opts(options))]
+        return [prompts.clean_generation(d) for d in weak.sample(messages, k, **options.as_kwargs())]
     drafts = []
     for i in range(k):
         seed = None if options.seed is None else options.seed + i
@@ -134,14 +122,14 @@ def weak_drafts(weak: Any, messages: list[Message], k: int, options: GenerationO
 def collect_for_question(
     question: str,
     domain_key: str,
-    weak: Any,
+    weak: WeakModel,
     strong: Backend,
     evaluator: Evaluator,
     k: int = 4,
     reference: Reference | None = None,
     options: Sequence[str] | None = None,
     *,
-    min_margin: float = 0.0,
+    min_margin: float = MIN_MARGIN,
     min_confidence: float = 0.6,
     weak_opts: GenerationOptions = WEAK_SAMPLING,
     strong_opts: GenerationOptions = STRONG_GREEDY,
@@ -158,7 +146,9 @@ def collect_for_question(
     """
     if k < 2:
         raise ValueError("k must be at least 2: a pair needs two drafts")
-    if reference is None and getattr(evaluator, "needs_reference", False):
+    if not isinstance(evaluator, (TextEvaluator, SelfAnsweringEvaluator)):
+        raise TypeError(f"{type(evaluator).__name__} is neither a TextEvaluator nor a SelfAnsweringEvaluator")
+    if reference is None and evaluator.needs_reference:
         raise ValueError(f"the {evaluator.name} evaluator needs a reference answer for this question")
     shown = format_question(question, options)
     prompt = prompt_set.draft(shown)
@@ -169,9 +159,8 @@ def collect_for_question(
     conversations = [prompt_set.refine(shown, d) for d in drafts] + [prompt_set.direct(shown)]
 
     started = time.perf_counter()
-    answer_and_score = getattr(evaluator, "answer_and_score", None)
-    if answer_and_score is not None:
-        answers, scores = answer_and_score(conversations, reference, options)
+    if isinstance(evaluator, SelfAnsweringEvaluator):
+        answers, scores = evaluator.answer_and_score(conversations, reference, options)
     else:
         answers = [complete(strong, c, strong_opts) for c in conversations]
         timings["strong_s"] = time.perf_counter() - started
@@ -216,8 +205,8 @@ def collect_for_question(
                 "reference": reference,
                 "finals": finals,
                 "strong_alone": strong_alone,
-                "weak_options": _opts(weak_opts),
-                "strong_options": _opts(strong_opts),
+                "weak_options": weak_opts.as_kwargs(),
+                "strong_options": strong_opts.as_kwargs(),
                 "min_margin": min_margin,
                 "min_confidence": min_confidence,
             },
@@ -242,9 +231,8 @@ def _pair_confidence(
     # An evaluator that can compare two answers directly (the weak judge) says
     # how sure it is of this pair; otherwise the weaker of the two pointwise
     # confidences bounds it.
-    compare = getattr(evaluator, "pair_confidence", None)
-    if compare is not None:
-        return float(compare(question, finals[choice.chosen], finals[choice.rejected], reference, options))
+    if isinstance(evaluator, PairJudge):
+        return float(evaluator.pair_confidence(question, finals[choice.chosen], finals[choice.rejected], reference, options))
     return min(scores[choice.chosen].confidence, scores[choice.rejected].confidence)
 
 
@@ -256,12 +244,12 @@ def _prompt_set(prompt_sets: Mapping[str, PromptSet], domain: str) -> PromptSet:
 
 def collect(
     questions: Iterable[QuestionItem],
-    weak: Any,
+    weak: WeakModel,
     strong: Backend,
     evaluator: Evaluator,
     *,
     k: int = 4,
-    min_margin: float = 0.0,
+    min_margin: float = MIN_MARGIN,
     min_confidence: float = 0.6,
     weak_opts: GenerationOptions = WEAK_SAMPLING,
     strong_opts: GenerationOptions = STRONG_GREEDY,

@@ -12,6 +12,8 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Mapping
 
+from cowest_app.defaults import MIN_MARGIN
+
 WEAK_DEFAULT = "packaged:smollm2-135m-instruct"
 STRONG_DEFAULT = "packaged:qwen2.5-coder-1.5b-instruct"
 
@@ -81,7 +83,7 @@ class AppConfig:
     train_min_pairs: int = 32
     feedback_k: int = 4
     feedback_evaluator: str = "weak_judge"
-    feedback_min_margin: float = 0.1
+    feedback_min_margin: float = MIN_MARGIN
     feedback_min_confidence: float = 0.6
     max_session_share: float = 1.0  # 0.2 on a Space: see from_env
     feedback_file: Path | None = None
@@ -258,6 +260,18 @@ def from_env(env: Mapping[str, str] | None = None) -> AppConfig:
     config = AppConfig(**values, secrets=Secrets(**secrets))
     validate(config)
     return config
+
+
+def env_setting(var: str, env: Mapping[str, str] | None = None) -> object:
+    """One setting of ENV_VARS read alone, parsed as from_env parses it, or its default.
+
+    For command-line tools that need a single setting (the log export's data
+    dir, the model cache) without validating a whole app config.
+    """
+    env = os.environ if env is None else env
+    name, _ = ENV_VARS[var]
+    raw = (env.get(var) or "").strip()
+    return _parse(var, raw, _FIELD_KINDS.get(name, str)) if raw else getattr(AppConfig, name)
 
 
 def validate(config: AppConfig) -> None:

@@ -7,8 +7,8 @@ and `results.png`), found in three places:
 - `<data dir>/eval/`                  the default --out of `python -m training.evaluate`
 - `packs/*/results/`, `packs/*/results/*/`  results committed with a pack in this repository
 
-The tab shows the table (rendered by `training.evaluate.render_table`), the
-chart with CI error bars, the run's config, the stage timings from a
+The tab shows the table (rendered by `cowest_app.results.render_table`, as
+`training.evaluate` writes it), the chart with CI error bars, the run's config, the stage timings from a
 `pipeline.json` next to it, and the command that reproduces the run.
 Everything here reads files only; a missing or malformed file becomes a
 message in the tab, never an exception.
@@ -26,7 +26,7 @@ from typing import Any
 
 import gradio as gr
 
-from training.evaluate import RESULTS_JSON, RESULTS_PNG, render_chart, render_table
+from cowest_app.results import RESULTS_JSON, RESULTS_PNG, render_chart, render_table
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 PIPELINE_JSON = "pipeline.json"

@@ -1,7 +1,15 @@
 """Evaluators: who decides how good a final answer is.
 
-All share `score_answers(question, answers, reference=None, options=None) ->
-list[Score]`, one Score per answer in order:
+What an evaluator can do is declared by the classes it subclasses, never
+discovered: every one is an `Evaluator` (a `name`, and `needs_reference`);
+a `TextEvaluator` scores answer texts with `score_answers(question, answers,
+reference=None, options=None) -> list[Score]`, one Score per answer in order;
+a `SelfAnsweringEvaluator` answers the strong model's conversations itself
+and scores those answers (`answer_and_score`, e.g. `training.evaluate`'s
+option likelihood); a `PairJudge` also says how sure it is of a chosen /
+rejected pair (`pair_confidence`). Callers dispatch with `isinstance`.
+
+The text evaluators here:
 
 - `ReferenceEvaluator`: the task metric against a known answer (confidence 1).
 - `StrongJudge`: the strong model grades with a fixed rubric; an unparsable
@@ -14,15 +22,17 @@ list[Score]`, one Score per answer in order:
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Protocol, Sequence
-
-import torch
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from cowest_app.feedback import Reference, TaskType, judge_messages, parse_judge_score, score_with_reference
 from cowest_app.models.base import Backend, BackendError, Message
+from cowest_app.models.batching import left_pad
 
-if TYPE_CHECKING:  # importing it would load transformers for users of the other evaluators
+if TYPE_CHECKING:  # importing them would load torch/transformers for users of the interfaces and other evaluators
+    import torch
+
     from cowest_app.models.local import TransformersBackend
 
 
@@ -34,13 +44,46 @@ class Score:
     detail: str | None = None  # the judge's reply, or why scoring failed
 
 
-class Evaluator(Protocol):
-    name: str
+class Evaluator(ABC):
+    """Every evaluator: a name (recorded with each pair) and whether it needs a reference answer.
 
+    Not used directly: an evaluator is a TextEvaluator or a SelfAnsweringEvaluator.
+    """
+
+    name: str
+    # Declared by each evaluator: lets callers refuse a question before spending generations on it.
+    needs_reference: bool = False
+
+
+class TextEvaluator(Evaluator):
+    """Scores answer texts the strong model generated."""
+
+    @abstractmethod
     def score_answers(
         self, question: str, answers: Sequence[str], reference: Reference | None = None,
         options: Sequence[str] | None = None,
-    ) -> list[Score]: ...
+    ) -> list[Score]:
+        """One Score per answer, in order."""
+
+
+class SelfAnsweringEvaluator(Evaluator):
+    """Answers the strong model's conversations itself and scores those answers
+    (e.g. from the strong model's option likelihoods): no finals are generated for it."""
+
+    @abstractmethod
+    def answer_and_score(
+        self, conversations: Sequence[list[Message]], reference: Reference | None, options: Sequence[str] | None,
+    ) -> tuple[list[str], list[Score]]:
+        """(answer, Score) per conversation, in order."""
+
+
+class PairJudge(ABC):
+    """An ability an evaluator may add: comparing two answers directly."""
+
+    @abstractmethod
+    def pair_confidence(self, question: str, chosen: str, rejected: str, reference: Reference | None = None,
+                        options: Sequence[str] | None = None) -> float:
+        """How sure the judge is that `chosen` is better than `rejected`, in [0, 1]; 0.5: it cannot tell."""
 
 
 def reference_text(reference: Reference | None, options: Sequence[str] | None = None) -> str | None:
@@ -54,9 +97,9 @@ def reference_text(reference: Reference | None, options: Sequence[str] | None = 
     return str(reference)
 
 
-class ReferenceEvaluator:
+class ReferenceEvaluator(TextEvaluator):
     name = "reference"
-    needs_reference = True  # lets callers refuse a question before spending generations on it
+    needs_reference = True
 
     def __init__(self, task_type: TaskType = "short_answer", options: Sequence[str] | None = None) -> None:
         self.task_type = task_type
@@ -72,7 +115,7 @@ class ReferenceEvaluator:
         return [Score(score_with_reference(a, reference, self.task_type, opts), 1.0, self.name) for a in answers]
 
 
-class StrongJudge:
+class StrongJudge(TextEvaluator):
     name = "strong_judge"
 
     def __init__(self, backend: Backend, max_new_tokens: int = 32, lo: float = 1, hi: float = 10) -> None:
@@ -145,22 +188,18 @@ def answer_token_ids(tokenizer: Any, word: str) -> list[int]:
 def next_token_logprobs(backend: TransformersBackend, conversations: Sequence[list[Message]], batch_size: int = 8) -> torch.Tensor:
     """Log-probabilities (N, vocab) of the assistant's first token for each conversation.
 
-    Batched with left padding and explicit position ids, so each row sees the
-    positions it would alone, and `logits_to_keep=1` so only the last position
+    Batched with `left_pad` (explicit position ids: each row sees the
+    positions it would alone), and `logits_to_keep=1` so only the last position
     is projected onto the vocabulary (a full (N, L, vocab) tensor would not fit).
     """
+    import torch
+
     model = backend.model  # captured once: an adapter swap mid-call must not mix models
     pad_id = backend.tokenizer.pad_token_id
     rows: list[torch.Tensor] = []
     for start in range(0, len(conversations), batch_size):
         encoded = [backend.encode(m)["input_ids"][0] for m in conversations[start:start + batch_size]]
-        width = max(len(ids) for ids in encoded)
-        input_ids = torch.full((len(encoded), width), pad_id, dtype=torch.long, device=encoded[0].device)
-        mask = torch.zeros_like(input_ids)
-        for i, ids in enumerate(encoded):
-            input_ids[i, width - len(ids):] = ids
-            mask[i, width - len(ids):] = 1
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        input_ids, mask, positions = left_pad(encoded, pad_id, encoded[0].device)
         with torch.inference_mode():
             logits = model(input_ids=input_ids, attention_mask=mask, position_ids=positions, logits_to_keep=1).logits
         rows.append(torch.log_softmax(logits[:, -1, :].float(), dim=-1).cpu())
@@ -169,12 +208,14 @@ def next_token_logprobs(backend: TransformersBackend, conversations: Sequence[li
 
 def two_way_probability(logprobs: torch.Tensor, first_ids: Sequence[int], second_ids: Sequence[int]) -> list[float]:
     """P(first) / (P(first) + P(second)) per row, each side summed over its spellings."""
+    import torch
+
     first = torch.logsumexp(logprobs[:, list(first_ids)], dim=-1)
     second = torch.logsumexp(logprobs[:, list(second_ids)], dim=-1)
     return torch.sigmoid(first - second).tolist()
 
 
-class WeakJudge:
+class WeakJudge(TextEvaluator, PairJudge):
     name = "weak_judge"
 
     def __init__(self, backend: TransformersBackend, batch_size: int = 8, max_chars: int = 4000) -> None:

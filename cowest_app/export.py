@@ -16,12 +16,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Sequence
 
+from cowest_app.config import env_setting
 from cowest_app.files import atomic_path
 from cowest_app.store import INTERACTION_COLUMNS, LogStore
 
@@ -107,7 +107,7 @@ def export_log(store: LogStore, out_path: Path, fmt: str) -> Path:
 
 
 def _default_data_dir() -> Path:
-    return Path(os.environ.get("COWEST_DATA_DIR") or "data")
+    return Path(env_setting("COWEST_DATA_DIR"))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

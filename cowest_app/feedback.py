@@ -296,7 +296,12 @@ def _same_text(a: str, b: str) -> bool:
 
 
 def choose_pair(drafts: Sequence[str], influences: Sequence[float | None], min_margin: float) -> PairChoice | str:
-    """Like `select_pair`, but says why there is no pair (a short reason string)."""
+    """The most and least helpful drafts, or why there is no pair (a short reason string).
+
+    No pair when fewer than two drafts are scored, when every scored draft has
+    the chosen draft's text, or when the margin is not above `min_margin` (so
+    ties never make a pair). Among distinct drafts the lowest influence is rejected.
+    """
     if len(drafts) != len(influences):
         raise ValueError(f"{len(drafts)} drafts but {len(influences)} influences")
     scored = [i for i, value in enumerate(influences) if value is not None]
@@ -313,19 +318,6 @@ def choose_pair(drafts: Sequence[str], influences: Sequence[float | None], min_m
     if margin <= min_margin:
         return f"margin {margin:.3f} <= min_margin {min_margin:.3f}"
     return PairChoice(chosen, rejected, margin)
-
-
-def select_pair(
-    drafts: Sequence[str], influences: Sequence[float | None], min_margin: float
-) -> tuple[int, int, float] | None:
-    """(chosen, rejected, margin): the most and least helpful drafts, or None.
-
-    None when fewer than two drafts are scored, when every scored draft has the
-    chosen draft's text, or when the margin is not above `min_margin` (so ties
-    never make a pair). Among distinct drafts the lowest influence is rejected.
-    """
-    choice = choose_pair(drafts, influences, min_margin)
-    return (choice.chosen, choice.rejected, choice.margin) if isinstance(choice, PairChoice) else None
 
 
 # -- human votes --------------------------------------------------------------

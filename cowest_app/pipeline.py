@@ -88,10 +88,6 @@ class Snapshot:
         return [k for k, s in self.stages.items() if s.status == "failed"]
 
 
-def _opts(opts: GenerationOptions) -> dict[str, Any]:
-    return {k: getattr(opts, k) for k in GenerationOptions.__dataclass_fields__}
-
-
 def stream_stage(backend: Backend, messages: list[Message], opts: GenerationOptions,
                  clean: Callable[[str], str] = prompts.clean_generation) -> Iterator[Stage]:
     """Run one generation, yielding the growing Stage; errors end it as 'failed'.
@@ -104,7 +100,7 @@ def stream_stage(backend: Backend, messages: list[Message], opts: GenerationOpti
     text = ""
     first: float | None = None
     try:
-        stream = backend.generate(messages, **_opts(opts))
+        stream = backend.generate(messages, **opts.as_kwargs())
         for chunk in stream:
             if first is None:
                 first = (time.perf_counter() - started) * 1000

@@ -46,10 +46,19 @@ def shown(value: object, limit: int = 60) -> str:
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 
 
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def valid_unicode(value: object) -> str:
+    """`str(value)` with lone surrogates (e.g. from a broken browser paste), which cannot
+    be encoded as UTF-8 and would make sqlite3 raise, swapped for U+FFFD; all else kept.
+    The store keeps text exactly this way; `clean_text` builds on it."""
+    return _SURROGATE.sub("\ufffd", str(value))
+
+
 def clean_text(text: str) -> str:
     """Normalise user text: valid Unicode (lone surrogates replaced), NFC, no control chars."""
-    text = text.encode("utf-8", "replace").decode("utf-8")
-    text = unicodedata.normalize("NFC", text)
+    text = unicodedata.normalize("NFC", valid_unicode(text))
     return _CONTROL.sub("", text).strip()
 
 

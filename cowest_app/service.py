@@ -35,11 +35,10 @@ from cowest_app.pipeline import (
 )
 from cowest_app.ratelimit import RateLimiter, retry_text
 from cowest_app.registry import AdapterRegistry
-from cowest_app.store import Feedback, Interaction, LogStore, StoreError
+from cowest_app.store import BEST_CHOICES, Feedback, Interaction, LogStore, StoreError
 
 log = logging.getLogger(__name__)
 
-BEST_CHOICES = ("weak", "collab", "strong")
 RATINGS = {"up": 1, "down": -1}
 MAX_ID_CHARS = 64  # interaction ids are 32 hex digits; anything longer is not one
 # Drafts grounded in retrieved passages copy them; only repeats this long are loops there.

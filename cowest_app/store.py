@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import math
-import re
 import sqlite3
 import time
 import uuid
@@ -22,10 +21,12 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
+from cowest_app.prompts import valid_unicode
+
 SCHEMA_VERSION = 1
 BUSY_TIMEOUT_MS = 10_000
 RATINGS = (1, -1)
-BEST_CHOICES = ("weak", "collab", "strong")
+BEST_CHOICES = ("weak", "collab", "strong")  # the answers a user may call best: the one list of keys
 
 _SCHEMA = (
     """CREATE TABLE IF NOT EXISTS interactions (
@@ -92,8 +93,6 @@ INTERACTION_COLUMNS = (
 )
 FEEDBACK_COLUMNS = ("id", "interaction_id", "created_at", "session_id", "rating", "best", "comment")
 
-_SURROGATE = re.compile("[\ud800-\udfff]")
-
 
 class StoreError(ValueError):
     pass
@@ -133,12 +132,9 @@ def utc_now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="microseconds")
 
 
-def clean_text(value: str | None) -> str | None:
-    """Lone surrogates (e.g. from a broken browser paste) cannot be encoded as
-    UTF-8 and would make sqlite3 raise; swap them for U+FFFD, keep all else."""
-    if value is None:
-        return None
-    return _SURROGATE.sub("\ufffd", str(value))
+def storable(value: str | None) -> str | None:
+    """Text as the store keeps it (`prompts.valid_unicode`); None stays None."""
+    return None if value is None else valid_unicode(value)
 
 
 def _timings_json(timings: dict[str, float]) -> str:
@@ -147,7 +143,7 @@ def _timings_json(timings: dict[str, float]) -> str:
     for key, value in (timings or {}).items():
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
             raise StoreError(f"timing {key!r} must be a finite number, got {value!r}")
-        out[clean_text(str(key)) or ""] = float(value)
+        out[storable(str(key)) or ""] = float(value)
     return json.dumps(out, ensure_ascii=False, allow_nan=False)
 
 
@@ -157,7 +153,7 @@ def _validate_feedback(fb: Feedback) -> str | None:
         raise StoreError(f"rating must be 1, -1 or None, got {fb.rating!r}")
     if fb.best is not None and fb.best not in BEST_CHOICES:
         raise StoreError(f"best must be one of {BEST_CHOICES} or None, got {fb.best!r}")
-    comment = clean_text(fb.comment)
+    comment = storable(fb.comment)
     if comment is not None and not comment.strip():
         comment = None
     if fb.rating is None and fb.best is None and comment is None:
@@ -234,7 +230,7 @@ class LogStore:
         }
         for name in INTERACTION_COLUMNS:
             if name not in row:
-                row[name] = clean_text(getattr(interaction, name))
+                row[name] = storable(getattr(interaction, name))
         if row["domain"] is None or row["question"] is None or row["status"] is None:
             raise StoreError("domain, question and status are required")
         placeholders = ", ".join(f":{name}" for name in INTERACTION_COLUMNS)
@@ -247,10 +243,10 @@ class LogStore:
 
     def log_feedback(self, feedback: Feedback) -> int:
         comment = _validate_feedback(feedback)
-        interaction_id = clean_text(feedback.interaction_id)
+        interaction_id = storable(feedback.interaction_id)
         values = (
             interaction_id, feedback.created_at or utc_now(),
-            clean_text(feedback.session_id), feedback.rating, feedback.best, comment,
+            storable(feedback.session_id), feedback.rating, feedback.best, comment,
         )
         with self._write() as conn:
             # Checked in the same transaction as the insert, for a clear message
@@ -442,29 +438,29 @@ def _pair_row(pair: PreferencePair) -> dict[str, Any]:
     margin = _finite_or_none("margin", pair.margin)
     if margin is None:
         raise StoreError("margin is required")
-    prompt = [{str(k): clean_text(str(v)) for k, v in m.items()} for m in pair.prompt]
+    prompt = [{str(k): storable(str(v)) for k, v in m.items()} for m in pair.prompt]
     try:  # strict JSON: NaN in details would make the DPO export and log exports invalid
         details = json.dumps(pair.details, ensure_ascii=False, allow_nan=False, default=str)
     except ValueError as exc:
         raise StoreError(f"details must be finite JSON: {exc}") from exc
     return {
         "created_at": pair.created_at or utc_now(),
-        "domain": clean_text(pair.domain),
-        "question": clean_text(pair.question),
+        "domain": storable(pair.domain),
+        "question": storable(pair.question),
         "prompt_json": json.dumps(prompt, ensure_ascii=False),
-        "chosen": clean_text(pair.chosen),
-        "rejected": clean_text(pair.rejected),
+        "chosen": storable(pair.chosen),
+        "rejected": storable(pair.rejected),
         "chosen_score": _finite_or_none("chosen_score", pair.chosen_score),
         "rejected_score": _finite_or_none("rejected_score", pair.rejected_score),
         "margin": margin,
         "evaluator": pair.evaluator,
         "confidence": confidence,
         "trainable": int(bool(pair.trainable)),
-        "interaction_ids": json.dumps([clean_text(str(i)) for i in pair.interaction_ids]),
-        "details_json": clean_text(details),
-        "weak_model": clean_text(pair.weak_model),
-        "strong_model": clean_text(pair.strong_model),
-        "adapter_version": clean_text(pair.adapter_version),
+        "interaction_ids": json.dumps([storable(str(i)) for i in pair.interaction_ids]),
+        "details_json": storable(details),
+        "weak_model": storable(pair.weak_model),
+        "strong_model": storable(pair.strong_model),
+        "adapter_version": storable(pair.adapter_version),
     }
 
 

@@ -27,17 +27,19 @@ from typing import Any, Callable
 
 from cowest_app import prompts
 from cowest_app.config import AppConfig
-from cowest_app.models.base import BackendError, GenerationOptions
+from cowest_app.defaults import DRAFT_TEMPERATURE
+from cowest_app.models.base import BackendError, GenerationOptions, WeakModel
 from cowest_app.files import write_atomic
 from cowest_app.registry import AdapterRegistry, AdapterVersion, RegistryError
-from training.common import NICE_ENV, PARENT_PID_ENV
 
 log = logging.getLogger(__name__)
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_EVAL_FILE = Path(__file__).parent / "data" / "heldout_general.jsonl"
-PHASES = ("idle", "collecting", "training", "evaluating", "pushing")
-DRAFT_TEMPERATURE = 0.8  # K drafts must differ to be compared
+# The environment the app sets for its training child (`python -m training.dpo`), read there by
+# training.common.exit_with_parent / lower_priority: the child imports these names from here.
+PARENT_PID_ENV = "COWEST_PARENT_PID"  # exit when that process is gone
+NICE_ENV = "COWEST_TRAIN_NICE"  # run at this niceness
 
 
 class JobError(RuntimeError):
@@ -409,8 +411,8 @@ class TrainingJob:
         items = [i for i in load_items(self.config.eval_file or DEFAULT_EVAL_FILE) if i.item.reference][: self.config.eval_max_items]
         if not items:
             raise JobError("the held-out set has no questions with references")
-        weak = self.service.weak
-        contender = TransformersBackend(self.config.weak_model, cache_dir=self.config.cache_dir, load_4bit=self.config.weak_4bit,
+        weak: WeakModel = self.service.weak
+        contender: WeakModel = TransformersBackend(self.config.weak_model, cache_dir=self.config.cache_dir, load_4bit=self.config.weak_4bit,
                                         adapter=str(self.registry.path(candidate.version)), adapter_version=candidate.version,
                                         device=getattr(weak, "device", None))
         scores = {"candidate_score": 0.0, "active_score": 0.0}
@@ -422,14 +424,14 @@ class TrainingJob:
                 scores[key] += score_with_reference(answer, item.item.reference, item.task_type, item.item.options)
         return {k: v / len(items) for k, v in scores.items()} | {"eval_items": len(items)}
 
-    def _collaborate(self, weak: Any, item: Any) -> str:
+    def _collaborate(self, weak: WeakModel, item: Any) -> str:
         # The served weak model drafts in this pack's slot; a candidate built alone has it as its default.
         slot = self.pack.name if weak is self.service.weak else None
         draft_opts = GenerationOptions(max_new_tokens=self.config.weak_max_new_tokens, adapter=slot)
         final_opts = GenerationOptions(max_new_tokens=self.config.strong_max_new_tokens)
-        draft = "".join(weak.generate(self.prompt_set.draft(item.question), **_fields(draft_opts)))
+        draft = "".join(weak.generate(self.prompt_set.draft(item.question), **draft_opts.as_kwargs()))
         refine = self.prompt_set.refine(item.question, prompts.clean_generation(draft))
-        return prompts.clean_generation("".join(self.service.strong.generate(refine, **_fields(final_opts))))
+        return prompts.clean_generation("".join(self.service.strong.generate(refine, **final_opts.as_kwargs())))
 
     def push(self, version: str) -> None:
         from cowest_app.hub import render_model_card
@@ -444,10 +446,6 @@ class TrainingJob:
 def _held_back_note(offered: int, kept: int) -> str:
     dropped = offered - kept
     return f" ({dropped} of {offered} new pairs held back: stale votes, replaced by human votes or over the per-session cap)" if dropped else ""
-
-
-def _fields(opts: GenerationOptions) -> dict[str, Any]:
-    return {k: getattr(opts, k) for k in GenerationOptions.__dataclass_fields__}
 
 
 def _kill(child: subprocess.Popen) -> None:

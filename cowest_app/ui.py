@@ -16,6 +16,7 @@ from cowest_app import prompts
 from cowest_app.eval_view import build_evaluation_tab
 from cowest_app.pipeline import COLLAB, NOTE, STRONG_ALONE, WEAK, WEAK_ALONE, Snapshot
 from cowest_app.service import CollabService
+from cowest_app.store import BEST_CHOICES as BEST_KEYS
 
 if TYPE_CHECKING:
     from cowest_app.control import TrainingControl
@@ -26,7 +27,9 @@ STAGE_TITLES = {
     WEAK_ALONE: "Weak alone",
     STRONG_ALONE: "Strong alone",
 }
-BEST_CHOICES = [("Final answer (collaboration)", "collab"), ("Weak draft", "weak"), ("Strong alone", "strong")]
+BEST_LABELS = {"collab": "Final answer (collaboration)", "weak": "Weak draft", "strong": "Strong alone"}  # display order
+# (label, key) for every key the store accepts; a key without a label fails here, at import.
+BEST_CHOICES = [(BEST_LABELS[key], key) for key in sorted(BEST_KEYS, key=list(BEST_LABELS).index)]
 
 
 def _ms(value: float | None) -> str:

@@ -38,6 +38,7 @@ from transformers import TrainerCallback
 from trl.scripts.utils import TrlParser
 
 from cowest_app.files import write_atomic
+from cowest_app.training_job import NICE_ENV, PARENT_PID_ENV  # set by the app for a training child
 
 log = logging.getLogger(__name__)
 
@@ -46,8 +47,6 @@ R = TypeVar("R")
 RESOLVED_CONFIG = "resolved_config.yaml"
 PROGRESS_FILE = "progress.jsonl"
 METRICS_FILE = "metrics.json"
-PARENT_PID_ENV = "COWEST_PARENT_PID"  # set by the app for a training child: exit when that process is gone
-NICE_ENV = "COWEST_TRAIN_NICE"  # set by the app for a training child: run at this niceness
 
 
 class RecipeError(ValueError):

@@ -40,9 +40,12 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
 
+from cowest_app.evaluators import Score, SelfAnsweringEvaluator
 from cowest_app.files import write_atomic
 from cowest_app.models.base import GenerationOptions, Message
+from cowest_app.models.batching import left_pad
 from cowest_app.prompts import clean_generation
+from cowest_app.results import RESULTS_JSON, RESULTS_MD, RESULTS_PNG, render_chart, render_table
 from cowest_app.retrieval import render_context
 
 if TYPE_CHECKING:  # keep `import training.evaluate` light for the pure helpers
@@ -65,10 +68,9 @@ SYSTEMS: dict[str, str] = {
 }
 ANSWER_PREFIX = "Answer:"  # the answering model's reply opens with it; options are scored after it
 CHOICE_TASKS = ("multiple_choice", "label")
-RESULTS_JSON, RESULTS_MD, RESULTS_PNG = "results.json", "results.md", "results.png"
-DRAFTS_JSON = "drafts.json"
+DRAFTS_JSON = "drafts.json"  # --drafts-only: what each weak model drafted, unscored
 # An answering prompt longer than this means the context was not bounded (see cowest_app/retrieval.py).
-PROMPT_TOKEN_BUDGET = 1024  # --drafts-only: what each weak model drafted, unscored
+PROMPT_TOKEN_BUDGET = 1024
 
 Progress = Callable[[int], None]  # called with the number of items just finished
 
@@ -93,24 +95,6 @@ def bootstrap_ci(values: Sequence[float], n: int = 1000, seed: int = 0, level: f
 # -- model scoring --------------------------------------------------------------
 def _device(model: Any) -> Any:
     return next(model.parameters()).device
-
-
-def _left_pad(rows: Sequence[Sequence[int]], pad_id: int, device: Any):
-    """(input_ids, attention_mask, position_ids) of left-padded rows.
-
-    Explicit position ids make each row see the positions it would alone, so
-    batched scores equal one-by-one scores.
-    """
-    import torch
-
-    width = max(len(r) for r in rows)
-    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    mask = torch.zeros_like(input_ids)
-    for i, row in enumerate(rows):
-        input_ids[i, width - len(row):] = torch.tensor(row, dtype=torch.long)
-        mask[i, width - len(row):] = 1
-    positions = (mask.cumsum(-1) - 1).clamp(min=0)
-    return input_ids.to(device), mask.to(device), positions.to(device)
 
 
 def continuation_logprobs(
@@ -139,7 +123,7 @@ def continuation_logprobs(
     for start in range(0, len(ordered), batch_size):
         batch = ordered[start:start + batch_size]
         keep = max(len(c) for row in batch for _, _, c in rows[row])
-        input_ids, mask, positions = _left_pad(batch, pad_id, device)
+        input_ids, mask, positions = left_pad(batch, pad_id, device)
         with torch.inference_mode():
             logits = model(input_ids=input_ids, attention_mask=mask, position_ids=positions, logits_to_keep=keep).logits
         logprobs = torch.log_softmax(logits.float(), dim=-1)
@@ -185,8 +169,8 @@ def greedy_generate(
     replies: list[str] = []
     for start in range(0, len(conversations), batch_size):
         chunk = conversations[start:start + batch_size]
-        input_ids, mask, _ = _left_pad([backend.encode(m)["input_ids"][0].tolist() for m in chunk],
-                                       tokenizer.pad_token_id, _device(model))
+        input_ids, mask, _ = left_pad([backend.encode(m)["input_ids"][0].tolist() for m in chunk],
+                                      tokenizer.pad_token_id, _device(model))
         with torch.inference_mode():
             out = model.generate(input_ids=input_ids, attention_mask=mask, **kwargs)
         width = input_ids.shape[1]
@@ -196,7 +180,7 @@ def greedy_generate(
     return replies
 
 
-class OptionLikelihood:
+class OptionLikelihood(SelfAnsweringEvaluator):
     """Collaborative-feedback evaluator for choice tasks that generates nothing.
 
     The strong model's reply to each conversation is read off its option
@@ -224,9 +208,7 @@ class OptionLikelihood:
 
     def answer_and_score(
         self, conversations: Sequence[list[Message]], reference: Any, options: Sequence[str] | None,
-    ) -> tuple[list[str], list[Any]]:
-        from cowest_app.evaluators import Score
-
+    ) -> tuple[list[str], list[Score]]:
         cands = self.candidates(options)
         correct = reference if isinstance(reference, int) and not isinstance(reference, bool) else cands.index(str(reference))
         rows = option_logprobs(self.backend, conversations, [cands] * len(conversations), self.batch_size)
@@ -238,10 +220,6 @@ class OptionLikelihood:
             answers.append(f"{ANSWER_PREFIX} {cands[best]} (p={probs[best]:.2f})")
             scores.append(Score(float(probs[correct]), 1.0, self.name))
         return answers, scores
-
-    def score_answers(self, question: str, answers: Sequence[str], reference: Any = None,
-                      options: Sequence[str] | None = None) -> list[Any]:
-        raise ValueError("option_likelihood scores conversations through answer_and_score, not answer texts")
 
 
 # -- systems ----------------------------------------------------------------------
@@ -440,48 +418,6 @@ def write_results(results: dict[str, Any], out: str | Path) -> Path:
     (out / RESULTS_MD).write_text(render_table(results), encoding="utf-8")
     render_chart(results, out / RESULTS_PNG)
     return out
-
-
-def _pct(value: float) -> str:
-    return f"{100 * value:.1f}"
-
-
-def render_table(results: dict[str, Any]) -> str:
-    """Markdown table: one row per system, the metric in percent with its 95% CI."""
-    metric = str(results.get("metric") or "accuracy")
-    lines = [
-        f"### {results.get('pack', 'pack')} ({results.get('task_type', '')})",
-        "",
-        f"| System | {metric} (%) | 95% CI | n | answering model's prompt tokens (mean) |",
-        "|---|---:|---:|---:|---:|",
-    ]
-    for system in results["systems"].values():
-        ci = f"[{_pct(system['ci_low'])}, {_pct(system['ci_high'])}]"
-        tokens = system.get("mean_prompt_tokens", "-")  # result sets from before it was recorded have none
-        lines.append(f"| {system['label']} | {_pct(system['accuracy'])} | {ci} | {system['n']} | {tokens} |")
-    return "\n".join(lines) + "\n"
-
-
-def render_chart(results: dict[str, Any], path: str | Path) -> Path:
-    """Bar chart of every system's score with 95% CI error bars, as PNG."""
-    from matplotlib.figure import Figure  # a bare Figure renders with Agg and touches no global pyplot state
-
-    systems = list(results["systems"].values())
-    values = [100 * s["accuracy"] for s in systems]
-    errors = [
-        [100 * (s["accuracy"] - s["ci_low"]) for s in systems],
-        [100 * (s["ci_high"] - s["accuracy"]) for s in systems],
-    ]
-    fig = Figure(figsize=(max(4.0, 1.4 * len(systems)), 4.0), layout="constrained")
-    ax = fig.add_subplot()
-    ax.bar(range(len(systems)), values, yerr=errors, capsize=4, color="#4C72B0")
-    ax.set_xticks(range(len(systems)), [s["label"] for s in systems], rotation=20, ha="right", fontsize=8)
-    ax.set_ylim(0, 100)
-    ax.set_ylabel(f"{results.get('metric') or 'accuracy'} (%)")
-    ax.set_title(f"{results.get('pack', '')}: 95% bootstrap CI")
-    path = Path(path)
-    fig.savefig(path, dpi=120)
-    return path
 
 
 # -- command line -------------------------------------------------------------------------

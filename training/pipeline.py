@@ -43,11 +43,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
+from cowest_app.defaults import DRAFT_TEMPERATURE, MIN_MARGIN
 from training.common import recipe_dict, write_json
 from training.evaluate import Settings as EvalSettings
 
 if TYPE_CHECKING:
     from cowest_app.packs import DomainPack
+    from cowest_app.evaluators import Evaluator
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +70,7 @@ class PipelineOptions:
     k: int = 4
     draft_tokens: int = 96  # drafts carry one or two statements and an answer line; short keeps CPU runs bounded
     final_tokens: int = 96  # the strong model's finals during feedback (scored for the answer)
-    temperature: float = 0.8  # drafts must differ to be compared
+    temperature: float = DRAFT_TEMPERATURE  # drafts must differ to be compared
     seed: int = 0
     # corpus: language modelling on the corpus only; corpus+drafts: plus one drafting
     # example per train question (on the shipped pack corpus-only SFT left the weak model at chance)
@@ -82,7 +84,7 @@ class PipelineOptions:
     dpo_overrides: tuple[str, ...] = ()
     eval: EvalSettings = field(default_factory=EvalSettings)
     feedback_scoring: str = "likelihood"  # choice tasks: strong option probability; "generate": finals + metric
-    min_margin: float = 0.05  # influence gap below which a pair is noise, not preference
+    min_margin: float = MIN_MARGIN  # influence gap below which a pair is noise, not preference
     # auto: bfloat16 on GPUs and CPUs with native bf16 (4.6x the float32 prefill speed of the
     # 1.5B strong model on a Xeon with AMX, option probabilities equal to about 0.01), float32
     # elsewhere (an AVX2-only EPYC emulates bf16 more than 7x slower than float32).
@@ -232,7 +234,7 @@ def stage_name(stage: str, grounded: bool) -> str:
     return f"{stage}-grounded" if grounded else stage
 
 
-def feedback_evaluator(pack: DomainPack, opts: PipelineOptions, strong: Any) -> Any:
+def feedback_evaluator(pack: DomainPack, opts: PipelineOptions, strong: Any) -> Evaluator:
     """How feedback scores a final answer.
 
     Choice tasks (by default): the strong model's probability of the correct
@@ -256,8 +258,8 @@ def feedback_stage(pack: DomainPack, opts: PipelineOptions, out: Path, sft: dict
     strong_opts = GenerationOptions(max_new_tokens=opts.final_tokens, temperature=0.0)
     inputs = {
         "pack": pack.fingerprint(), "sft": upstream(sft), "weak": opts.weak, "strong": opts.strong,
-        "train_limit": opts.train_limit, "k": opts.k, "weak_options": dataclasses.asdict(weak_opts),
-        "strong_options": dataclasses.asdict(strong_opts), "load_4bit": opts.load_4bit,
+        "train_limit": opts.train_limit, "k": opts.k, "weak_options": weak_opts.as_kwargs(),
+        "strong_options": strong_opts.as_kwargs(), "load_4bit": opts.load_4bit,
         "feedback_scoring": opts.feedback_scoring, "min_margin": opts.min_margin, "strong_dtype": opts.strong_dtype,
     } | ({"grounded": True, "passages": pack.retrieval_passages} if grounded else {})
 

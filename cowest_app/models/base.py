@@ -7,7 +7,7 @@ knows whether a local model or a remote endpoint is behind it.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any, Callable, Iterable, Iterator, Protocol
 
 Message = dict[str, str]
@@ -54,6 +54,11 @@ class GenerationOptions:
     def has_stop_rules(self) -> bool:
         return bool(self.stop) or bool(self.stop_after_line)
 
+    def as_kwargs(self) -> dict[str, Any]:
+        """Every field by name: the keyword arguments of `Backend.generate` and
+        `WeakModel.sample`, and how options are recorded. `options_from` is the inverse."""
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
 
 @dataclass(frozen=True)
 class AdapterSlot:
@@ -74,6 +79,22 @@ class Backend(Protocol):
 
     def describe(self) -> dict[str, Any]:
         """Model id, adapter version, memory and similar facts for the UI and the log."""
+        ...
+
+
+class WeakModel(Backend, Protocol):
+    """The weak role: a backend that also samples K drafts at once and swaps its LoRA adapter.
+
+    `cowest_app.models.local.TransformersBackend` is one; feedback collection,
+    the training job and the harness take a WeakModel, never `Any`.
+    """
+
+    def sample(self, messages: list[Message], n: int, **opts: Any) -> list[str]:
+        """`n` whole sampled replies to the same messages; opts are GenerationOptions fields."""
+        ...
+
+    def swap_adapter(self, source: str | None, version: str) -> None:
+        """Serve the LoRA adapter at `source` (None: the bare base model) as `version`."""
         ...
 
 
@@ -99,7 +120,7 @@ def create_backend(name: str, **kwargs: Any) -> Backend:
 
 
 def options_from(opts: dict[str, Any]) -> GenerationOptions:
-    unknown = set(opts) - set(GenerationOptions.__dataclass_fields__)
+    unknown = set(opts) - {f.name for f in fields(GenerationOptions)}
     if unknown:
         raise TypeError(f"unknown generation options: {sorted(unknown)}")
     return GenerationOptions(**opts)

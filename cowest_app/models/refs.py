@@ -10,11 +10,12 @@ from __future__ import annotations
 import importlib.util
 import json
 import logging
-import os
 import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+
+from cowest_app.config import env_setting
 
 log = logging.getLogger(__name__)
 
@@ -176,4 +177,4 @@ def _convert_gguf(gguf_dir: Path, gguf_name: str, out_dir: Path) -> None:
 
 
 def default_cache_dir() -> Path:
-    return Path(os.environ.get("COWEST_CACHE_DIR", Path.home() / ".cache" / "cowest"))
+    return Path(env_setting("COWEST_CACHE_DIR"))

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from cowest_app.collect import Progress, QuestionItem, collect, collect_for_question, format_question
-from cowest_app.evaluators import ReferenceEvaluator, StrongJudge, WeakJudge
+from cowest_app.evaluators import ReferenceEvaluator, Score, SelfAnsweringEvaluator, StrongJudge, WeakJudge
 from cowest_app.feedback import write_dpo_jsonl
 from cowest_app.models.base import GenerationOptions
 from cowest_app.models.local import TransformersBackend
@@ -91,7 +91,9 @@ def store(tmp_path: Path) -> LogStore:
 
 
 def run_one(weak, strong_backend, evaluator, **kw):
-    settings = {"k": 4, "weak_opts": WEAK_OPTS, "strong_opts": STRONG_OPTS, "prompt_set": PROMPT_SETS["general"], **kw}
+    # min_margin 0: the tiny random models' score gaps are far below the real default (defaults.MIN_MARGIN).
+    settings = {"k": 4, "weak_opts": WEAK_OPTS, "strong_opts": STRONG_OPTS, "min_margin": 0.0,
+                "prompt_set": PROMPT_SETS["general"], **kw}
     return collect_for_question("Capital of France?", "general", weak, strong_backend, evaluator,
                                 reference=0, options=OPTIONS, **settings)
 
@@ -206,7 +208,7 @@ def test_dpo_file_from_logged_pairs_loads_with_datasets(weak, strong, store, tmp
     assert row["chosen"][0]["role"] == "assistant" and row["chosen"][0]["content"] != row["rejected"][0]["content"]
 
 
-class ScoresByDraftLength:
+class ScoresByDraftLength(SelfAnsweringEvaluator):
     """A self-answering evaluator: it reads the conversations, the strong
     backend never generates. The longer the draft in a conversation, the higher
     the score; the strong-alone conversation (no draft) scores 0.5."""
@@ -218,8 +220,6 @@ class ScoresByDraftLength:
         self.seen: list[list[dict]] = []
 
     def answer_and_score(self, conversations, reference, options):
-        from cowest_app.evaluators import Score
-
         self.seen = list(conversations)
         drafts = [c[-1]["content"].partition("DRAFT:")[2] for c in conversations]
         scores = [Score(min(1.0, len(d) / 1000) if d else 0.5, 1.0, self.name) for d in drafts]

@@ -67,3 +67,11 @@ def test_space_binds_all_interfaces_unless_told_otherwise():
     assert cfg.from_env({"SPACE_ID": "me/cowest"}).max_session_share == 0.2
     assert cfg.from_env({"SPACE_ID": "me/cowest", "COWEST_MAX_SESSION_SHARE": "0.5"}).max_session_share == 0.5
     assert cfg.from_env({}).host == "127.0.0.1"
+
+
+def test_env_setting_reads_one_setting_as_from_env_does(tmp_path: Path) -> None:
+    assert cfg.env_setting("COWEST_DATA_DIR", {}) == cfg.AppConfig.data_dir == Path("data")
+    assert cfg.env_setting("COWEST_DATA_DIR", {"COWEST_DATA_DIR": " "}) == Path("data")  # blank: the default
+    assert cfg.env_setting("COWEST_CACHE_DIR", {"COWEST_CACHE_DIR": str(tmp_path)}) == tmp_path
+    assert cfg.env_setting("COWEST_CACHE_DIR", {"COWEST_CACHE_DIR": "~/c"}) == Path.home() / "c"
+    assert cfg.env_setting("COWEST_CACHE_DIR", {}) == cfg.from_env({}).cache_dir

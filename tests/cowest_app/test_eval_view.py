@@ -15,7 +15,7 @@ from cowest_app.eval_view import (
     NO_SETS, PACK_PLACEHOLDER, ResultsError, build_evaluation_tab, find_result_sets, list_result_sets,
     read_results, show_result_set,
 )
-from training.evaluate import render_chart, render_table
+from cowest_app.results import render_chart, render_table
 
 RESULTS = {
     "pack": "tiny-pack",

@@ -129,3 +129,25 @@ def test_make_evaluator(tiny: TransformersBackend) -> None:
         make_evaluator("strong_judge", weak=tiny)
     with pytest.raises(ValueError, match="unknown"):
         make_evaluator("oracle")
+
+
+def test_evaluator_abilities_are_declared_not_discovered() -> None:
+    from cowest_app.collect import collect_for_question
+    from cowest_app.evaluators import Evaluator, PairJudge, SelfAnsweringEvaluator, TextEvaluator
+
+    assert issubclass(ReferenceEvaluator, TextEvaluator) and ReferenceEvaluator.needs_reference
+    assert issubclass(StrongJudge, TextEvaluator) and not StrongJudge.needs_reference
+    assert issubclass(WeakJudge, TextEvaluator) and issubclass(WeakJudge, PairJudge)
+    assert not issubclass(StrongJudge, PairJudge) and not issubclass(ReferenceEvaluator, SelfAnsweringEvaluator)
+    with pytest.raises(TypeError):  # an ability is a method to implement, not an optional attribute
+        type("NoScores", (TextEvaluator,), {"name": "x"})()
+
+    class LooksSelfAnswering:  # has the method, declares nothing: the collector does not guess
+        name = "duck"
+
+        def answer_and_score(self, conversations, reference, options):
+            raise AssertionError("never called")
+
+    with pytest.raises(TypeError, match="neither a TextEvaluator nor a SelfAnsweringEvaluator"):
+        collect_for_question("Q?", "general", None, None, LooksSelfAnswering())  # type: ignore[arg-type]
+    assert not isinstance(LooksSelfAnswering(), Evaluator)

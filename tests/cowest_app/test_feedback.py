@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from cowest_app.feedback import (
+    PairChoice,
     choose_pair,
     contains_answer,
     draft_vote,
@@ -22,7 +23,6 @@ from cowest_app.feedback import (
     parse_judge_score,
     prefer_human,
     score_with_reference,
-    select_pair,
     token_f1,
     write_dpo_jsonl,
 )
@@ -180,6 +180,12 @@ def test_influences() -> None:
     assert influences([1.0, 0.5, 0.0], 0.5) == [0.5, 0.0, -0.5]
     assert influences([1.0, None], 0.0) == [1.0, None]
     assert influences([1.0, 0.0], None) == [None, None]
+
+
+def select_pair(drafts, influences, min_margin):
+    """choose_pair as (chosen, rejected, margin), or None with its reason dropped."""
+    choice = choose_pair(drafts, influences, min_margin)
+    return (choice.chosen, choice.rejected, choice.margin) if isinstance(choice, PairChoice) else None
 
 
 def test_select_pair_picks_extremes_and_margin() -> None:

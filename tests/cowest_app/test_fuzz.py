@@ -37,7 +37,7 @@ from cowest_app.models.remote import InferenceClientBackend
 from cowest_app.pipeline import COLLAB, WEAK, Snapshot, Stage
 from cowest_app.registry import AdapterRegistry, AdapterVersion
 from cowest_app.service import CollabService, build_weak
-from cowest_app.store import LogStore, clean_text as store_clean
+from cowest_app.store import LogStore, storable as store_clean
 from cowest_app.training_job import JobError, TrainingJob
 from cowest_app.ui import _escape, build_ui, job_state_md, stage_table, user_error
 from tests.fakes.openai_server import serve_openai

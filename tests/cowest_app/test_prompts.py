@@ -87,7 +87,7 @@ def test_non_text_question():
 
 def test_clean_text_strips_controls_and_repairs_unicode():
     assert prompts.clean_text("  a\x00b\x07c\nd\te  ") == "abc\nd\te"
-    assert prompts.clean_text("bad \ud800 surrogate") == "bad ? surrogate"
+    assert prompts.clean_text("bad \ud800 surrogate") == "bad \ufffd surrogate"  # as the store repairs it
     assert prompts.clean_text("e\u0301") == "\u00e9"  # NFC
 
 

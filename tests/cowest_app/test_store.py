@@ -12,7 +12,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from cowest_app.store import Feedback, Interaction, LogStore, StoreError, clean_text
+from cowest_app.store import Feedback, Interaction, LogStore, StoreError, storable as clean_text
 
 
 def make_interaction(**overrides) -> Interaction:

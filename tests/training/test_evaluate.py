@@ -180,7 +180,10 @@ def test_option_scoring_picks_the_option_the_model_is_forced_to_prefer(tiny_back
 
 def test_option_likelihood_scores_the_probability_of_the_reference(tiny_backend) -> None:
     convs = conversations(3)
+    from cowest_app.evaluators import SelfAnsweringEvaluator
+
     evaluator = OptionLikelihood(tiny_backend, batch_size=2)
+    assert isinstance(evaluator, SelfAnsweringEvaluator) and evaluator.needs_reference  # declared, not discovered
     answers, scores = evaluator.answer_and_score(convs, 1, ["x", "y", "z"])
     raw = option_logprobs(tiny_backend, convs, [["A", "B", "C"]] * 3)
     for answer, score, row in zip(answers, scores, raw):
