@@ -20,7 +20,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field, replace
 from collections.abc import Sized
-from typing import Callable, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from cowest_app import prompts
 from cowest_app.defaults import DRAFT_TEMPERATURE, MIN_MARGIN
@@ -102,6 +102,13 @@ def format_question(question: str, options: Sequence[str] | None = None) -> str:
 def complete(backend: Backend, messages: list[Message], options: GenerationOptions) -> str:
     """One whole reply, with echoed template tokens stripped."""
     return prompts.clean_generation("".join(backend.generate(messages, **options.as_kwargs())))
+
+
+def drafting_version(weak_info: Mapping[str, Any], slot: str | None) -> str | None:
+    """The adapter version that wrote drafts in `slot` (a pack's name), from the weak model's description."""
+    if slot is None:
+        return weak_info.get("adapter_version")
+    return (weak_info.get("adapters") or {}).get(slot, "base")
 
 
 def weak_drafts(weak: WeakModel, messages: list[Message], k: int, options: GenerationOptions, sequential: bool = False) -> list[str]:
@@ -212,7 +219,7 @@ def collect_for_question(
             },
             weak_model=weak_info.get("model"),
             strong_model=strong_info.get("model") or strong_info.get("endpoint"),
-            adapter_version=weak_info.get("adapter_version"),
+            adapter_version=drafting_version(weak_info, weak_opts.adapter),
         )
     timings["judge_s"] = time.perf_counter() - started
 

@@ -170,7 +170,10 @@ class TrainingJob:
             self.service.weak.swap_adapter(str(self.registry.path(version)) if version else None, version or "base",
                                            self.pack.name)
         except BackendError as exc:  # a damaged adapter: the active one keeps serving, the pointer stays
-            raise JobError(f"{exc}; the active adapter is still {self.service.weak.describe().get('adapter_version')}") from exc
+            from cowest_app.collect import drafting_version
+
+            active = drafting_version(self.service.weak.describe(), self.pack.name)
+            raise JobError(f"{exc}; the active adapter is still {active}") from exc
         self.registry.promote(version)
         return f"active adapter is now {version or 'base'}"
 

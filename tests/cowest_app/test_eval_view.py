@@ -175,7 +175,7 @@ def test_evaluate_run_gets_the_evaluate_command(dirs):
     ns = build_parser().parse_args(shell_words(command)[3:])
     assert ns.pack == PACK_PLACEHOLDER  # no such pack in the repo: the user fills in theirs
     assert ns.weak == "models/my weak; $(rm -rf x)"  # quoted: the shell passes it through untouched
-    assert (ns.sft_adapter, ns.dpo_adapter, ns.limit, ns.strong_dtype, ns.load_4bit) == ("adapters/my-sft", None, None, None, True)
+    assert (ns.sft_adapter, ns.dpo_adapter, ns.limit, ns.strong_dtype, ns.load_4bit) == ("adapters/my-sft", None, None, "auto", True)
 
 
 def test_missing_chart_is_drawn_and_missing_timings_are_left_out(dirs):

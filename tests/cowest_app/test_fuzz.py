@@ -36,7 +36,7 @@ from cowest_app.models.local import AdapterError, TransformersBackend
 from cowest_app.models.remote import InferenceClientBackend
 from cowest_app.pipeline import COLLAB, WEAK, Snapshot, Stage
 from cowest_app.registry import AdapterRegistry, AdapterVersion
-from cowest_app.service import CollabService, build_weak
+from cowest_app.service import CollabService, answered, build_weak, load_served_packs
 from cowest_app.store import LogStore, storable as store_clean
 from cowest_app.training_job import JobError, TrainingJob
 from cowest_app.ui import _escape, build_ui, job_state_md, stage_table, user_error
@@ -154,7 +154,8 @@ def test_ask_answers_or_refuses_and_never_loses_the_log(env, question, domain, c
     row = service.store.get_interaction(last.interaction_id)
     assert row.question == prompts.clean_text(question) and row.domain == domain
     assert row.session_id == store_clean(session)
-    assert row.status == "ok", row.error
+    # The tiny random model's draft may be judged degenerate: re-drafted or answered without it, never failed.
+    assert answered(row.status), (row.status, row.error)
     # The obedient strong model revealed its whole prompt, and still no secret.
     assert last.snapshot.stages[COLLAB].text.startswith("SYSTEM: ")
     assert_no_secret(*(s.text for s in last.snapshot.stages.values()), *(s.error for s in last.snapshot.stages.values()))
@@ -355,10 +356,10 @@ def registry_with(root: Path, tiny_adapters, damaged: str) -> AdapterRegistry:
 @pytest.mark.parametrize("kind", ["truncated safetensors", "garbage adapter_config.json", "NaN weights"])
 def test_rollback_to_a_damaged_version_keeps_the_active_one(tmp_path: Path, tiny_model_dir: Path, tiny_adapters, kind) -> None:
     config = AppConfig(weak_model=str(tiny_model_dir), weak_4bit=False, data_dir=tmp_path, weak_max_new_tokens=4,
-                       strong_max_new_tokens=4, secrets=SECRETS)
-    registry = registry_with(config.adapters_dir, tiny_adapters, kind)
-    weak = build_weak(config)
-    assert weak.adapter_version == "v1"
+                       strong_max_new_tokens=4, secrets=SECRETS, packs=("packs/general",))
+    registry = registry_with(config.pack_adapters_dir("general"), tiny_adapters, kind)
+    weak = build_weak(config, load_served_packs(config))
+    assert weak.adapter_versions() == {"general": "v1"}
     service = CollabService(config, weak, weak, LogStore(config.db_path))
     job = TrainingJob(config, service, registry)
     with pytest.raises(JobError, match=f"{DAMAGE[kind][1]}.*the active adapter is still v1"):
@@ -369,13 +370,14 @@ def test_rollback_to_a_damaged_version_keeps_the_active_one(tmp_path: Path, tiny
 
 
 def test_damaged_active_adapter_at_start_serves_the_base_model(tmp_path: Path, tiny_model_dir: Path, tiny_adapters, caplog) -> None:
-    config = AppConfig(weak_model=str(tiny_model_dir), weak_4bit=False, data_dir=tmp_path)
-    registry = registry_with(config.adapters_dir, tiny_adapters, "truncated safetensors")
+    config = AppConfig(weak_model=str(tiny_model_dir), weak_4bit=False, data_dir=tmp_path, packs=("packs/general",))
+    packs = load_served_packs(config)
+    registry = registry_with(config.pack_adapters_dir("general"), tiny_adapters, "truncated safetensors")
     registry.promote("v2")  # the pointer names a version whose weights were damaged on disk
     with caplog.at_level(logging.ERROR):
-        weak = build_weak(config)
-    assert weak.adapter_version == "base"
-    assert "active adapter v2 cannot be loaded, serving the base model" in caplog.text
+        weak = build_weak(config, packs)
+    assert weak.adapter_versions() == {}
+    assert "general: active adapter v2 cannot be loaded, serving the base model" in caplog.text
     # An adapter named explicitly in the configuration is a configuration error: said, not skipped.
     with pytest.raises(AdapterError):
-        build_weak(config.with_overrides(weak_adapter=str(registry.path("v2"))))
+        build_weak(config.with_overrides(weak_adapter=str(registry.path("v2"))), packs)

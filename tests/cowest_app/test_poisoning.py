@@ -188,7 +188,7 @@ def tiny(tiny_model_dir: Path) -> TransformersBackend:
 
 
 def make_service(tmp_path: Path, tiny: TransformersBackend, **overrides) -> CollabService:
-    config = AppConfig(data_dir=tmp_path, weak_max_new_tokens=4, strong_max_new_tokens=4, **overrides)
+    config = AppConfig(data_dir=tmp_path, weak_max_new_tokens=4, strong_max_new_tokens=4, packs=("packs/general",), **overrides)
     return CollabService(config, tiny, tiny, LogStore(config.db_path))
 
 

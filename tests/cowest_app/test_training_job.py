@@ -75,6 +75,7 @@ def setup(tmp_path: Path, tiny_model_dir: Path):
         train_min_pairs=2,
         train_recipe=ROOT / "training/recipes/dpo-tiny.yaml",
         secrets=Secrets(admin_secret="s3cret", hf_token="hf_tok_never_shown"),
+        packs=("packs/general",),  # the job trains the general pack's adapter
     )
     with serve_openai(reply=strong_reply) as server:
         weak = TransformersBackend(str(tiny_model_dir))
@@ -90,7 +91,7 @@ def test_full_cycle_trains_gates_swaps_and_pushes(setup, monkeypatch):
         publisher = HubPublisher("cowest/weak-adapter", "hf_tok_never_shown", hub.endpoint,
                                  queue_path=config.data_dir / "hub_queue.json", sleep=lambda s: None)
         publisher.start()
-        registry = AdapterRegistry(config.adapters_dir)
+        registry = AdapterRegistry(config.pack_adapters_dir("general"))
         job = TrainingJob(config, service, registry, publisher)
 
         result = job.run_cycle()
@@ -127,12 +128,12 @@ def test_full_cycle_trains_gates_swaps_and_pushes(setup, monkeypatch):
 def test_gate_rejects_a_candidate_that_is_worse(setup):
     config, service = setup
     config = replace(config, eval_tolerance=-1.0)  # must beat the active adapter by a full point: impossible
-    registry = AdapterRegistry(config.adapters_dir)
+    registry = AdapterRegistry(config.pack_adapters_dir("general"))
     job = TrainingJob(config, service, registry)
     result = job.run_cycle()
     assert result.startswith("v1 rejected"), result
     assert registry.get("v1").status == "rejected" and registry.active() is None
-    assert service.weak.adapter_version == "base"
+    assert service.weak.adapter_versions() == {}
 
 
 def test_human_votes_become_pairs(setup):
@@ -142,7 +143,7 @@ def test_human_votes_become_pairs(setup):
     # Greedy drafts of the same question are equal; make the second interaction differ.
     service.store.log_feedback(Feedback(ids[0], rating=1))
     service.store.log_feedback(Feedback(ids[1], rating=-1))
-    job = TrainingJob(config, service, AdapterRegistry(config.adapters_dir))
+    job = TrainingJob(config, service, AdapterRegistry(config.pack_adapters_dir("general")))
     job.collect()
     human = [p for p in service.store.iter_pairs(trainable_only=False) if p.evaluator == "human"]
     assert all(set(p.interaction_ids) == set(ids) for p in human)
@@ -167,7 +168,7 @@ def long_running(config: AppConfig, tmp_path: Path) -> AppConfig:
 def test_killed_training_child_leaves_active_adapter_and_app_serving(setup, tmp_path: Path):
     config, service = setup
     config = long_running(config, tmp_path)
-    registry = AdapterRegistry(config.adapters_dir)
+    registry = AdapterRegistry(config.pack_adapters_dir("general"))
     job = TrainingJob(config, service, registry)
     outcome: list[str] = []
     runner = threading.Thread(target=lambda: outcome.append(job.run_cycle()))
@@ -182,16 +183,16 @@ def test_killed_training_child_leaves_active_adapter_and_app_serving(setup, tmp_
     runner.join(timeout=60)
     assert outcome and outcome[0].startswith("failed"), outcome
     assert "killed by signal 9" in job.snapshot()["last_error"]
-    assert registry.active() is None and service.weak.adapter_version == "base"
+    assert registry.active() is None and service.weak.adapter_versions() == {}
     assert registry.get("v1").status == "failed"
-    assert not list(config.adapters_dir.glob(".staging-*"))
+    assert not list(config.pack_adapters_dir("general").glob(".staging-*"))
     assert list(service.ask("Still there?", "general"))[-1].interaction_id
 
 
 def test_admin_controls_need_the_secret_and_stop_a_run(setup, tmp_path: Path):
     config, service = setup
     config = long_running(config, tmp_path)
-    control = TrainingControl(config, service, AdapterRegistry(config.adapters_dir))
+    control = TrainingControl(config, service, AdapterRegistry(config.pack_adapters_dir("general")))
     try:
         for action in (control.start_run, control.stop_run, control.retry_pushes):
             with pytest.raises(AdminError, match="Wrong admin secret"):
@@ -212,25 +213,25 @@ def test_admin_controls_need_the_secret_and_stop_a_run(setup, tmp_path: Path):
 
 def test_admin_is_disabled_without_a_configured_secret(setup):
     config, service = setup
-    control = TrainingControl(replace(config, secrets=Secrets()), service, AdapterRegistry(config.adapters_dir), start=False)
+    control = TrainingControl(replace(config, secrets=Secrets()), service, AdapterRegistry(config.pack_adapters_dir("general")), start=False)
     with pytest.raises(AdminError, match="disabled"):
         control.start_run("anything")
 
 
 def test_rollback_swaps_back_and_restart_restores_the_active_version(setup):
     config, service = setup
-    registry = AdapterRegistry(config.adapters_dir)
+    registry = AdapterRegistry(config.pack_adapters_dir("general"))
     job = TrainingJob(config, service, registry)
     assert job.run_cycle().startswith("v1 promoted")
     control = TrainingControl(config, service, registry, start=False)
     assert control.rollback("s3cret", None) == "active adapter is now base"
-    assert service.weak.adapter_version == "base" and registry.active() is None
+    assert service.weak.adapter_versions() == {} and registry.active() is None
     control.rollback("s3cret", "v1")
-    assert service.weak.adapter_version == "v1"
+    assert service.weak.adapter_versions() == {"general": "v1"}
     # A restarted app loads the last promoted adapter.
-    from cowest_app.service import build_weak
+    from cowest_app.service import build_weak, load_served_packs
 
-    assert build_weak(config).describe()["adapter_version"] == "v1"
+    assert build_weak(config, load_served_packs(config)).describe()["adapters"] == {"general": "v1"}
 
 
 def test_item_files_report_file_and_line(tmp_path: Path):

@@ -95,9 +95,10 @@ def literal_results() -> dict:
 def test_render_table_has_one_row_per_system() -> None:
     table = render_table(literal_results())
     lines = table.strip().splitlines()
-    assert lines[2] == "| System | accuracy (%) | 95% CI | n |"
+    assert lines[2] == "| System | accuracy (%) | 95% CI | n | answering model's prompt tokens (mean) |"
     assert lines[4].startswith("| Weak alone | 25.0 | [")
-    assert lines[5].startswith("| Strong alone | 75.0 | [") and lines[5].endswith("| 4 |")
+    # Result sets from before prompt tokens were recorded show a dash in that column.
+    assert lines[5].startswith("| Strong alone | 75.0 | [") and lines[5].endswith("| 4 | - |")
 
 
 def test_chart_and_result_files(tmp_path: Path) -> None:
