@@ -36,7 +36,8 @@ def half_precision_copy(source: Path, target: Path) -> None:
     save_file({name: t.to(torch.float16) if t.is_floating_point() else t for name, t in tensors.items()}, str(target))
 
 
-def ship(pack_dir: Path, adapter: Path, command: str, results: Sequence[Path] = (), data: Path | None = None) -> Path:
+def ship(pack_dir: Path, adapter: Path, command: str, results: Sequence[Path] = (), data: Path | None = None,
+         base_model: str | None = None) -> Path:
     """Copy `adapter` into the pack with its record; returns the pack's adapter directory."""
     config = json.loads((adapter / CONFIG).read_text(encoding="utf-8"))
     out = pack_dir / SHIPPED_ADAPTER_DIR
@@ -46,7 +47,7 @@ def ship(pack_dir: Path, adapter: Path, command: str, results: Sequence[Path] = 
     shutil.copy2(adapter / CONFIG, out / CONFIG)
     half_precision_copy(adapter / WEIGHTS, out / WEIGHTS)
     record: dict[str, Any] = {
-        "base_model": config.get("base_model_name_or_path"),
+        "base_model": base_model or config.get("base_model_name_or_path"),
         "command": command,
         "data_sha256": hashlib.sha256(data.read_bytes()).hexdigest() if data else None,
         "weights_sha256": hashlib.sha256((out / WEIGHTS).read_bytes()).hexdigest(),
@@ -62,11 +63,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--adapter", required=True, type=Path, help="the trained adapter directory")
     parser.add_argument("--command", required=True, help="the command that trained it, as recorded")
     parser.add_argument("--data", type=Path, help="the training data file (its sha256 is recorded)")
+    parser.add_argument("--base-model", help="the base model reference to record (default: the adapter config's path)")
     parser.add_argument("--results", type=Path, nargs="*", default=[], help="JSON files of its measured results")
     ns = parser.parse_args(argv)
     if not (ns.adapter / CONFIG).is_file() or not (ns.adapter / WEIGHTS).is_file():
         parser.error(f"{ns.adapter} holds no adapter ({CONFIG} and {WEIGHTS})")
-    out = ship(ns.pack, ns.adapter, ns.command, ns.results, ns.data)
+    out = ship(ns.pack, ns.adapter, ns.command, ns.results, ns.data, ns.base_model)
     print(f"shipped {ns.adapter} as {out} ({(out / WEIGHTS).stat().st_size / 2**20:.1f} MiB)")
     return 0
 

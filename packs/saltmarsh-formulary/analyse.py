@@ -74,6 +74,12 @@ def main(path: Path) -> dict:
         accuracy = (f"; accuracy {d['accuracy_with_facts']}% on those, {d['accuracy_without']}% on the rest"
                     if "accuracy_with_facts" in d else "")
         print(f"{name}: {d['drafts_with_facts']}/{d['items']} drafts ({d['recall']}%) hold every needed fact{accuracy}")
+    sft = path.parent / "sft-metrics.json"  # the SFT run these drafts came from, when kept beside them
+    if sft.is_file():
+        m = json.loads(sft.read_text(encoding="utf-8"))
+        report["sft"] = {k: m.get(k) for k in ("steps", "n_chats", "n_chunks", "n_tokens", "seconds", "tokens_per_second",
+                                               "train_loss", "final_loss")}
+        print("SFT: " + ", ".join(f"{k} {v}" for k, v in report["sft"].items()))
     name = "analysis.json" if path.name != "drafts.json" else "drafts-analysis.json"
     (path.parent / name).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     return report

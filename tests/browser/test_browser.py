@@ -179,12 +179,6 @@ def test_ask_rate_export_and_see_the_training_dashboard(page: Page, artifacts_di
     assert weak.strip() and final.strip(), (weak, final)
     expect(page.locator("#stage-table tr", has_text="Weak draft")).to_contain_text("v1")
 
-    # Another pack drafts with its own adapter: the general pack has none, so the bare base.
-    page.locator("#domain input").click()
-    page.get_by_role("option", name="General").click()
-    ask(page, "Why is the sky blue?")
-    expect(page.locator("#stage-table tr", has_text="Weak draft")).to_contain_text("base")
-
     page.locator("#rate-up").click()
     expect(page.locator("#feedback-message")).to_contain_text("👍 recorded")
     page.screenshot(path=artifacts_dir / "main-page.png", full_page=True)
@@ -210,6 +204,16 @@ def test_ask_rate_export_and_see_the_training_dashboard(page: Page, artifacts_di
     expect(history).to_contain_text("active")
     expect(history).to_contain_text("0.620")
     page.screenshot(path=artifacts_dir / "training-tab.png", full_page=True)
+
+
+def test_switching_packs_switches_the_weak_adapter(page: Page):
+    ask(page, "Which drug is held on Breakwater ICU?")
+    expect(page.locator("#stage-table tr", has_text="Weak draft")).to_contain_text("v1")
+    # Another pack drafts with its own adapter: the general pack has none, so the bare base.
+    page.locator("#domain input").click()
+    page.get_by_role("option", name="General").click()
+    ask(page, "Why is the sky blue?")
+    expect(page.locator("#stage-table tr", has_text="Weak draft")).to_contain_text("base")
 
 
 def test_markup_in_a_question_is_shown_as_text_and_never_executed(page: Page):
