@@ -21,6 +21,7 @@ from cowest_app.evaluators import (
 from cowest_app.models.local import TransformersBackend
 from cowest_app.models.remote import InferenceClientBackend
 from tests.fakes.openai_server import closed_port_url, serve_openai
+from tests.served import served_pack
 
 CITIES = ["Paris", "London", "Berlin", "Rome"]
 
@@ -149,5 +150,6 @@ def test_evaluator_abilities_are_declared_not_discovered() -> None:
             raise AssertionError("never called")
 
     with pytest.raises(TypeError, match="neither a TextEvaluator nor a SelfAnsweringEvaluator"):
-        collect_for_question("Q?", "general", None, None, LooksSelfAnswering())  # type: ignore[arg-type]
+        collect_for_question("Q?", "general", None, None, LooksSelfAnswering(),  # type: ignore[arg-type]
+                             prompt_set=served_pack("general").prompt_set())
     assert not isinstance(LooksSelfAnswering(), Evaluator)

@@ -74,7 +74,7 @@ def test_messages_fill_templates_once(tmp_path):
                                         {"role": "user", "content": "Question: Q?\nBackground:"}]
     strong = pack.strong_messages("Is {draft} literal?", "  my draft  ")[1]["content"]
     assert strong == "Question: Is {draft} literal?\nDraft: my draft\nAnswer:"
-    assert pack.strong_messages("Q", " ")[1]["content"].endswith("Draft: (empty)\nAnswer:")
+    assert pack.strong_messages("Q", " ")[1]["content"].endswith("Draft: (no notes)\nAnswer:")
     assert "Q?" in pack.direct_messages("Q?")[1]["content"]
     rag = pack.rag_messages("Q?", "Tambrexil is the Tinyland drug.")[1]["content"]
     assert "Tambrexil is the Tinyland drug." in rag and "Q?" in rag

@@ -46,6 +46,7 @@ def tiny_model_env(model_dir: str | Path, data_dir: Path, **extra: str) -> dict[
         "COWEST_STRONG_MAX_NEW_TOKENS": "8",
         "COWEST_TORCH_THREADS": "1",  # two cores, shared with the test's client threads
         "COWEST_DATA_DIR": str(data_dir),
+        "COWEST_PACKS": "packs/general",  # the job trains, and users ask in, the general pack
         "COWEST_TRAIN_EVERY_MINUTES": "0",
         # Simulated users ask far faster than people; the per-session limits have their own tests.
         "COWEST_ASKS_PER_MINUTE": "0",

@@ -48,7 +48,7 @@ def digest(folder: Path) -> str:
 
 def prepare_data_dir(data_dir: Path, model_dir: Path) -> str:
     """An active adapter v1 and 8 trainable pairs, as an earlier cycle would have left them."""
-    registry = AdapterRegistry(data_dir / "adapters")
+    registry = AdapterRegistry(data_dir / "adapters" / "general")
     staged = make_lora_adapter(model_dir, registry.staging_dir("v1"), seed=1)
     registry.register(staged, AdapterVersion(version="v1", status="candidate", base_model=str(model_dir)))
     registry.promote("v1")
@@ -121,7 +121,7 @@ def progress_steps(staging: Path) -> int:
 def test_sigkill_mid_writes_and_mid_training_then_restart_recovers(tiny_model_dir: Path, tmp_path: Path):
     data_dir = tmp_path / "data"
     db_path = data_dir / "cowest.sqlite3"
-    staging = data_dir / "adapters" / ".staging-v2"
+    staging = data_dir / "adapters" / "general" / ".staging-v2"
     v1_digest = prepare_data_dir(data_dir, tiny_model_dir)
     env = tiny_model_env(tiny_model_dir, data_dir, COWEST_ADMIN_SECRET=ADMIN_SECRET,
                          COWEST_TRAIN_RECIPE=str(long_recipe(tmp_path)), COWEST_TRAIN_EVERY_MINUTES="60",
@@ -179,11 +179,11 @@ def test_sigkill_mid_writes_and_mid_training_then_restart_recovers(tiny_model_di
     assert feedback["after-restart"] == 1
 
     # The registry: v1 active and untouched, the half-written v2 gone, nothing else registered.
-    registry = AdapterRegistry(data_dir / "adapters")
+    registry = AdapterRegistry(data_dir / "adapters" / "general")
     assert registry.active().version == "v1"
     assert [(v.version, v.status) for v in registry.versions()] == [("v1", "active")]
     assert digest(registry.path("v1")) == v1_digest
-    assert not list((data_dir / "adapters").glob(".staging-*"))
+    assert not list((data_dir / "adapters" / "general").glob(".staging-*"))
     assert interactions[after_id]["adapter_version"] == "v1"  # the restarted app serves with it
 
     log = restarted.log_path.read_text()

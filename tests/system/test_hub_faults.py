@@ -42,7 +42,7 @@ def file_hashes(folder: Path) -> dict[str, str]:
 
 
 def active_v1_with_queued_push(data_dir: Path, model_dir: Path, hub: FakeHub) -> Path:
-    registry = AdapterRegistry(data_dir / "adapters")
+    registry = AdapterRegistry(data_dir / "adapters" / "general")
     staged = make_lora_adapter(model_dir, registry.staging_dir("v1"), seed=1)
     registry.register(staged, AdapterVersion(version="v1", status="candidate", base_model=str(model_dir)))
     registry.promote("v1")
@@ -116,7 +116,7 @@ def test_hub_hang_401_and_500s_never_stop_serving_and_the_push_lands_after_retri
     weights = {name: digest for name, digest in v1_files.items() if name != "README.md"}  # the card replaces peft's
     assert {name: hashlib.sha256(pushed[name]).hexdigest() for name in weights} == weights
     assert pushed["README.md"].decode().startswith("---") and f"# {REPO} (v1)" in pushed["README.md"].decode()
-    registry = AdapterRegistry(data_dir / "adapters")
+    registry = AdapterRegistry(data_dir / "adapters" / "general")
     assert [(v.version, v.status) for v in registry.versions()] == [("v1", "active")]
     assert registry.active().version == "v1" and file_hashes(v1_dir) == v1_files
 
