@@ -13,7 +13,7 @@ as analysis.json, or drafts-analysis.json, next to it):
   needs (its `fact_ids`, verbatim from facts.jsonl), and the accuracy on those
   items and on the rest.
 
-Standard library only.
+Standard library only, but for the retrieved passages' recall (the repository's cowest_app).
 """
 
 from __future__ import annotations
@@ -55,6 +55,17 @@ def fact_recall(items: list[dict], needed: dict[str, list[str]]) -> dict[str, fl
     return report
 
 
+def passage_recall(needed: dict[str, list[str]]) -> float:
+    """Share of test items whose every needed fact is in the passages a grounded draft is written from."""
+    sys.path.insert(0, str(HERE.parents[1]))  # the repository root: the pack's own retrieval, as the app runs it
+    from cowest_app.packs import format_item, load_pack
+
+    pack = load_pack(HERE)
+    shown = [(item, " ".join(p.text for p in pack.retriever.search(format_item(item), pack.retrieval_passages)))
+             for item in pack.test]
+    return round(100 * sum(all(f in text for f in needed[item.id]) for item, text in shown) / len(shown), 1)
+
+
 def main(path: Path) -> dict:
     results = json.loads(path.read_text(encoding="utf-8"))
     facts = {f["id"]: f["text"] for f in read_jsonl(HERE / "facts.jsonl")}
@@ -74,6 +85,9 @@ def main(path: Path) -> dict:
         accuracy = (f"; accuracy {d['accuracy_with_facts']}% on those, {d['accuracy_without']}% on the rest"
                     if "accuracy_with_facts" in d else "")
         print(f"{name}: {d['drafts_with_facts']}/{d['items']} drafts ({d['recall']}%) hold every needed fact{accuracy}")
+    if any("retrieval" in key for key in systems):
+        report["retrieved_passages_hold_the_facts"] = passage_recall(needed)
+        print(f"the retrieved passages hold every needed fact for {report['retrieved_passages_hold_the_facts']}% of items")
     sft = path.parent / "sft-metrics.json"  # the SFT run these drafts came from, when kept beside them
     if sft.is_file():
         m = json.loads(sft.read_text(encoding="utf-8"))
