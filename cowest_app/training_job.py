@@ -411,7 +411,7 @@ class TrainingJob:
         from cowest_app.feedback import score_with_reference
         from cowest_app.models.local import TransformersBackend
 
-        items = [i for i in load_items(self.config.eval_file or DEFAULT_EVAL_FILE) if i.item.reference][: self.config.eval_max_items]
+        items = [i for i in self.held_out_items() if i.item.reference][: self.config.eval_max_items]
         if not items:
             raise JobError("the held-out set has no questions with references")
         weak: WeakModel = self.service.weak
@@ -426,6 +426,17 @@ class TrainingJob:
                 answer = self._collaborate(backend, item.item)
                 scores[key] += score_with_reference(answer, item.item.reference, item.task_type, item.item.options)
         return {k: v / len(items) for k, v in scores.items()} | {"eval_items": len(items)}
+
+    def held_out_items(self) -> list[LabelledItem]:
+        """COWEST_EVAL_FILE, or else the trained pack's last train questions with its task type:
+        a candidate is judged on its own domain."""
+        from cowest_app.collect import QuestionItem
+
+        if self.config.eval_file is not None:
+            return load_items(self.config.eval_file)
+        tail = self.pack.train[-self.config.eval_max_items:]
+        return [LabelledItem(QuestionItem(i.question, self.pack.name, i.reference, i.options), self.pack.task_type)
+                for i in tail]
 
     def _collaborate(self, weak: WeakModel, item: Any) -> str:
         # The served weak model drafts in this pack's slot; a candidate built alone has it as its default.

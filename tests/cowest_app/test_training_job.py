@@ -239,3 +239,13 @@ def test_item_files_report_file_and_line(tmp_path: Path):
     bad.write_text('{"question": "ok?", "reference": "x"}\n{"question": \n')
     with pytest.raises(Exception, match=r"bad.jsonl:2"):
         load_items(bad)
+
+
+def test_the_gate_judges_a_candidate_on_its_own_pack_by_default(setup):
+    config, service = setup
+    job = TrainingJob(replace(config, eval_file=None, eval_max_items=3), service,
+                      AdapterRegistry(config.pack_adapters_dir("general")))
+    general = service.packs["general"]
+    items = job.held_out_items()
+    assert [(i.item.question, i.item.domain, i.item.reference, i.task_type) for i in items] == [
+        (p.question, "general", p.reference, "multiple_choice") for p in general.train[-3:]]
