@@ -8,18 +8,21 @@ rerun reproduces the committed train.jsonl and test.jsonl byte for byte:
 
     python packs/general/build_pack.py
 
-domain.yaml, README.md and corpus/ are written by hand. Standard library only.
+domain.yaml, README.md and corpus/ are written by hand.
 """
 
 from __future__ import annotations
 
-import json
-import random
+import sys
 from pathlib import Path
 
 SEED = 20250612
 HERE = Path(__file__).resolve().parent
-LETTERS = "ABCD"
+sys.path.insert(0, str(HERE.parents[1]))  # the repository root, for cowest_app
+
+from cowest_app.pack_items import write_splits  # noqa: E402
+
+PREFIX = "general"
 R, Q = "recall", "reasoning"
 
 # (id, kind, question, correct option, three wrong options)
@@ -174,31 +177,8 @@ TRAIN = [
 ]
 
 
-def rows(items: list[tuple[str, str, str, str, list[str]]], rng: random.Random) -> list[dict]:
-    """Items as pack rows, the correct option placed so every letter is used about equally often."""
-    slots = [i % len(LETTERS) for i in range(len(items))]
-    rng.shuffle(slots)
-    out = []
-    for (item_id, kind, question, correct, wrong), slot in zip(items, slots):
-        assert len(wrong) == 3 and correct not in wrong, item_id
-        others = list(wrong)
-        rng.shuffle(others)
-        options = others[:slot] + [correct] + others[slot:]
-        out.append({"id": f"general-{item_id}", "question": question, "options": options,
-                    "answer": LETTERS[slot], "kind": kind})
-    return out
-
-
-def write_jsonl(path: Path, data: list[dict]) -> None:
-    path.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in data), encoding="utf-8")
-
-
 def build(out: Path = HERE) -> None:
-    ids = [item[0] for item in TEST + TRAIN]
-    assert len(ids) == len(set(ids)), "duplicate ids"
-    rng = random.Random(SEED)
-    write_jsonl(out / "test.jsonl", rows(TEST, rng))
-    write_jsonl(out / "train.jsonl", rows(TRAIN, rng))
+    write_splits(out, TEST, TRAIN, SEED, PREFIX)
 
 
 def main() -> None:
