@@ -276,8 +276,7 @@ def run_system(
     with tqdm(total=len(items) * (2 if drafter else 1), desc=label, unit="item", leave=False) as bar:
         drafts: list[str | None] = [None] * len(items)
         if drafter is not None:
-            weak_prompts = [pack.draft_messages(q, grounded) for q in questions]
-            drafts = list(greedy_generate(drafter, weak_prompts, settings.draft_tokens, settings.batch_size, bar.update))
+            drafts = list(write_drafts(pack, questions, drafter, settings, grounded, bar.update))
         conversations = [prompt(q, d) for q, d in zip(questions, drafts)]
         answers = final_answers(pack, answerer, items, conversations, settings, bar.update)
     scores = [float(pack.score(a, item)) for a, item in zip(answers, items)]
@@ -292,12 +291,18 @@ def run_system(
                                 "mean_prompt_tokens": round(float(np.mean(tokens)), 1), "items": rows}
 
 
+def write_drafts(pack: DomainPack, questions: Sequence[str], drafter: TransformersBackend, settings: Settings,
+                 grounded: bool, progress: Progress | None = None) -> list[str]:
+    """The weak model's greedy draft per question, from memory or from its retrieved passages."""
+    prompts = [pack.draft_messages(q, grounded) for q in questions]
+    return greedy_generate(drafter, prompts, settings.draft_tokens, settings.batch_size, progress)
+
+
 def draft_rows(pack: DomainPack, items: Sequence[PackItem], drafter: TransformersBackend, settings: Settings,
                label: str, grounded: bool) -> dict[str, Any]:
     """The weak model's drafts for every item, without asking the strong model anything."""
     started = time.perf_counter()
-    prompts = [pack.draft_messages(shown_question(item), grounded) for item in items]
-    drafts = greedy_generate(drafter, prompts, settings.draft_tokens, settings.batch_size)
+    drafts = write_drafts(pack, [shown_question(item) for item in items], drafter, settings, grounded)
     return {"label": label, "seconds": round(time.perf_counter() - started, 3),
             "items": [{"id": item.id, "draft": d} for item, d in zip(items, drafts)]}
 
