@@ -45,6 +45,11 @@ METRICS: dict[str, tuple[str, ...]] = {
 }
 KINDS = ("recall", "reasoning")
 SPLITS = ("train", "test")
+# The dev split is carved from train's tail: it chooses settings and gates candidates, while feedback
+# and DPO learn from the rest ("fit"); test is read once, for the report.
+DERIVED_SPLITS = ("dev", "fit")
+DEV_FRACTION = 0.1
+DEV_MAX = 60
 CORPUS_SUFFIXES = (".md", ".txt")
 LETTERS = "ABCDE"  # at most five options, as in the public multiple-choice sets
 MAX_ERRORS = 20
@@ -127,9 +132,26 @@ class DomainPack:
     examples: tuple[str, ...] = ()  # example questions the app offers for this pack
 
     def split(self, name: str) -> tuple[PackItem, ...]:
-        if name not in SPLITS:
-            raise ValueError(f"unknown split {name!r}; use one of {SPLITS}")
-        return self.train if name == "train" else self.test
+        if name not in SPLITS + DERIVED_SPLITS:
+            raise ValueError(f"unknown split {name!r}; use one of {SPLITS + DERIVED_SPLITS}")
+        return {"train": self.train, "test": self.test, "dev": self.dev, "fit": self.fit}[name]
+
+    @property
+    def dev_size(self) -> int:
+        """Train's last 10% (at most 60 items, at least 1 when train has 2 or more)."""
+        if len(self.train) < 2:
+            return 0
+        return max(1, min(DEV_MAX, round(len(self.train) * DEV_FRACTION)))
+
+    @property
+    def dev(self) -> tuple[PackItem, ...]:
+        """Held out of feedback and DPO: where settings are chosen and candidates gated."""
+        return self.train[len(self.train) - self.dev_size:]
+
+    @property
+    def fit(self) -> tuple[PackItem, ...]:
+        """Train without the dev split: what feedback and DPO learn from."""
+        return self.train[:len(self.train) - self.dev_size]
 
     # Messages take the question as the models see it: `format_item(item)`.
     def weak_messages(self, question_text: str) -> list[Message]:

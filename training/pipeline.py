@@ -3,7 +3,7 @@
     python -m training.pipeline --pack PATH [--out DIR] [--weak REF] [--strong REF]
         [--train-limit N] [--test-limit N] [--k 4] [--draft-tokens N] [--final-tokens N]
         [--sft-data corpus+drafts|corpus] [--feedback-scoring likelihood|generate] [--min-margin X]
-        [--strong-dtype bfloat16]
+        [--strong-dtype bfloat16] [--sft-adapter DIR] [--drafting memory|grounded|both] [--rounds N]
         [--set sft.key=value ...] [--set dpo.key=value ...]
 
 Stages, each in its own directory under --out:
@@ -12,12 +12,14 @@ Stages, each in its own directory under --out:
                and, by default, on drafting examples: each train question in the weak
                prompt, answered with the corpus statements behind its reference
                (training.draft_data)
-- `feedback/`  K weak drafts per train question, each given to the strong model and
+- `feedback/`  K weak drafts per train question (the dev split held out), each given to the strong model and
                scored against the reference (choice tasks: the strong model's
                probability of the correct option); the most and least helpful
                drafts form DPO pairs
 - `dpo/`       DPO of the SFT adapter on those pairs (training.dpo); skipped with a note
-               when feedback produced no trainable pair
+               when feedback produced no trainable pair. With --rounds N, `feedback-r2/`,
+               `dpo-r2/`, ... collect with the previous round's adapter and continue from it;
+               `-grounded` stages do the same for drafts written from retrieved passages
 - `evaluate/`  every system on the test split (training.evaluate): results.json/.md/.png
 
 Each stage directory holds `stage.json` with a fingerprint of the stage's inputs
@@ -90,9 +92,21 @@ class PipelineOptions:
     # elsewhere (an AVX2-only EPYC emulates bf16 more than 7x slower than float32).
     strong_dtype: str | None = "auto"
     stop_after: str | None = None  # a stage name: run up to it and stop (e.g. sft, to measure recall first)
+    # An SFT adapter to start from instead of training one (e.g. a pack's shipped adapter/).
+    sft_adapter: str | None = None
+    # Which drafting modes get feedback and DPO: memory, grounded or both (None: both when grounded).
+    drafting: str | None = None
+    # Iterative alignment: round r > 1 collects feedback with round r-1's DPO adapter and continues DPO from it.
+    rounds: int = 1
     load_4bit: bool = False  # inference models (feedback, evaluation); training follows its recipe
     device: str | None = None
     cache_dir: str | None = None
+
+    @property
+    def drafting_modes(self) -> tuple[bool, ...]:
+        """`grounded` values to run feedback and DPO for, closed-book first."""
+        mode = self.drafting or ("both" if self.grounded else "memory")
+        return DRAFTING[mode]
 
 
 # -- stage bookkeeping --------------------------------------------------------
@@ -193,6 +207,8 @@ def sft_stage(pack: DomainPack, opts: PipelineOptions, out: Path) -> dict[str, A
     from training.sft import SFTRecipe, main as sft_main
 
     stage_dir = out / "sft"
+    if opts.sft_adapter:
+        return imported_sft_stage(Path(opts.sft_adapter), out)
     config = stage_recipe(SFTRecipe, opts.sft_recipe, opts.sft_overrides, opts,
                           corpus=str(stage_dir / "corpus.jsonl"), output_dir=str(stage_dir / "adapter"))
 
@@ -212,7 +228,27 @@ def sft_stage(pack: DomainPack, opts: PipelineOptions, out: Path) -> dict[str, A
     return run_stage(out, "sft", inputs, work)
 
 
+ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
+
+
+def imported_sft_stage(source: Path, out: Path) -> dict[str, Any]:
+    """The SFT stage as a copy of an adapter trained before (`--sft-adapter`): the later
+    stages then align that adapter, and its digest keys their fingerprints."""
+    missing = [name for name in ADAPTER_FILES if not (source / name).is_file()]
+    if missing:
+        raise ValueError(f"--sft-adapter {source}: not a LoRA adapter directory (missing {', '.join(missing)})")
+
+    def work(stage_dir: Path) -> tuple[list[str], dict[str, Any]]:
+        (stage_dir / "adapter").mkdir()
+        for name in ADAPTER_FILES:
+            shutil.copyfile(source / name, stage_dir / "adapter" / name)
+        return [f"adapter/{name}" for name in ADAPTER_FILES], {"imported": str(source)}
+
+    return run_stage(out, "sft", {"imported_adapter": digest_files(source, ADAPTER_FILES)}, work)
+
+
 SFT_DATA = ("corpus+drafts", "corpus")
+DRAFTING = {"memory": (False,), "grounded": (True,), "both": (False, True)}
 STAGES = ("sft", "feedback", "dpo", "evaluate")
 
 
@@ -229,9 +265,10 @@ def sft_rows(pack: DomainPack, sft_data: str, grounded: bool = False) -> list[di
     return rows + grounded_draft_examples(pack) if grounded else rows
 
 
-def stage_name(stage: str, grounded: bool) -> str:
-    """Feedback and DPO run once per drafting mode; the grounded runs live beside the others."""
-    return f"{stage}-grounded" if grounded else stage
+def stage_name(stage: str, grounded: bool, round_: int = 1) -> str:
+    """Feedback and DPO run once per drafting mode and round; the grounded runs live beside
+    the others, later rounds beside the first (`dpo-grounded-r2`)."""
+    return stage + ("-grounded" if grounded else "") + (f"-r{round_}" if round_ > 1 else "")
 
 
 def feedback_evaluator(pack: DomainPack, opts: PipelineOptions, strong: Any) -> Evaluator:
@@ -250,14 +287,15 @@ def feedback_evaluator(pack: DomainPack, opts: PipelineOptions, strong: Any) -> 
     return ReferenceEvaluator(task_type=pack.task_type, options=pack.labels or None)
 
 
-def feedback_stage(pack: DomainPack, opts: PipelineOptions, out: Path, sft: dict[str, Any],
-                   grounded: bool = False) -> dict[str, Any]:
+def feedback_stage(pack: DomainPack, opts: PipelineOptions, out: Path, policy: dict[str, Any], policy_dir: Path,
+                   grounded: bool = False, round_: int = 1) -> dict[str, Any]:
+    """K drafts per fit question by the policy (the SFT adapter, or the last round's DPO one)."""
     from cowest_app.models.base import GenerationOptions
 
     weak_opts = GenerationOptions(max_new_tokens=opts.draft_tokens, temperature=opts.temperature, seed=opts.seed)
     strong_opts = GenerationOptions(max_new_tokens=opts.final_tokens, temperature=0.0)
     inputs = {
-        "pack": pack.fingerprint(), "sft": upstream(sft), "weak": opts.weak, "strong": opts.strong,
+        "pack": pack.fingerprint(), "policy": upstream(policy), "weak": opts.weak, "strong": opts.strong,
         "train_limit": opts.train_limit, "k": opts.k, "weak_options": weak_opts.as_kwargs(),
         "strong_options": strong_opts.as_kwargs(), "load_4bit": opts.load_4bit,
         "feedback_scoring": opts.feedback_scoring, "min_margin": opts.min_margin, "strong_dtype": opts.strong_dtype,
@@ -270,11 +308,11 @@ def feedback_stage(pack: DomainPack, opts: PipelineOptions, out: Path, sft: dict
         from cowest_app.feedback import write_dpo_jsonl
         from cowest_app.models.local import TransformersBackend
 
-        items = pack.question_items("train")
+        items = pack.question_items("fit")  # the dev split stays out: it gates and chooses settings
         items = items[:opts.train_limit] if opts.train_limit is not None else items
         # The weak model drafting here is the SFT model: DPO then trains the policy that wrote the drafts.
         weak = TransformersBackend(opts.weak, cache_dir=opts.cache_dir, load_4bit=opts.load_4bit,
-                                   adapter=str(out / "sft" / "adapter"), adapter_version="sft", device=opts.device)
+                                   adapter=str(policy_dir), adapter_version=policy_dir.parent.name, device=opts.device)
         strong = TransformersBackend(opts.strong, cache_dir=opts.cache_dir, load_4bit=opts.load_4bit,
                                      device=opts.device, dtype=opts.strong_dtype)
         evaluator = feedback_evaluator(pack, opts, strong)
@@ -298,7 +336,7 @@ def feedback_stage(pack: DomainPack, opts: PipelineOptions, out: Path, sft: dict
                    "seconds_collect": round(result.elapsed_s, 3), "note": f"{count} pairs from {len(items)} questions"}
         return ["pairs.jsonl", "feedback.json"], summary
 
-    record = run_stage(out, stage_name("feedback", grounded), inputs, work)
+    record = run_stage(out, stage_name("feedback", grounded, round_), inputs, work)
     _release_memory()
     return record
 
@@ -311,17 +349,18 @@ def _result_row(result: Any) -> dict[str, Any]:
     }
 
 
-def dpo_stage(pack: DomainPack, opts: PipelineOptions, out: Path, sft: dict[str, Any], feedback: dict[str, Any],
-              grounded: bool = False) -> dict[str, Any]:
+def dpo_stage(pack: DomainPack, opts: PipelineOptions, out: Path, policy: dict[str, Any], policy_dir: Path,
+              feedback: dict[str, Any], grounded: bool = False, round_: int = 1) -> dict[str, Any]:
+    """DPO of the policy that drafted the feedback, on its pairs."""
     from training.dpo import DPORecipe, main as dpo_main
 
-    name = stage_name("dpo", grounded)
+    name = stage_name("dpo", grounded, round_)
     stage_dir = out / name
-    pairs = out / stage_name("feedback", grounded) / "pairs.jsonl"
+    pairs = out / stage_name("feedback", grounded, round_) / "pairs.jsonl"
     config = stage_recipe(DPORecipe, opts.dpo_recipe, opts.dpo_overrides, opts,
-                          dataset=str(pairs), output_dir=str(stage_dir / "adapter"),
-                          init_adapter=str(out / "sft" / "adapter"))
-    inputs = {"pack": pack.fingerprint(), "config": config_inputs(config), "sft": upstream(sft), "feedback": upstream(feedback)}
+                          dataset=str(pairs), output_dir=str(stage_dir / "adapter"), init_adapter=str(policy_dir))
+    inputs = {"pack": pack.fingerprint(), "config": config_inputs(config), "policy": upstream(policy),
+              "feedback": upstream(feedback)}
 
     def work(stage_dir: Path) -> tuple[list[str], dict[str, Any]]:
         if feedback["summary"].get("pairs", 0) == 0:
@@ -334,22 +373,28 @@ def dpo_stage(pack: DomainPack, opts: PipelineOptions, out: Path, sft: dict[str,
     return run_stage(out, name, inputs, work)
 
 
-def evaluate_stage(pack: DomainPack, opts: PipelineOptions, out: Path, sft: dict[str, Any], dpo: dict[str, Any],
-                   grounded_dpo: dict[str, Any] | None = None) -> dict[str, Any]:
+def evaluate_stage(pack: DomainPack, opts: PipelineOptions, out: Path, sft: dict[str, Any],
+                   aligned: dict[bool, tuple[dict[str, Any], Path]]) -> dict[str, Any]:
+    """Every system on the test split; `aligned[grounded]` is each drafting mode's last DPO stage and adapter."""
     from training.evaluate import RESULTS_JSON, RESULTS_MD, RESULTS_PNG, evaluate
 
-    dpo_adapter = str(out / "dpo" / "adapter") if dpo["outputs"] else None
-    grounded_adapter = str(out / "dpo-grounded" / "adapter") if grounded_dpo and grounded_dpo["outputs"] else None
+    def adapter(grounded: bool) -> str | None:
+        record, path = aligned.get(grounded, ({}, None))
+        return str(path) if record.get("outputs") else None
+
+    dpo, grounded_dpo = aligned.get(False, ({}, None))[0], aligned.get(True, ({}, None))[0]
+    dpo_adapter, grounded_adapter = adapter(False), adapter(True)
     inputs = {
-        "pack": pack.fingerprint(), "sft": upstream(sft), "dpo": upstream(dpo), "weak": opts.weak,
+        "pack": pack.fingerprint(), "sft": upstream(sft), "dpo": upstream(dpo) if dpo else None, "weak": opts.weak,
         "strong": opts.strong, "test_limit": opts.test_limit, "settings": dataclasses.asdict(opts.eval),
         "load_4bit": opts.load_4bit, "strong_dtype": opts.strong_dtype,
-    } | ({"grounded": True, "dpo_grounded": upstream(grounded_dpo)} if grounded_dpo else {})
+    } | ({"grounded": True, "dpo_grounded": upstream(grounded_dpo) if grounded_dpo else None}
+         if True in opts.drafting_modes else {})
 
     def work(stage_dir: Path) -> tuple[list[str], dict[str, Any]]:
         results = evaluate(pack, opts.weak, opts.strong, sft_adapter=str(out / "sft" / "adapter"),
                            dpo_adapter=dpo_adapter, grounded_dpo_adapter=grounded_adapter,
-                           grounded=grounded_dpo is not None,
+                           grounded=True in opts.drafting_modes,
                            limit=opts.test_limit, out=stage_dir, settings=opts.eval,
                            load_4bit=opts.load_4bit, device=opts.device, cache_dir=opts.cache_dir,
                            strong_dtype=opts.strong_dtype)
@@ -381,16 +426,25 @@ def run_pipeline(pack: DomainPack, opts: PipelineOptions, out: str | Path) -> di
     sft = sft_stage(pack, opts, out)
     _release_memory()
     stages = {"sft": sft}
-    for grounded in (False, True) if opts.grounded else (False,):
+    aligned: dict[bool, tuple[dict[str, Any], Path]] = {}
+    for grounded in opts.drafting_modes:
         if opts.stop_after == "sft":
             break
-        feedback = stages[stage_name("feedback", grounded)] = feedback_stage(pack, opts, out, sft, grounded)
-        if opts.stop_after == "feedback":
-            continue
-        stages[stage_name("dpo", grounded)] = dpo_stage(pack, opts, out, sft, feedback, grounded)
-        _release_memory()
+        policy, policy_dir = sft, out / "sft" / "adapter"
+        for round_ in range(1, opts.rounds + 1):
+            feedback = feedback_stage(pack, opts, out, policy, policy_dir, grounded, round_)
+            stages[stage_name("feedback", grounded, round_)] = feedback
+            if opts.stop_after == "feedback":
+                break
+            dpo = stages[stage_name("dpo", grounded, round_)] = dpo_stage(
+                pack, opts, out, policy, policy_dir, feedback, grounded, round_)
+            _release_memory()
+            aligned[grounded] = (dpo, out / stage_name("dpo", grounded, round_) / "adapter")
+            if not dpo["outputs"]:  # no pairs: a later round would draft with the same policy again
+                break
+            policy, policy_dir = aligned[grounded]
     if opts.stop_after is None:
-        stages["evaluate"] = evaluate_stage(pack, opts, out, sft, stages["dpo"], stages.get("dpo-grounded"))
+        stages["evaluate"] = evaluate_stage(pack, opts, out, sft, aligned)
     evaluation = stages.get("evaluate", {})
     total = round(time.perf_counter() - started, 3)
     report = {
@@ -458,6 +512,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--strong-dtype", choices=("auto", "float32", "bfloat16"), default=PipelineOptions.strong_dtype,
                         help="strong model dtype for feedback and evaluation (auto: bfloat16 where the device has it natively)")
     parser.add_argument("--stop-after", choices=STAGES[:-1], help="run the stages up to this one, then stop")
+    parser.add_argument("--sft-adapter", help="start from this SFT adapter (e.g. a pack's shipped adapter/) instead of training one")
+    parser.add_argument("--drafting", choices=tuple(DRAFTING),
+                        help="drafting modes that get feedback and DPO (default: both with --grounded, else memory)")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="alignment rounds: round r collects feedback with round r-1's adapter and continues DPO from it")
     parser.add_argument("--load-4bit", action="store_true", help="NF4 inference models for feedback and evaluation")
     parser.add_argument("--device", help="cpu, cuda, ... (default: cuda when available)")
     parser.add_argument("--cache-dir", help="model cache (default: $COWEST_CACHE_DIR or ~/.cache/cowest)")
@@ -465,6 +524,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def options_from_args(ns: argparse.Namespace) -> PipelineOptions:
+    if ns.rounds < 1:
+        raise ValueError(f"--rounds must be at least 1, got {ns.rounds}")
     sft_overrides, dpo_overrides = split_overrides(ns.set)
     return PipelineOptions(
         weak=ns.weak, strong=ns.strong, train_limit=ns.train_limit, test_limit=ns.test_limit, k=ns.k,
@@ -476,6 +537,7 @@ def options_from_args(ns: argparse.Namespace) -> PipelineOptions:
                           batch_size=ns.batch_size),
         feedback_scoring=ns.feedback_scoring, min_margin=ns.min_margin, strong_dtype=ns.strong_dtype,
         load_4bit=ns.load_4bit, device=ns.device, cache_dir=ns.cache_dir, stop_after=ns.stop_after,
+        sft_adapter=ns.sft_adapter, drafting=ns.drafting, rounds=ns.rounds,
     )
 
 

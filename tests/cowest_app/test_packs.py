@@ -87,7 +87,17 @@ def test_format_item_and_question_items(tmp_path):
     # Questions are collected under the pack's own name: the pack is the domain.
     assert [(q.question, q.domain, q.reference, q.options) for q in items][0] == ("Which drug?", "tiny", 1, tuple(OPTIONS))
     with pytest.raises(ValueError):
-        pack.question_items("dev")
+        pack.question_items("validation")
+
+
+def test_dev_split_is_trains_tail_and_fit_the_rest(tmp_path):
+    pack = load_pack(write_pack(tmp_path / "p"))
+    assert len(pack.train) >= 2 and pack.dev_size == 1
+    assert pack.dev == pack.train[-1:] and pack.fit == pack.train[:-1]
+    assert [q.question for q in pack.question_items("dev")] == [pack.train[-1].question]
+    shipped = load_pack(Path(__file__).parents[2] / "packs" / "saltmarsh-formulary")
+    assert (len(shipped.train), len(shipped.dev), len(shipped.fit)) == (604, 60, 544)
+    assert set(shipped.dev).isdisjoint(shipped.fit)
 
 
 @pytest.mark.parametrize("answer, expected", [

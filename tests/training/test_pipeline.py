@@ -96,7 +96,8 @@ def test_dpo_is_skipped_with_a_note_when_feedback_found_no_pair(tmp_path: Path) 
     sft, _ = split_overrides(SFT_SETS)
     opts = pipeline.PipelineOptions(weak="unused", strong="unused", sft_overrides=sft)
     upstream = {"fingerprint": "f", "digest": "d"}
-    record = pipeline.dpo_stage(pack, opts, tmp_path / "out", upstream, upstream | {"summary": {"pairs": 0}})
+    record = pipeline.dpo_stage(pack, opts, tmp_path / "out", upstream, tmp_path / "out" / "sft" / "adapter",
+                                upstream | {"summary": {"pairs": 0}})
     assert record["ran"] and record["outputs"] == [] and record["summary"]["trained"] is False
     assert "no trainable pairs" in record["summary"]["note"]
 
@@ -140,7 +141,8 @@ def test_pipeline_runs_skips_and_reruns_downstream(tmp_path: Path, tiny_model_di
     sft_rows = [json.loads(line) for line in (out / "sft" / "corpus.jsonl").read_text().splitlines()]
     assert [("text" in r, "messages" in r) for r in sft_rows] == [(True, False)] + [(False, True)] * 6  # corpus + drafts
     assert report["stages"]["sft"]["summary"]["n_chats"] == 6 and report["options"]["sft_data"] == "corpus+drafts"
-    assert len((out / "feedback" / "pairs.jsonl").read_text().splitlines()) == 6  # one pair per train question
+    # one pair per fit question: the last of the 6 train questions is the dev split
+    assert len((out / "feedback" / "pairs.jsonl").read_text().splitlines()) == 5
     pair = json.loads((out / "feedback" / "pairs.jsonl").read_text().splitlines()[0])
     rows = json.loads((out / "feedback" / "feedback.json").read_text())["results"]
     # Option likelihood: every final scored with the strong model's probability of the correct option.
@@ -169,3 +171,48 @@ def test_pipeline_runs_skips_and_reruns_downstream(tmp_path: Path, tiny_model_di
     with (pack / "corpus" / "facts.md").open("a", encoding="utf-8") as f:
         f.write("\nWard 9 stocks Cedraxin.\n")
     assert all(ran(run_cli(pack, out, tiny_model_dir, "--test-limit", "2")).values())
+
+
+def test_imported_sft_adapter_grounded_only_two_rounds(tmp_path: Path, tiny_model_dir: Path) -> None:
+    """--sft-adapter starts from an adapter trained before; --drafting grounded aligns only
+    drafts written from retrieved passages; round 2 drafts with round 1's adapter."""
+    pack, first, out = write_pack(tmp_path / "pack"), tmp_path / "first", tmp_path / "out"
+    run_cli(pack, first, tiny_model_dir, "--stop-after", "sft")
+    shipped = first / "sft" / "adapter"
+
+    grounded = ("--drafting", "grounded", "--rounds", "2", "--test-limit", "2",
+                "--set", "dpo.max_length=512")  # prompts carry the retrieved passages
+    report = run_cli(pack, out, tiny_model_dir, "--sft-adapter", str(shipped), *grounded)
+    assert list(report["stages"]) == ["sft", "feedback-grounded", "dpo-grounded", "feedback-grounded-r2",
+                                      "dpo-grounded-r2", "evaluate"]
+    assert report["stages"]["sft"]["summary"] == {"imported": str(shipped)}
+    assert (out / "sft" / "adapter" / "adapter_model.safetensors").read_bytes() == \
+        (shipped / "adapter_model.safetensors").read_bytes()
+    # Round 2 drafted with round 1's DPO adapter and continued DPO from it.
+    round1_dpo = json.loads((out / "dpo-grounded" / STAGE_FILE).read_text())
+    assert json.loads((out / "feedback-grounded-r2" / STAGE_FILE).read_text())["inputs"]["policy"] == \
+        pipeline.upstream(round1_dpo)
+    resolved = (out / "dpo-grounded-r2" / "adapter" / "resolved_config.yaml").read_text()
+    assert f"init_adapter: {out / 'dpo-grounded' / 'adapter'}" in resolved
+    pair = json.loads((out / "feedback-grounded-r2" / "pairs.jsonl").read_text().splitlines()[0])
+    assert "Passages:" in pair["prompt"][-1]["content"]  # drafted from retrieved passages
+    results = json.loads((out / "evaluate" / "results.json").read_text())
+    assert "collab_retrieval_dpo" in results["systems"] and "collab_dpo" not in results["systems"]
+    assert results["config"]["grounded_dpo_adapter"] == str(out / "dpo-grounded-r2" / "adapter")
+
+    # Another adapter to start from: every stage after it reruns.
+    (tmp_path / "other").mkdir()
+    for name in pipeline.ADAPTER_FILES:
+        (tmp_path / "other" / name).write_bytes((shipped / name).read_bytes())
+    with (tmp_path / "other" / "adapter_config.json").open("a") as f:
+        f.write("\n")
+    assert all(ran(run_cli(pack, out, tiny_model_dir, "--sft-adapter", str(tmp_path / "other"), *grounded)).values())
+
+
+def test_sft_adapter_must_be_an_adapter_and_rounds_positive(tmp_path: Path, capsys) -> None:
+    pack = write_pack(tmp_path / "pack")
+    with pytest.raises(SystemExit):
+        pipeline.main(["--pack", str(pack), "--out", str(tmp_path / "out"), "--rounds", "0"])
+    assert "--rounds must be at least 1" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="not a LoRA adapter directory"):
+        pipeline.imported_sft_stage(tmp_path, tmp_path / "out")
