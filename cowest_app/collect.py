@@ -7,11 +7,12 @@ most and least over the strong model alone become a DPO pair. The pair's
 prompt is exactly what the weak model saw when drafting, so DPO trains the
 weak model to write the drafts that help the strong model.
 
-Two seams let a caller change how a question is run without touching this
-loop: a `PromptSet` (the app's domain presets by default; a domain pack
-brings its own templates), and an evaluator that answers conversations
-itself (a `SelfAnsweringEvaluator`, e.g. by the strong model's option
-likelihood) instead of the strong model generating finals for a
+The collaboration itself is the core's (`collaboration.collaborate`, with
+K sampled drafts and the strong model alone as the baseline); this module
+turns its outcome into influences and a pair. Two seams change how a
+question is run: the pack's `PromptSet`, and an evaluator that answers the
+conversations itself (a `SelfAnsweringEvaluator`, e.g. the strong model's
+option likelihood) instead of the strong model generating finals for a
 `TextEvaluator`.
 """
 
@@ -23,6 +24,9 @@ from collections.abc import Sized
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from cowest_app import prompts
+from cowest_app.collaboration import (
+    DRAFT, Ask, Job, Reply, SampledDrafter, Steps, StreamingAnswerer, Update, collaborate, relay, run,
+)
 from cowest_app.defaults import DRAFT_TEMPERATURE, MIN_MARGIN
 from cowest_app.evaluators import Evaluator, PairJudge, Score, SelfAnsweringEvaluator, TextEvaluator
 from cowest_app.prompts import PromptSet
@@ -99,11 +103,6 @@ def format_question(question: str, options: Sequence[str] | None = None) -> str:
     return question + "\n\nOptions:\n" + "\n".join(lines)
 
 
-def complete(backend: Backend, messages: list[Message], options: GenerationOptions) -> str:
-    """One whole reply, with echoed template tokens stripped."""
-    return prompts.clean_generation("".join(backend.generate(messages, **options.as_kwargs())))
-
-
 def drafting_version(weak_info: Mapping[str, Any], slot: str | None) -> str | None:
     """The adapter version that wrote drafts in `slot` (a pack's name), from the weak model's description."""
     if slot is None:
@@ -112,18 +111,28 @@ def drafting_version(weak_info: Mapping[str, Any], slot: str | None) -> str | No
 
 
 def weak_drafts(weak: WeakModel, messages: list[Message], k: int, options: GenerationOptions, sequential: bool = False) -> list[str]:
-    """K sampled drafts: one batched `weak.sample` call, or (the benchmark
-    baseline) K separate generations. With a seed, the sequential path seeds
-    each call differently; the same seed K times would give K equal drafts."""
-    if options.greedy:
-        raise ValueError("drafts must be sampled: set a temperature > 0")
-    if not sequential:
-        return [prompts.clean_generation(d) for d in weak.sample(messages, k, **options.as_kwargs())]
-    drafts = []
-    for i in range(k):
-        seed = None if options.seed is None else options.seed + i
-        drafts.append(complete(weak, messages, replace(options, seed=seed)))
-    return drafts
+    """K sampled drafts of one prompt (the collaboration core's `SampledDrafter`): one batched
+    `weak.sample` call, or (the benchmark baseline) K separate generations."""
+    job = Job(DRAFT, 0, 0, messages, Ask(""))
+    return [r.text for r in run(SampledDrafter(weak, options, sequential).write([job], k))[0]]
+
+
+@dataclass(frozen=True)
+class EvaluatorAnswerer:
+    """A SelfAnsweringEvaluator as the core's Answerer: it answers and scores each question's conversations."""
+
+    evaluator: SelfAnsweringEvaluator
+
+    def answer(self, jobs: Sequence[Job]) -> Steps[list[Reply]]:
+        replies: list[Reply] = []
+        for q in dict.fromkeys(job.question for job in jobs):
+            group = [job for job in jobs if job.question == q]
+            ask = group[0].ask
+            texts, scores = self.evaluator.answer_and_score([j.messages for j in group], ask.reference, ask.options)
+            for job, text, score in zip(group, texts, scores, strict=True):
+                replies.append(Reply(text, "done", score=score.value, info={"confidence": score.confidence}))
+                yield Update(job, replies[-1])
+        return replies
 
 
 def collect_for_question(
@@ -158,19 +167,33 @@ def collect_for_question(
     if reference is None and evaluator.needs_reference:
         raise ValueError(f"the {evaluator.name} evaluator needs a reference answer for this question")
     shown = format_question(question, options)
-    prompt = prompt_set.draft(shown)
     weak_info, strong_info = weak.describe(), strong.describe()  # provenance, read before drafting
-    started = time.perf_counter()
-    drafts = weak_drafts(weak, prompt, k, weak_opts, sequential)
-    timings = {"weak_s": time.perf_counter() - started}
-    conversations = [prompt_set.refine(shown, d) for d in drafts] + [prompt_set.direct(shown)]
+    ask = Ask(shown, reference, tuple(options) if options else None)
+    answerer = EvaluatorAnswerer(evaluator) if isinstance(evaluator, SelfAnsweringEvaluator) else StreamingAnswerer(
+        strong, strong_opts, prompts.clean_generation)
+    drafted: list[float] = []
+
+    def clock(update: Update) -> Update:
+        if update.job.step == DRAFT:  # the last draft update ends the drafting
+            drafted[:] = [time.perf_counter()]
+        return update
 
     started = time.perf_counter()
-    if isinstance(evaluator, SelfAnsweringEvaluator):
-        answers, scores = evaluator.answer_and_score(conversations, reference, options)
+    [done] = run(relay(collaborate(prompt_set, [ask], SampledDrafter(weak, weak_opts, sequential), answerer,
+                                   k=k, alone=True), clock))
+    answered = time.perf_counter()
+    timings = {"weak_s": (drafted[0] if drafted else answered) - started}
+    failed = [r for r in done.answers + [done.alone] if r is not None and not r.ok]
+    if failed:
+        raise BackendError(failed[0].error or "the strong model failed")
+    prompt, drafts = done.prompt, [d.text for d in done.drafts]
+    replies = done.answers + [done.alone]
+    answers = [r.text for r in replies]
+    if isinstance(evaluator, SelfAnsweringEvaluator):  # it answered and scored in one pass
+        started = drafted[0] if drafted else started
+        scores = [Score(r.score, r.info["confidence"], evaluator.name) for r in replies]
     else:
-        answers = [complete(strong, c, strong_opts) for c in conversations]
-        timings["strong_s"] = time.perf_counter() - started
+        timings["strong_s"] = answered - timings["weak_s"] - started
         started = time.perf_counter()
         scores = evaluator.score_answers(shown, answers, reference, options)
     finals, strong_alone = answers[:-1], answers[-1]

@@ -49,6 +49,7 @@ SPLITS = ("train", "test")
 # and DPO learn from the rest ("fit"); test is read once, for the report.
 DERIVED_SPLITS = ("dev", "fit")
 DEV_FRACTION = 0.1
+DEV_MIN = 8  # small packs: up to this many, but never more than half of train
 DEV_MAX = 60
 CORPUS_SUFFIXES = (".md", ".txt")
 LETTERS = "ABCDE"  # at most five options, as in the public multiple-choice sets
@@ -138,10 +139,9 @@ class DomainPack:
 
     @property
     def dev_size(self) -> int:
-        """Train's last 10% (at most 60 items, at least 1 when train has 2 or more)."""
-        if len(self.train) < 2:
-            return 0
-        return max(1, min(DEV_MAX, round(len(self.train) * DEV_FRACTION)))
+        """Train's last 10%, at least min(8, half of train), at most 60 items."""
+        n = len(self.train)
+        return min(DEV_MAX, max(round(n * DEV_FRACTION), min(DEV_MIN, n // 2)))
 
     @property
     def dev(self) -> tuple[PackItem, ...]:

@@ -26,6 +26,7 @@ from functools import partial
 from typing import Any, Callable
 
 from cowest_app import prompts
+from cowest_app.collaboration import Ask
 from cowest_app.config import AppConfig
 from cowest_app.defaults import DRAFT_TEMPERATURE
 from cowest_app.models.base import BackendError, GenerationOptions, WeakModel
@@ -56,6 +57,14 @@ class LabelledItem:
 
     item: Any  # cowest_app.collect.QuestionItem
     task_type: str = "short_answer"
+
+
+@dataclass(frozen=True)
+class GateItem:
+    """A held-out question for the promotion gate and how to score an answer to it."""
+
+    ask: Ask
+    score: Callable[[str], float]
 
 
 def load_items(path: Path) -> list[LabelledItem]:
@@ -242,7 +251,7 @@ class TrainingJob:
         self._set(phase="evaluating", detail=f"{version} vs {parent.version if parent else 'base'} on held-out questions")
         scores = self.evaluate(candidate)
         metrics = {**candidate.metrics, **scores}
-        if scores["candidate_score"] < scores["active_score"] - self.config.eval_tolerance:
+        if not self.passes(scores):
             self.registry.update(version, status="rejected", metrics=metrics)
             return f"{version} rejected: {scores['candidate_score']:.3f} < active {scores['active_score']:.3f}"
         self.registry.update(version, metrics=metrics)
@@ -407,45 +416,75 @@ class TrainingJob:
             self._set(step=int(last.get("step") or 0), total_steps=int(last.get("max_steps") or 0))
 
     def evaluate(self, candidate: AdapterVersion) -> dict[str, float]:
-        """Mean collaboration score of candidate and active weak model on held-out items."""
-        from cowest_app.feedback import score_with_reference
+        """Mean collaboration score of the candidate and of the active adapter on held-out items.
+
+        Both run through the collaboration core with the pack's prompts: greedy
+        drafts, then the strong model's answers scored as the harness scores
+        them (choice tasks on a local strong model: its likeliest option, by
+        `scoring.OptionLikelihood`; otherwise generated text and the metric).
+        """
         from cowest_app.models.local import TransformersBackend
 
-        items = [i for i in self.held_out_items() if i.item.reference][: self.config.eval_max_items]
+        items = self.held_out_items()[: self.config.eval_max_items]
         if not items:
-            raise JobError("the held-out set has no questions with references")
-        weak: WeakModel = self.service.weak
-        contender: WeakModel = TransformersBackend(self.config.weak_model, cache_dir=self.config.cache_dir, load_4bit=self.config.weak_4bit,
+            raise JobError("no held-out questions with references to judge a candidate on")
+        weak = self.service.weak
+        contender = TransformersBackend(self.config.weak_model, cache_dir=self.config.cache_dir, load_4bit=self.config.weak_4bit,
                                         adapter=str(self.registry.path(candidate.version)), adapter_version=candidate.version,
                                         device=getattr(weak, "device", None))
-        scores = {"candidate_score": 0.0, "active_score": 0.0}
-        for n, item in enumerate(items, 1):
-            self._check_stop()
-            self._set(detail=f"held-out question {n}/{len(items)}")
-            for key, backend in (("candidate_score", contender), ("active_score", weak)):
-                answer = self._collaborate(backend, item.item)
-                scores[key] += score_with_reference(answer, item.item.reference, item.task_type, item.item.options)
-        return {k: v / len(items) for k, v in scores.items()} | {"eval_items": len(items)}
+        # The served weak model drafts in this pack's slot; the candidate, built alone, in its default one.
+        scores = {"candidate_score": self.gate_score(contender, None, items, "candidate"),
+                  "active_score": self.gate_score(weak, self.pack.name, items, "active adapter")}
+        return scores | {"eval_items": len(items)}
 
-    def held_out_items(self) -> list[LabelledItem]:
-        """COWEST_EVAL_FILE, or else the trained pack's last train questions with its task type:
-        a candidate is judged on its own domain."""
-        from cowest_app.collect import QuestionItem
+    def passes(self, scores: dict[str, float]) -> bool:
+        """The gate: promote a candidate scoring at least the active adapter's score minus the tolerance."""
+        return scores["candidate_score"] >= scores["active_score"] - self.config.eval_tolerance
+
+    def gate_score(self, weak: WeakModel, slot: str | None, items: list[GateItem], who: str) -> float:
+        """Mean score of the collaboration with `weak` drafting (in adapter `slot`) on `items`."""
+        from cowest_app.collaboration import BatchDrafter, StreamingAnswerer, StreamingDrafter, collaborate, relay, run
+        from cowest_app.models.local import TransformersBackend
+        from cowest_app.scoring import CHOICE_TASKS, OptionLikelihood
+
+        draft_opts = GenerationOptions(max_new_tokens=self.config.weak_max_new_tokens, temperature=0.0, adapter=slot)
+        drafter = (BatchDrafter(weak, draft_opts) if isinstance(weak, TransformersBackend)
+                   else StreamingDrafter(weak, draft_opts, draft_opts))
+        strong = self.service.strong
+        if isinstance(strong, TransformersBackend) and self.pack.task_type in CHOICE_TASKS and self.config.eval_file is None:
+            answerer: Any = OptionLikelihood(strong, labels=self.pack.labels)
+        else:
+            answerer = StreamingAnswerer(strong, GenerationOptions(max_new_tokens=self.config.strong_max_new_tokens),
+                                         prompts.clean_generation)
+        done = [0]
+
+        def progress(update: Any) -> Any:
+            self._check_stop()
+            if update.job.step == "answer" and update.reply.ok:
+                done[0] += 1
+                self._set(detail=f"{who}: held-out question {done[0]}/{len(items)}")
+            return update
+
+        outcomes = run(relay(collaborate(self.prompt_set, [i.ask for i in items], drafter, answerer), progress))
+        return sum(i.score(c.answers[0].text) for i, c in zip(items, outcomes)) / len(items)
+
+    def held_out_items(self) -> list[GateItem]:
+        """COWEST_EVAL_FILE, or else the trained pack's dev split, scored by the pack's metric:
+        a candidate is judged on its own domain, on questions feedback never trained on."""
+        from cowest_app.collect import format_question
+        from cowest_app.feedback import score_with_reference
 
         if self.config.eval_file is not None:
-            return load_items(self.config.eval_file)
-        tail = self.pack.train[-self.config.eval_max_items:]
-        return [LabelledItem(QuestionItem(i.question, self.pack.name, i.reference, i.options), self.pack.task_type)
-                for i in tail]
+            return [GateItem(Ask(format_question(i.item.question, i.item.options), i.item.reference, i.item.options),
+                             partial(score_with_reference, reference=i.item.reference, task_type=i.task_type,
+                                     options=i.item.options))
+                    for i in load_items(self.config.eval_file) if i.item.reference is not None]
+        from cowest_app.packs import format_item
 
-    def _collaborate(self, weak: WeakModel, item: Any) -> str:
-        # The served weak model drafts in this pack's slot; a candidate built alone has it as its default.
-        slot = self.pack.name if weak is self.service.weak else None
-        draft_opts = GenerationOptions(max_new_tokens=self.config.weak_max_new_tokens, adapter=slot)
-        final_opts = GenerationOptions(max_new_tokens=self.config.strong_max_new_tokens)
-        draft = "".join(weak.generate(self.prompt_set.draft(item.question), **draft_opts.as_kwargs()))
-        refine = self.prompt_set.refine(item.question, prompts.clean_generation(draft))
-        return prompts.clean_generation("".join(self.service.strong.generate(refine, **final_opts.as_kwargs())))
+        pack = self.pack
+        mc = pack.task_type == "multiple_choice"
+        return [GateItem(Ask(format_item(item), item.reference, item.options if mc else None),
+                         partial(pack.score, item=item)) for item in pack.dev]
 
     def push(self, version: str) -> None:
         from cowest_app.hub import render_model_card

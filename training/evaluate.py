@@ -40,11 +40,11 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
 
-from cowest_app.evaluators import Score, SelfAnsweringEvaluator
+from cowest_app.collaboration import DRAFT, Ask, BatchAnswerer, BatchDrafter, Collaboration, Job, collaborate, relay, run
 from cowest_app.files import write_atomic
 from cowest_app.models.base import GenerationOptions, Message
-from cowest_app.models.batching import left_pad
-from cowest_app.prompts import clean_generation
+from cowest_app.prompts import PromptSet
+from cowest_app.scoring import ANSWER_PREFIX, CHOICE_TASKS, OptionLikelihood
 from cowest_app.results import RESULTS_JSON, RESULTS_MD, RESULTS_PNG, render_chart, render_table
 from cowest_app.retrieval import render_context
 
@@ -66,8 +66,6 @@ SYSTEMS: dict[str, str] = {
     "collab_retrieval_sft": "Retrieval-grounded Weak + Strong (SFT weak)",
     "collab_retrieval_dpo": "Retrieval-grounded Weak + Strong (SFT+DPO weak)",
 }
-ANSWER_PREFIX = "Answer:"  # the answering model's reply opens with it; options are scored after it
-CHOICE_TASKS = ("multiple_choice", "label")
 DRAFTS_JSON = "drafts.json"  # --drafts-only: what each weak model drafted, unscored
 # An answering prompt longer than this means the context was not bounded (see cowest_app/retrieval.py).
 PROMPT_TOKEN_BUDGET = 1024
@@ -92,136 +90,6 @@ def bootstrap_ci(values: Sequence[float], n: int = 1000, seed: int = 0, level: f
     return float(low), float(high)
 
 
-# -- model scoring --------------------------------------------------------------
-def _device(model: Any) -> Any:
-    return next(model.parameters()).device
-
-
-def continuation_logprobs(
-    model: Any, pad_id: int, prompts: Sequence[Sequence[int]], continuations: Sequence[Sequence[Sequence[int]]],
-    batch_size: int = 8, progress: Progress | None = None,
-) -> list[list[float]]:
-    """log P(continuation | prompt) for every prompt and each of its continuations.
-
-    A continuation c is scored on the row prompt + c[:-1], whose last len(c)
-    positions predict c. Single-token continuations of one prompt share that
-    row, so option letters cost one forward pass per item, not one per letter.
-    Only the last positions are projected onto the vocabulary (`logits_to_keep`).
-    """
-    import torch
-
-    rows: dict[tuple[int, ...], list[tuple[int, int, Sequence[int]]]] = {}
-    for i, (prompt, conts) in enumerate(zip(prompts, continuations, strict=True)):
-        for j, cont in enumerate(conts):
-            if not cont:
-                raise ValueError(f"continuation {j} of prompt {i} is empty")
-            rows.setdefault(tuple(prompt) + tuple(cont[:-1]), []).append((i, j, cont))
-    out = [[0.0] * len(conts) for conts in continuations]  # sums over each continuation's tokens
-    # Similar lengths batched together waste less compute on padding.
-    ordered = sorted(rows, key=len)
-    device = _device(model)
-    for start in range(0, len(ordered), batch_size):
-        batch = ordered[start:start + batch_size]
-        keep = max(len(c) for row in batch for _, _, c in rows[row])
-        input_ids, mask, positions = left_pad(batch, pad_id, device)
-        with torch.inference_mode():
-            logits = model(input_ids=input_ids, attention_mask=mask, position_ids=positions, logits_to_keep=keep).logits
-        logprobs = torch.log_softmax(logits.float(), dim=-1)
-        # Every (row, position, token) needed in this batch, gathered in one indexing op:
-        # on a GPU, one transfer instead of one per token.
-        wanted = [(b, keep - len(cont) + s, tok, i, j)
-                  for b, row in enumerate(batch) for i, j, cont in rows[row] for s, tok in enumerate(cont)]
-        picked = logprobs[[w[0] for w in wanted], [w[1] for w in wanted], [w[2] for w in wanted]].tolist()
-        for (_, _, _, i, j), value in zip(wanted, picked):
-            out[i][j] += value
-        if progress is not None:
-            progress(len({i for row in batch for i, _, _ in rows[row]}))
-    return out
-
-
-def answer_prompt_ids(backend: TransformersBackend, messages: list[Message]) -> list[int]:
-    """The chat prompt plus the opening of the reply, "Answer:"."""
-    ids = backend.encode(messages)["input_ids"][0].tolist()
-    return ids + backend.tokenizer.encode(ANSWER_PREFIX, add_special_tokens=False)
-
-
-def option_logprobs(
-    backend: TransformersBackend, conversations: Sequence[list[Message]], candidates: Sequence[Sequence[str]],
-    batch_size: int = 8, progress: Progress | None = None,
-) -> list[list[float]]:
-    """Per conversation, the model's log-likelihood of replying "Answer: <candidate>" for each candidate."""
-    tokenizer = backend.tokenizer
-    prompts = [answer_prompt_ids(backend, m) for m in conversations]
-    # A leading space: after "Answer:" the letter is a separate word, tokenised as in running text.
-    conts = [[tokenizer.encode(f" {c}", add_special_tokens=False) for c in cands] for cands in candidates]
-    return continuation_logprobs(backend.model, tokenizer.pad_token_id, prompts, conts, batch_size, progress)
-
-
-def greedy_generate(
-    backend: TransformersBackend, conversations: Sequence[list[Message]], max_new_tokens: int,
-    batch_size: int = 8, progress: Progress | None = None,
-) -> list[str]:
-    """Greedy replies, batched with left padding (the streaming backend API serves one at a time)."""
-    import torch
-
-    model, tokenizer = backend.model, backend.tokenizer
-    kwargs = backend.generation_kwargs(GenerationOptions(max_new_tokens=max_new_tokens, temperature=0.0))
-    replies: list[str] = []
-    for start in range(0, len(conversations), batch_size):
-        chunk = conversations[start:start + batch_size]
-        input_ids, mask, _ = left_pad([backend.encode(m)["input_ids"][0].tolist() for m in chunk],
-                                      tokenizer.pad_token_id, _device(model))
-        with torch.inference_mode():
-            out = model.generate(input_ids=input_ids, attention_mask=mask, **kwargs)
-        width = input_ids.shape[1]
-        replies += [clean_generation(tokenizer.decode(seq[width:], skip_special_tokens=True)) for seq in out]
-        if progress is not None:
-            progress(len(chunk))
-    return replies
-
-
-class OptionLikelihood(SelfAnsweringEvaluator):
-    """Collaborative-feedback evaluator for choice tasks that generates nothing.
-
-    The strong model's reply to each conversation is read off its option
-    log-likelihoods after "Answer:" (as in evaluation), and the score is its
-    probability of the correct option, renormalised over the options. A soft
-    score tells apart drafts that all lead to the same argmax, so more
-    questions give a pair, and it costs one forward pass per conversation
-    instead of a generated reasoning chain.
-    """
-
-    name = "option_likelihood"
-    needs_reference = True
-
-    def __init__(self, backend: TransformersBackend, labels: Sequence[str] = (), batch_size: int = 8) -> None:
-        self.backend = backend
-        self.labels = tuple(labels)  # label tasks: the candidates; multiple choice: letters per question
-        self.batch_size = batch_size
-
-    def candidates(self, options: Sequence[str] | None) -> list[str]:
-        if options:
-            return [chr(ord("A") + i) for i in range(len(options))]
-        if self.labels:
-            return list(self.labels)
-        raise ValueError("option_likelihood needs the question's options or the pack's labels")
-
-    def answer_and_score(
-        self, conversations: Sequence[list[Message]], reference: Any, options: Sequence[str] | None,
-    ) -> tuple[list[str], list[Score]]:
-        cands = self.candidates(options)
-        correct = reference if isinstance(reference, int) and not isinstance(reference, bool) else cands.index(str(reference))
-        rows = option_logprobs(self.backend, conversations, [cands] * len(conversations), self.batch_size)
-        answers, scores = [], []
-        for row in rows:
-            probs = np.exp(np.asarray(row) - np.max(row))
-            probs /= probs.sum()
-            best = int(np.argmax(probs))
-            answers.append(f"{ANSWER_PREFIX} {cands[best]} (p={probs[best]:.2f})")
-            scores.append(Score(float(probs[correct]), 1.0, self.name))
-        return answers, scores
-
-
 # -- systems ----------------------------------------------------------------------
 @dataclass(frozen=True)
 class Settings:
@@ -238,49 +106,56 @@ def shown_question(item: PackItem) -> str:
     return format_item(item)
 
 
-def candidates_for(pack: DomainPack, item: PackItem) -> list[str]:
-    if pack.task_type == "multiple_choice":
-        return [chr(ord("A") + i) for i in range(len(item.options or ()))]
-    return list(item.options or pack.labels or ())
+def pack_asks(pack: DomainPack, items: Sequence[PackItem]) -> list[Ask]:
+    """The items as the collaboration core takes them: multiple-choice options travel for scoring."""
+    return [Ask(shown_question(item), item.reference, item.options if pack.task_type == "multiple_choice" else None)
+            for item in items]
 
 
-def final_answers(
-    pack: DomainPack, backend: TransformersBackend, items: Sequence[PackItem], conversations: Sequence[list[Message]],
-    settings: Settings, progress: Progress | None = None,
-) -> list[str]:
-    """The answering model's final answer per item: the likeliest option, or a short greedy reply."""
-    if pack.task_type not in CHOICE_TASKS:
-        return greedy_generate(backend, conversations, settings.answer_tokens, settings.batch_size, progress)
-    candidates = [candidates_for(pack, item) for item in items]
-    if any(not c for c in candidates):
-        raise ValueError(f"pack {pack.name}: a {pack.task_type} item has no options or labels to score")
-    scores = option_logprobs(backend, conversations, candidates, settings.batch_size, progress)
-    return [f"{ANSWER_PREFIX} {cands[int(np.argmax(s))]}" for cands, s in zip(candidates, scores)]
+def pack_answerer(pack: DomainPack, backend: TransformersBackend, settings: Settings) -> Any:
+    """The pack's scorer as an answerer: the likeliest option for choice tasks, else a short greedy reply."""
+    if pack.task_type in CHOICE_TASKS:
+        return OptionLikelihood(backend, labels=pack.labels, batch_size=settings.batch_size)
+    return BatchAnswerer(backend, GenerationOptions(max_new_tokens=settings.answer_tokens, temperature=0.0),
+                         settings.batch_size)
+
+
+def greedy_drafter(weak: TransformersBackend, settings: Settings) -> BatchDrafter:
+    return BatchDrafter(weak, GenerationOptions(max_new_tokens=settings.draft_tokens, temperature=0.0), settings.batch_size)
+
+
+def run_pack(pack: DomainPack, items: Sequence[PackItem], prompt_set: PromptSet, answerer: Any,
+             drafter: BatchDrafter | None = None, progress: Progress | None = None) -> list[Collaboration]:
+    """The collaboration core over pack items (no drafter: the answering model alone)."""
+    def count(update: Any) -> Any:
+        if progress is not None and update.reply.ok and (update.job.step == DRAFT or drafter is None):
+            progress(1)
+        return update
+
+    return run(relay(collaborate(prompt_set, pack_asks(pack, items), drafter, answerer), count))
 
 
 def run_system(
     pack: DomainPack, items: Sequence[PackItem], answerer: TransformersBackend, settings: Settings,
-    prompt: Callable[[str, str | None], list[Message]], drafter: TransformersBackend | None = None,
-    label: str = "", grounded: bool = False,
+    prompt_set: PromptSet, drafter: TransformersBackend | None = None, label: str = "",
 ) -> dict[str, Any]:
-    """Score one system; `prompt(question, draft)` builds the answering model's conversation.
+    """Score one system with the pack's metric; `prompt_set` renders its conversations.
 
     With a `drafter`, the weak model first drafts for every item, from memory
-    or (grounded) from the passages retrieved for it. Each item records how
-    many tokens the answering model's prompt had: what the system costs it.
+    or from the passages retrieved for it, as the prompt set says. Each item
+    records how many tokens the answering model's prompt had: what the
+    system costs it.
     """
     from tqdm import tqdm
 
     started = time.perf_counter()
-    questions = [shown_question(item) for item in items]
-    with tqdm(total=len(items) * (2 if drafter else 1), desc=label, unit="item", leave=False) as bar:
-        drafts: list[str | None] = [None] * len(items)
-        if drafter is not None:
-            drafts = list(write_drafts(pack, questions, drafter, settings, grounded, bar.update))
-        conversations = [prompt(q, d) for q, d in zip(questions, drafts)]
-        answers = final_answers(pack, answerer, items, conversations, settings, bar.update)
+    with tqdm(total=len(items), desc=label, unit="item", leave=False) as bar:
+        done = run_pack(pack, items, prompt_set, pack_answerer(pack, answerer, settings),
+                        greedy_drafter(drafter, settings) if drafter is not None else None, bar.update)
+    answers = [c.answers[0].text for c in done]
+    drafts = [c.drafts[0].text if c.drafts else None for c in done]
     scores = [float(pack.score(a, item)) for a, item in zip(answers, items)]
-    tokens = [int(answerer.encode(c)["input_ids"].shape[-1]) for c in conversations]
+    tokens = [int(answerer.encode(c.answer_prompts[0])["input_ids"].shape[-1]) for c in done]
     over = sum(t > PROMPT_TOKEN_BUDGET for t in tokens)
     if over:  # e.g. retrieval units that are not bounded: every prompt then carries far more than intended
         log.warning("%s: %d of %d prompts exceed %d tokens (longest %d)", label, over, len(tokens),
@@ -291,18 +166,20 @@ def run_system(
                                 "mean_prompt_tokens": round(float(np.mean(tokens)), 1), "items": rows}
 
 
-def write_drafts(pack: DomainPack, questions: Sequence[str], drafter: TransformersBackend, settings: Settings,
-                 grounded: bool, progress: Progress | None = None) -> list[str]:
-    """The weak model's greedy draft per question, from memory or from its retrieved passages."""
-    prompts = [pack.draft_messages(q, grounded) for q in questions]
-    return greedy_generate(drafter, prompts, settings.draft_tokens, settings.batch_size, progress)
+def write_drafts(pack: DomainPack, items: Sequence[PackItem], drafter: TransformersBackend, settings: Settings,
+                 grounded: bool) -> list[str]:
+    """The weak model's greedy draft per item, from memory or from its retrieved passages."""
+    jobs_prompt_set = pack.prompt_set(grounded)
+    steps = greedy_drafter(drafter, settings).write(
+        [Job(DRAFT, i, 0, jobs_prompt_set.draft(ask.text), ask) for i, ask in enumerate(pack_asks(pack, items))], 1)
+    return [replies[0].text for replies in run(steps)]
 
 
 def draft_rows(pack: DomainPack, items: Sequence[PackItem], drafter: TransformersBackend, settings: Settings,
                label: str, grounded: bool) -> dict[str, Any]:
     """The weak model's drafts for every item, without asking the strong model anything."""
     started = time.perf_counter()
-    drafts = write_drafts(pack, [shown_question(item) for item in items], drafter, settings, grounded)
+    drafts = write_drafts(pack, items, drafter, settings, grounded)
     return {"label": label, "seconds": round(time.perf_counter() - started, 3),
             "items": [{"id": item.id, "draft": d} for item, d in zip(items, drafts)]}
 
@@ -347,25 +224,24 @@ def evaluate(
                                                     device=device, dtype=strong_dtype))  # it resolves dtype names
         return strong_model[0]
 
-    def direct(q: str, _draft: str | None) -> list[Message]:
-        return pack.direct_messages(q)
+    def with_direct(direct: Callable[[str], list[Message]]) -> PromptSet:
+        return PromptSet(draft=pack.weak_messages, refine=pack.strong_messages, direct=direct)
 
-    def rag(q: str, _draft: str | None) -> list[Message]:
-        return pack.rag_messages(q, render_context(pack.retriever.search(q, settings.rag_k)))
-
-    def refine(q: str, draft: str | None) -> list[Message]:
-        return pack.strong_messages(q, draft or "")
+    direct = with_direct(pack.direct_messages)
+    rag = with_direct(lambda q: pack.rag_messages(q, render_context(pack.retriever.search(q, settings.rag_k))))
 
     systems: dict[str, dict[str, Any]] = {}
 
-    def score(key: str, answerer: Callable[[], Any], prompt: Callable, drafter: Any = None) -> None:
+    def score(key: str, answerer: Callable[[], Any], prompt_set: PromptSet | None, drafter: Any = None) -> None:
+        """`prompt_set` None: the pack's own, drafting from memory or (a retrieval row) from passages."""
         if only is not None and key not in only or drafts_only and drafter is None:
             return
         grounded_key = "retrieval" in key
         if drafts_only:
             systems[key] = draft_rows(pack, items, drafter, settings, SYSTEMS[key], grounded_key)
         else:
-            systems[key] = run_system(pack, items, answerer(), settings, prompt, drafter, SYSTEMS[key], grounded_key)
+            systems[key] = run_system(pack, items, answerer(), settings, prompt_set or pack.prompt_set(grounded_key),
+                                      drafter, SYSTEMS[key])
             log.info("%s: %.3f on %d items (%.1fs)", SYSTEMS[key], systems[key]["accuracy"], len(items),
                      systems[key]["seconds"])
 
@@ -373,9 +249,9 @@ def evaluate(
     score("weak", lambda: weak, direct)
     score("strong", strong, direct)
     score("strong_rag", strong, rag)
-    score("collab_base", strong, refine, weak)
+    score("collab_base", strong, None, weak)
     if grounded:
-        score("collab_retrieval_base", strong, refine, weak)
+        score("collab_retrieval_base", strong, None, weak)
     # Each adapter is built on a fresh copy of the weak base (swap_adapter), never stacked.
     adapters = [("collab_sft", sft_adapter), ("collab_retrieval_sft", sft_adapter if grounded else None),
                 ("collab_dpo", dpo_adapter), ("collab_retrieval_dpo", grounded_dpo_adapter)]
@@ -385,7 +261,7 @@ def evaluate(
             if adapter != loaded:
                 weak.swap_adapter(str(adapter), key)
                 loaded = adapter
-            score(key, strong, refine, weak)
+            score(key, strong, None, weak)
 
     results = {
         "pack": pack.name,

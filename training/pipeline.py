@@ -280,7 +280,7 @@ def feedback_evaluator(pack: DomainPack, opts: PipelineOptions, strong: Any) -> 
     the pack's metric scores it against the reference.
     """
     from cowest_app.evaluators import ReferenceEvaluator
-    from training.evaluate import CHOICE_TASKS, OptionLikelihood
+    from cowest_app.scoring import CHOICE_TASKS, OptionLikelihood
 
     if opts.feedback_scoring == "likelihood" and pack.task_type in CHOICE_TASKS:
         return OptionLikelihood(strong, labels=pack.labels, batch_size=opts.eval.batch_size)

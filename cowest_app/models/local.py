@@ -496,6 +496,31 @@ class TransformersBackend:
         stream._thread.start()
         return stream
 
+    def complete_batch(self, conversations: list[list[Message]] | Any, opts: GenerationOptions,
+                       batch_size: int = 8) -> Iterator[list[str]]:
+        """Replies to many conversations, decoded as left-padded batches; yields each batch's texts.
+
+        For offline runs (the gate, the harness): stop rules are not applied,
+        so `opts` should bound replies by `max_new_tokens`. The adapter is
+        `opts.adapter`'s slot, held for each batch.
+        """
+        from cowest_app.models.batching import left_pad
+
+        kwargs = self.generation_kwargs(opts)
+        for start in range(0, len(conversations), batch_size):
+            chunk = conversations[start:start + batch_size]
+            input_ids, mask, _ = left_pad([self.encode(m)["input_ids"][0].tolist() for m in chunk],
+                                          self.tokenizer.pad_token_id, self.device)
+            try:
+                if opts.seed is not None:
+                    torch.manual_seed(opts.seed)
+                with torch.inference_mode(), self._active.selected(opts.adapter) as model:
+                    out = model.generate(input_ids=input_ids, attention_mask=mask, **kwargs)
+            except Exception as exc:
+                raise as_backend_error(exc) from exc
+            width = input_ids.shape[1]
+            yield [self.tokenizer.decode(seq[width:], skip_special_tokens=True) for seq in out]
+
     def sample(self, messages: list[Message], n: int, **opts: Any) -> list[str]:
         """n completions of one prompt in a single batched `generate` call.
 

@@ -92,12 +92,15 @@ def test_format_item_and_question_items(tmp_path):
 
 def test_dev_split_is_trains_tail_and_fit_the_rest(tmp_path):
     pack = load_pack(write_pack(tmp_path / "p"))
-    assert len(pack.train) >= 2 and pack.dev_size == 1
+    assert len(pack.train) == 2 and pack.dev_size == 1  # half of a small train
     assert pack.dev == pack.train[-1:] and pack.fit == pack.train[:-1]
     assert [q.question for q in pack.question_items("dev")] == [pack.train[-1].question]
-    shipped = load_pack(Path(__file__).parents[2] / "packs" / "saltmarsh-formulary")
-    assert (len(shipped.train), len(shipped.dev), len(shipped.fit)) == (604, 60, 544)
+    root = Path(__file__).parents[2] / "packs"
+    shipped = load_pack(root / "saltmarsh-formulary")
+    assert (len(shipped.train), len(shipped.dev), len(shipped.fit)) == (604, 60, 544)  # 10%, at most 60
     assert set(shipped.dev).isdisjoint(shipped.fit)
+    general = load_pack(root / "general")
+    assert (len(general.train), len(general.dev)) == (13, 6)  # at least min(8, half of train)
 
 
 @pytest.mark.parametrize("answer, expected", [

@@ -23,6 +23,7 @@ from cowest_app.control import AdminError, TrainingControl
 from cowest_app.hub import HubPublisher
 from cowest_app.models.local import TransformersBackend
 from cowest_app.models.remote import InferenceClientBackend
+from cowest_app.packs import format_item
 from cowest_app.registry import AdapterRegistry
 from cowest_app.service import CollabService
 from cowest_app.store import Feedback, LogStore
@@ -247,5 +248,112 @@ def test_the_gate_judges_a_candidate_on_its_own_pack_by_default(setup):
                       AdapterRegistry(config.pack_adapters_dir("general")))
     general = service.packs["general"]
     items = job.held_out_items()
-    assert [(i.item.question, i.item.domain, i.item.reference, i.task_type) for i in items] == [
-        (p.question, "general", p.reference, "multiple_choice") for p in general.train[-3:]]
+    assert [(i.ask.text, i.ask.reference) for i in items] == [(format_item(p), p.reference) for p in general.dev]
+    # Scored by the pack's metric: the right letter scores 1, another 0.
+    right = "ABCDE"[general.dev[0].reference]
+    assert items[0].score(f"Answer: {right}") == 1.0 and items[0].score("Answer: Z") == 0.0
+
+
+# -- the gate on a pack's dev split, with a real trained adapter and a damaged copy -------------
+GATE_PACK_YAML = """\
+name: gate
+description: Every answer is B; a weak model that drafts it helps.
+task_type: multiple_choice
+metric: accuracy
+weak_prompt:
+  system: Draft.
+  user: "{question}"
+strong_prompt:
+  system: Answer with the option letter.
+  user: "Question: {question}\\nNotes (use or ignore):\\n\\"\\"\\"\\n{draft}\\n\\"\\"\\""
+"""
+DRAFT_TARGET = "Answer: B"
+
+
+def write_gate_pack(root: Path) -> Path:
+    (root / "corpus").mkdir(parents=True)
+    (root / "corpus" / "facts.md").write_text("In this pack the answer is always B.\n")
+    (root / "domain.yaml").write_text(GATE_PACK_YAML)
+    options = ["red", "blue", "green", "white"]
+    rows = [{"id": f"q{i}", "question": f"Which colour is item {i}?", "answer": "B", "options": options}
+            for i in range(8)]
+    write_jsonl(root / "train.jsonl", rows)
+    write_jsonl(root / "test.jsonl", rows[:2])
+    return root
+
+
+def notes_reader(messages: list[dict]) -> str:
+    """A strong stand-in that trusts a draft's answer line and is unsure without one."""
+    user = messages[-1]["content"]
+    notes = user.split('"""')[1] if '"""' in user else ""
+    letter = next((w for w in notes.split() if w in "ABCD" and f"Answer: {w}" in notes), None)
+    return f"Answer: {letter}" if letter else "I am not sure."
+
+
+def train_drafting_adapter(base: Path, prompts: list[list[dict]], out: Path) -> Path:
+    """A real LoRA adapter, taught with plain torch (Adam, 60 steps) to draft DRAFT_TARGET for these prompts."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    torch.manual_seed(0)
+    tokenizer = AutoTokenizer.from_pretrained(base)
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(base), LoraConfig(
+        r=8, lora_alpha=16, task_type="CAUSAL_LM",
+        target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]))
+    target = tokenizer.encode(DRAFT_TARGET, add_special_tokens=False) + [tokenizer.eos_token_id]
+    rows = []
+    for messages in prompts:
+        prompt = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_dict=True)["input_ids"]
+        rows.append((torch.tensor([prompt + target]), torch.tensor([[-100] * len(prompt) + target])))
+    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    for _ in range(60):
+        for ids, labels in rows:
+            model(input_ids=ids, labels=labels).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    model.save_pretrained(out)
+    return out
+
+
+def damage(adapter: Path, out: Path) -> Path:
+    """The same adapter with every LoRA B matrix replaced by noise: a broken candidate."""
+    import shutil
+
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    shutil.copytree(adapter, out)
+    torch.manual_seed(1)
+    weights = load_file(out / "adapter_model.safetensors")
+    save_file({k: torch.randn_like(v) * 2 if "lora_B" in k else v for k, v in weights.items()},
+              out / "adapter_model.safetensors")
+    return out
+
+
+def test_gate_rejects_a_damaged_adapter_on_the_packs_dev_split(tmp_path: Path, tiny_model_dir: Path):
+    pack_dir = write_gate_pack(tmp_path / "gate")
+    config = AppConfig(weak_model=str(tiny_model_dir), weak_4bit=False, data_dir=tmp_path / "data",
+                       weak_max_new_tokens=6, strong_max_new_tokens=8, packs=(str(pack_dir),), eval_tolerance=0.0)
+    with serve_openai(reply=notes_reader) as server:
+        strong = InferenceClientBackend(model="strong", base_url=server.base_url)
+        service = CollabService(config, TransformersBackend(str(tiny_model_dir)), strong, LogStore(config.db_path))
+        pack = service.packs["gate"]
+        registry = AdapterRegistry(config.pack_adapters_dir("gate"))
+        job = TrainingJob(config, service, registry)
+        assert [i.ask.reference for i in job.held_out_items()] == [1] * pack.dev_size == [1] * 4
+
+        # Taught on the fit split only: the gate's dev questions are new to it.
+        good = train_drafting_adapter(tiny_model_dir, [pack.weak_messages(format_item(i)) for i in pack.fit],
+                                      tmp_path / "good")
+        v1 = registry.import_adapter(good, promote=False)
+        first = job.evaluate(v1)
+        # The bare base's drafts carry no answer line: the strong stand-in is unsure, the taught adapter's lead it right.
+        assert (first["candidate_score"], first["active_score"]) == (1.0, 0.0) and job.passes(first)
+        registry.promote(v1.version)
+        service.weak.swap_adapter(str(registry.path(v1.version)), v1.version, "gate")
+
+        v2 = registry.import_adapter(damage(good, tmp_path / "damaged"), promote=False)
+        scores = job.evaluate(v2)
+        assert scores["active_score"] == 1.0 and scores["candidate_score"] < 1.0 and scores["eval_items"] == 4
+        assert not job.passes(scores)

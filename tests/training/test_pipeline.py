@@ -78,7 +78,7 @@ def test_pack_prompt_set_is_the_pack_templates(tmp_path: Path) -> None:
 def test_feedback_evaluator_follows_task_type_and_option(tmp_path: Path) -> None:
     from cowest_app.evaluators import ReferenceEvaluator
     from cowest_app.packs import load_pack
-    from training.evaluate import OptionLikelihood
+    from cowest_app.scoring import OptionLikelihood
 
     mc = load_pack(write_pack(tmp_path / "mc"))
     short = load_pack(write_pack(tmp_path / "short", task_type="short_answer"))
@@ -141,8 +141,8 @@ def test_pipeline_runs_skips_and_reruns_downstream(tmp_path: Path, tiny_model_di
     sft_rows = [json.loads(line) for line in (out / "sft" / "corpus.jsonl").read_text().splitlines()]
     assert [("text" in r, "messages" in r) for r in sft_rows] == [(True, False)] + [(False, True)] * 6  # corpus + drafts
     assert report["stages"]["sft"]["summary"]["n_chats"] == 6 and report["options"]["sft_data"] == "corpus+drafts"
-    # one pair per fit question: the last of the 6 train questions is the dev split
-    assert len((out / "feedback" / "pairs.jsonl").read_text().splitlines()) == 5
+    # one pair per fit question: the last 3 of the 6 train questions are the dev split
+    assert len((out / "feedback" / "pairs.jsonl").read_text().splitlines()) == 3
     pair = json.loads((out / "feedback" / "pairs.jsonl").read_text().splitlines()[0])
     rows = json.loads((out / "feedback" / "feedback.json").read_text())["results"]
     # Option likelihood: every final scored with the strong model's probability of the correct option.
