@@ -19,7 +19,7 @@ option likelihood) instead of the strong model generating finals for a
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from collections.abc import Sized
 from typing import Any, Callable, Iterable, Mapping, Sequence
 

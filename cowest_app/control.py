@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from cowest_app.config import AppConfig
-from cowest_app.registry import AdapterRegistry, RegistryError
+from cowest_app.registry import AdapterRegistry
 from cowest_app.training_job import JobError, TrainingJob, start_scheduler, trigger_now
 
 log = logging.getLogger(__name__)

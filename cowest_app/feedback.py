@@ -13,7 +13,6 @@ which writes the file it is asked to), so all of it is tested with literals.
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 import string
 import unicodedata

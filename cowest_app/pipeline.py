@@ -13,7 +13,6 @@ alone. What happened is in the stages' `info`.
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Iterator
 

@@ -44,7 +44,7 @@ from cowest_app.collaboration import DRAFT, Ask, BatchAnswerer, BatchDrafter, Co
 from cowest_app.files import write_atomic
 from cowest_app.models.base import GenerationOptions, Message
 from cowest_app.prompts import PromptSet
-from cowest_app.scoring import ANSWER_PREFIX, CHOICE_TASKS, OptionLikelihood
+from cowest_app.scoring import CHOICE_TASKS, OptionLikelihood
 from cowest_app.results import RESULTS_JSON, RESULTS_MD, RESULTS_PNG, render_chart, render_table
 from cowest_app.retrieval import render_context
 

@@ -18,7 +18,6 @@ import json
 import os
 import sqlite3
 import threading
-import time
 from collections import Counter
 from pathlib import Path
 
