@@ -152,7 +152,7 @@ ENV_VARS: dict[str, tuple[str, str]] = {
     "COWEST_MAX_SESSION_SHARE": ("max_session_share", "largest share of a training set that pairs from one browser session may make up; a session's newest pairs above it are left out (`1` = no cap; `0.2` by default on a Space, where `SPACE_ID` is set)"),
     "COWEST_FEEDBACK_FILE": ("feedback_file", "optional JSONL of questions with references (`question`, `domain`, `reference`, `task_type`, `options`) to collect feedback on"),
     "COWEST_COLLECT_MAX_QUESTIONS": ("collect_max_questions", "questions turned into feedback per job run (bounds a run's time)"),
-    "COWEST_EVAL_FILE": ("eval_file", "held-out JSONL (same fields) for the promotion gate; unset = the last `COWEST_EVAL_MAX_ITEMS` train questions of the trained pack"),
+    "COWEST_EVAL_FILE": ("eval_file", "held-out JSONL (same fields) for the promotion gate; unset = the trained pack's dev split (its last train questions, held out of feedback), up to `COWEST_EVAL_MAX_ITEMS`"),
     "COWEST_EVAL_MAX_ITEMS": ("eval_max_items", "held-out questions scored per candidate"),
     "COWEST_EVAL_TOLERANCE": ("eval_tolerance", "a candidate is promoted when its score >= active score - tolerance"),
     "COWEST_TRAIN_RECIPE": ("train_recipe", "DPO recipe YAML used by the job"),
