@@ -24,6 +24,7 @@ log = logging.getLogger(__name__)
 
 
 LOG_SYNC_MINUTES = 10
+ADAPTER_SYNC_SECONDS = 30  # how soon an adapter registered by command (or rolled back elsewhere) is served
 
 
 class AdminError(PermissionError):
@@ -52,14 +53,27 @@ class TrainingControl:
         self.registry = registry
         self.publisher = publisher
         self.gate = AdminGate(config.secrets.admin_secret)
+        self.service = service
         self.job = TrainingJob(config, service, registry, publisher)
         self.scheduler = start_scheduler(self.job, config.train_every_minutes) if start else None
+        if self.scheduler is not None:
+            self.scheduler.add_job(self.sync_adapters, "interval", seconds=ADAPTER_SYNC_SECONDS, id="adapter-sync",
+                                   max_instances=1, coalesce=True)
         self.log_sync = None
         self.log_sync_error: str | None = None
         if publisher is not None and start:
             publisher.start()
         if config.hub_log_repo and start:
             self._start_log_sync(service)
+
+    def sync_adapters(self) -> list[str]:
+        """Serve every pack's registry-active adapter (`service.sync_adapters`); a running
+        training cycle owns its pack's swap, so nothing moves under it."""
+        from cowest_app.service import sync_adapters
+
+        if self.job.running:
+            return []
+        return sync_adapters(self.config, self.service.weak, self.service.packs)
 
     def _start_log_sync(self, service: Any) -> None:
         """Mirror the feedback log to a dataset repo; a Hub outage only disables it."""

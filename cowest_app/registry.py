@@ -215,7 +215,7 @@ def main(argv: list[str] | None = None) -> int:
                                        config={"imported_from": str(ns.adapter.resolve())})
     except (PackError, RegistryError, OSError) as exc:
         parser.error(str(exc))
-    print(f"{pack.name}: {meta.version} ({meta.status}) from {ns.adapter}; the app serves it after a restart")
+    print(f"{pack.name}: {meta.version} ({meta.status}) from {ns.adapter}; a running app serves it within a minute")
     return 0
 
 

@@ -102,6 +102,33 @@ def adapter_slots(config: AppConfig, packs: Mapping[str, DomainPack]) -> dict[st
     return slots
 
 
+def sync_adapters(config: AppConfig, weak: Any, packs: Mapping[str, DomainPack]) -> list[str]:
+    """Serve each pack's registry-active adapter: one registered by command
+    (`python -m cowest_app.registry --pack P --adapter DIR`) or rolled back
+    elsewhere is hot-swapped in without a restart. Returns what changed."""
+    from cowest_app.models.local import BASE_VERSION, AdapterError
+
+    changed = []
+    served = weak.adapter_versions()
+    for index, pack in enumerate(packs.values()):
+        if index == 0 and config.weak_adapter is not None:
+            continue  # COWEST_WEAK_ADAPTER pins the first pack's adapter
+        registry = AdapterRegistry(config.pack_adapters_dir(pack.name))
+        active = registry.active()
+        wanted = active.version if active is not None else BASE_VERSION
+        if served.get(pack.name, BASE_VERSION) == wanted:
+            continue
+        source = str(registry.path(active.version)) if active is not None else None
+        try:
+            weak.swap_adapter(source, wanted, pack.name)
+        except AdapterError as exc:  # a broken registration must not take serving down
+            log.error("pack %s: cannot serve %s, keeping %s: %s", pack.name, wanted, served.get(pack.name, BASE_VERSION), exc)
+            continue
+        changed.append(f"{pack.name}: {served.get(pack.name, BASE_VERSION)} -> {wanted}")
+        log.info("pack %s now serves %s", pack.name, wanted)
+    return changed
+
+
 def build_weak(config: AppConfig, packs: Mapping[str, DomainPack]) -> Backend:
     """The weak model with every served pack's active adapter, one slot per pack."""
     from cowest_app.models.local import AdapterError
