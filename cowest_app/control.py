@@ -107,9 +107,9 @@ class TrainingControl:
         self.gate.check(secret)
         return "stopping the run" if self.job.stop() else "no run in progress"
 
-    def rollback(self, secret: str | None, version: str | None) -> str:
+    def rollback(self, secret: str | None, version: str | None, pack: str | None = None) -> str:
         self.gate.check(secret)
-        return self.job.rollback(version or None)
+        return self.job.rollback(version or None, pack or None)
 
     def retry_pushes(self, secret: str | None) -> str:
         self.gate.check(secret)
@@ -146,9 +146,10 @@ class TrainingControl:
                 return path
         return None
 
-    def history(self) -> list[dict[str, Any]]:
+    def history(self, pack: str | None = None) -> list[dict[str, Any]]:
+        """A pack's adapter versions, newest first (the trained pack's by default)."""
         rows = []
-        for meta in reversed(self.registry.versions()):
+        for meta in reversed(self.job.registry_for(pack).versions()):
             m = meta.metrics
             rows.append({
                 "version": meta.version,
@@ -171,15 +172,19 @@ class TrainingControl:
             status = {**status, "log_sync_error": self.log_sync_error}
         return status
 
-    def download(self, version: str) -> Path:
-        from cowest_app.hub import render_model_card
+    def download(self, version: str, pack: str | None = None) -> Path:
+        """A pack's adapter version as a zip with its model card (the trained pack's by default)."""
+        from cowest_app.hub import hub_tag, render_model_card
 
-        meta = self.registry.get(version)
-        card = render_model_card(repo_id=self.config.hub_repo or "local/cowest-adapter", version=version,
+        pack = pack or self.job.pack.name
+        registry = self.job.registry_for(pack)
+        meta = registry.get(version)
+        card = render_model_card(repo_id=self.config.hub_repo or "local/cowest-adapter", version=hub_tag(pack, version),
                                  base_model=meta.base_model or self.config.weak_model, metrics=meta.metrics,
                                  data_stats={"pairs": meta.n_pairs, "data_sha256": meta.data_hash},
-                                 parent=meta.parent, created_at=meta.created_at)
-        return self.registry.zip(version, card, Path(tempfile.mkdtemp(prefix="cowest-adapter-")))
+                                 parent=meta.parent and hub_tag(pack, meta.parent), created_at=meta.created_at,
+                                 pack=pack)
+        return registry.zip(version, card, Path(tempfile.mkdtemp(prefix="cowest-adapter-")))
 
     def shutdown(self) -> None:
         self.job.stop()

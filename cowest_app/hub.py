@@ -69,17 +69,22 @@ def render_model_card(
     data_stats: Mapping[str, Any],
     parent: str | None,
     created_at: str,
+    pack: str = "",
 ) -> str:
-    """The README.md of an adapter version: front matter, description, tables, loading snippet."""
+    """The README.md of an adapter version: front matter, description, tables, loading snippet.
+
+    With `pack`, the version is that domain pack's: `version` is its Hub tag and the
+    files live in the repo folder named after the pack."""
     front: dict[str, Any] = {"library_name": "peft"}
     # The Hub validates `base_model` as a model id; a local path or `packaged:` ref would
     # make the whole commit fail, so such values only appear in the text.
     if _HUB_ID.match(base_model):
         front["base_model"] = base_model
-    front.update({"tags": ["cowest", "dpo", "lora"], "license": "apache-2.0"})
+    front.update({"tags": ["cowest", "dpo", "lora"] + ([pack] if pack else []), "license": "apache-2.0"})
     header = yaml.safe_dump(front, sort_keys=False, default_flow_style=None, allow_unicode=True)
 
-    about = [
+    about = [("domain pack", pack)] if pack else []
+    about += [
         ("version", version),
         ("parent version", parent or "none (first adapter)"),
         ("base model", base_model),
@@ -90,7 +95,8 @@ def render_model_card(
         "from peft import PeftModel\n"
         "from transformers import AutoModelForCausalLM\n\n"
         f"base = AutoModelForCausalLM.from_pretrained({json.dumps(base_model)})\n"
-        f"model = PeftModel.from_pretrained(base, {json.dumps(repo_id)}, revision={json.dumps(version)})\n"
+        f"model = PeftModel.from_pretrained(base, {json.dumps(repo_id)}, revision={json.dumps(version)}"
+        + (f", subfolder={json.dumps(pack)}" if pack else "") + ")\n"
         "```\n"
     )
     return (
@@ -304,9 +310,10 @@ class HubPublisher:
 
     # ---- direct push ------------------------------------------------------------
 
-    def push_adapter(self, adapter_dir: Path, version: str, card_md: str) -> PushResult:
-        """Create the repo if needed, commit files + README.md, tag the commit `version`."""
-        return self._push(Path(adapter_dir), version, card_md)
+    def push_adapter(self, adapter_dir: Path, version: str, card_md: str, subfolder: str = "") -> PushResult:
+        """Create the repo if needed, commit files + README.md (under `subfolder`: one per pack),
+        tag the commit `version`."""
+        return self._push(Path(adapter_dir), version, card_md, subfolder=subfolder)
 
     def _push(
         self,
@@ -315,13 +322,15 @@ class HubPublisher:
         card_md: str,
         on_failure: Callable[[int, str], None] | None = None,
         stop: threading.Event | None = None,
+        subfolder: str = "",
     ) -> PushResult:
         _check_version(version)
+        _check_subfolder(subfolder)
         _adapter_files(adapter_dir)  # fail fast (no retry) when the folder is not an adapter
         for attempt in range(1, self.max_attempts + 1):
             try:
                 with _request_timeout(self.request_timeout_s):
-                    commit_id, url, existed = self._push_once(adapter_dir, version, card_md)
+                    commit_id, url, existed = self._push_once(adapter_dir, version, card_md, subfolder)
                 logger.info("pushed adapter %s to %s (commit %s, attempt %d)", version, self.repo_id, commit_id, attempt)
                 return PushResult(self.repo_id, version, commit_id, url, attempt, existed)
             except Exception as exc:  # noqa: BLE001 - every failure is classified below
@@ -356,13 +365,15 @@ class HubPublisher:
             delay = max(delay, min(retry_after_s, self.max_delay_s))
         return delay
 
-    def _push_once(self, adapter_dir: Path, version: str, card_md: str) -> tuple[str, str | None, bool]:
+    def _push_once(self, adapter_dir: Path, version: str, card_md: str, subfolder: str = "") -> tuple[str, str | None, bool]:
         self._api.create_repo(self.repo_id, repo_type="model", exist_ok=True, private=self.private)
         # A tag that exists means an earlier attempt got through (perhaps its answer was lost).
         if (target := self._tag_target(version)) is not None:
             return target, None, True
-        operations = [CommitOperationAdd(path_in_repo=rel, path_or_fileobj=str(path)) for rel, path in _adapter_files(adapter_dir)]
-        operations.append(CommitOperationAdd(path_in_repo="README.md", path_or_fileobj=card_md.encode("utf-8")))
+        prefix = f"{subfolder}/" if subfolder else ""
+        operations = [CommitOperationAdd(path_in_repo=prefix + rel, path_or_fileobj=str(path))
+                      for rel, path in _adapter_files(adapter_dir)]
+        operations.append(CommitOperationAdd(path_in_repo=prefix + "README.md", path_or_fileobj=card_md.encode("utf-8")))
         info = self._api.create_commit(self.repo_id, operations, commit_message=f"Adapter {version}", repo_type="model")
         try:
             self._api.create_tag(self.repo_id, tag=version, revision=info.oid, tag_message=f"Adapter {version}")
@@ -379,9 +390,10 @@ class HubPublisher:
 
     # ---- queue -----------------------------------------------------------------
 
-    def enqueue(self, adapter_dir: Path, version: str, card_md: str) -> str:
+    def enqueue(self, adapter_dir: Path, version: str, card_md: str, subfolder: str = "") -> str:
         """Record a push for the worker and return its job id at once (no network)."""
         _check_version(version)
+        _check_subfolder(subfolder)
         adapter_dir = Path(adapter_dir).resolve()
         if not adapter_dir.is_dir():
             raise ValueError(f"adapter folder not found: {adapter_dir}")
@@ -389,19 +401,21 @@ class HubPublisher:
             # The same version queued twice would push twice: keep one (a failed one gets another go).
             job = next((job for job in self._jobs if job["version"] == version), None)
             if job is not None:
-                job.update(adapter_dir=str(adapter_dir), card_md=card_md, state="pending", updated_at=_now())
+                job.update(adapter_dir=str(adapter_dir), card_md=card_md, subfolder=subfolder, state="pending",
+                           updated_at=_now())
             else:
-                job = self._new_job(version, adapter_dir, card_md)
+                job = self._new_job(version, adapter_dir, card_md, subfolder)
                 self._jobs.append(job)
             self._save()
         self._wake.set()
         return str(job["id"])
 
     @staticmethod
-    def _new_job(version: str, adapter_dir: Path, card_md: str) -> dict[str, Any]:
+    def _new_job(version: str, adapter_dir: Path, card_md: str, subfolder: str = "") -> dict[str, Any]:
         return {
             "id": uuid.uuid4().hex[:12],
             "version": version,
+            "subfolder": subfolder,
             "adapter_dir": str(adapter_dir),
             "card_md": card_md,
             "state": "pending",
@@ -486,6 +500,7 @@ class HubPublisher:
             result = self._push(
                 Path(job["adapter_dir"]), job["version"], job["card_md"],
                 on_failure=lambda attempt, message: self._record_failure(job_id, message), stop=self._stop,
+                subfolder=job.get("subfolder", ""),  # queues written before packs had folders: the root
             )
         except _Stopped:
             return  # stays pending; the next start() resumes it
@@ -558,6 +573,16 @@ class HubPublisher:
 def _check_version(version: str) -> None:
     if not _VERSION.match(version) or version == "main":
         raise ValueError(f"version must be a tag name like 'v3' (letters, digits, '.', '_', '-'), got {version!r}")
+
+
+def _check_subfolder(subfolder: str) -> None:
+    if subfolder and not _VERSION.match(subfolder):
+        raise ValueError(f"subfolder must be a plain folder name (a pack's name), got {subfolder!r}")
+
+
+def hub_tag(pack: str, version: str) -> str:
+    """The Hub tag of a pack's adapter version: each pack keeps its own `vN` lineage in one repo."""
+    return f"{pack}-{version}"
 
 
 def _adapter_files(adapter_dir: Path) -> list[tuple[str, Path]]:

@@ -168,23 +168,32 @@ class TrainingJob:
             child.terminate()
         return True
 
-    def rollback(self, version: str | None) -> str:
-        """Make an earlier version (or the bare base, None) active and swap it in."""
+    def registry_for(self, pack: str | None) -> AdapterRegistry:
+        """A served pack's adapter registry (this job's own for its pack, or None)."""
+        if pack in (None, self.pack.name):
+            return self.registry
+        if pack not in self.service.packs:
+            raise JobError(f"unknown pack {pack!r}; served: {', '.join(self.service.packs)}")
+        return AdapterRegistry(self.config.pack_adapters_dir(pack))
+
+    def rollback(self, version: str | None, pack: str | None = None) -> str:
+        """Make an earlier version of a pack (this job's by default), or the bare base (None),
+        active and swap it into the pack's slot."""
         if self.running:
             raise JobError("a training run is in progress; stop it before rolling back")
-        target = self.registry.get(version) if version else None
+        registry, slot = self.registry_for(pack), pack or self.pack.name
+        target = registry.get(version) if version else None
         if target is not None and target.status == "failed":
             raise RegistryError(f"{version} failed and has no adapter")
         try:
-            self.service.weak.swap_adapter(str(self.registry.path(version)) if version else None, version or "base",
-                                           self.pack.name)
+            self.service.weak.swap_adapter(str(registry.path(version)) if version else None, version or "base", slot)
         except BackendError as exc:  # a damaged adapter: the active one keeps serving, the pointer stays
             from cowest_app.collect import drafting_version
 
-            active = drafting_version(self.service.weak.describe(), self.pack.name)
+            active = drafting_version(self.service.weak.describe(), slot)
             raise JobError(f"{exc}; the active adapter is still {active}") from exc
-        self.registry.promote(version)
-        return f"active adapter is now {version or 'base'}"
+        registry.promote(version)
+        return f"{slot}: active adapter is now {version or 'base'}"
 
     # -- the cycle -----------------------------------------------------------
     def run_cycle(self, force: bool = False) -> str:
@@ -487,13 +496,15 @@ class TrainingJob:
                          partial(pack.score, item=item)) for item in pack.dev]
 
     def push(self, version: str) -> None:
-        from cowest_app.hub import render_model_card
+        """Queue the version for the Hub: the pack's folder in the repo, tagged `<pack>-vN`."""
+        from cowest_app.hub import hub_tag, render_model_card
 
-        meta = self.registry.get(version)
-        card = render_model_card(repo_id=self.config.hub_repo, version=version, base_model=meta.base_model or "",
+        meta, tag = self.registry.get(version), hub_tag(self.pack.name, version)
+        card = render_model_card(repo_id=self.config.hub_repo, version=tag, base_model=meta.base_model or "",
                                  metrics=meta.metrics, data_stats={"pairs": meta.n_pairs, "data_sha256": meta.data_hash},
-                                 parent=meta.parent, created_at=meta.created_at)
-        self.publisher.enqueue(self.registry.path(version), version, card)
+                                 parent=meta.parent and hub_tag(self.pack.name, meta.parent), created_at=meta.created_at,
+                                 pack=self.pack.name)
+        self.publisher.enqueue(self.registry.path(version), tag, card, subfolder=self.pack.name)
 
 
 def _held_back_note(offered: int, kept: int) -> str:

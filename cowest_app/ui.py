@@ -261,11 +261,16 @@ def training_tab(service: CollabService, control: "TrainingControl") -> None:
     from cowest_app.registry import RegistryError
     from cowest_app.training_job import JobError
 
+    trained = control.job.pack.name
+    gr.Markdown(f"The scheduled job trains **{service.packs[trained].title}**; every served pack keeps its own "
+                "adapter versions (`data/adapters/<pack>/vN`, tagged `<pack>-vN` on the Hub).")
     state_md = gr.Markdown(elem_id="training-state")
     plot = gr.LinePlot(x="step", y="value", color="series", title="DPO loss and reward margin", height=260)
     with gr.Row():
         pairs_md = gr.Markdown()
         hub_md = gr.Markdown()
+    pack_pick = gr.Dropdown([(p.title, name) for name, p in service.packs.items()], value=trained,
+                            label="Pack", elem_id="training-pack")
     history = gr.Dataframe(headers=HISTORY_COLUMNS, label="Adapter versions", interactive=False, wrap=True,
                            elem_id="adapter-history")
     with gr.Row():
@@ -282,8 +287,8 @@ def training_tab(service: CollabService, control: "TrainingControl") -> None:
             retry_btn = gr.Button("Retry failed pushes")
         admin_md = gr.Markdown()
 
-    def refresh():
-        rows = control.history()
+    def refresh(pack: str | None):
+        rows = control.history(pack or trained)
         versions = [r["version"] for r in rows if r["status"] != "failed"]
         curve = pd.DataFrame(control.curve(), columns=["step", "value", "series"])
         return (job_state_md(control.state()), curve, pair_counts_md(service.store.pair_counts()),
@@ -292,7 +297,8 @@ def training_tab(service: CollabService, control: "TrainingControl") -> None:
                 gr.Dropdown(choices=versions))
 
     outputs = [state_md, plot, pairs_md, hub_md, history, version_pick]
-    gr.Timer(2.0).tick(refresh, None, outputs, api_name=False, show_progress="hidden")
+    gr.Timer(2.0).tick(refresh, pack_pick, outputs, api_name=False, show_progress="hidden")
+    pack_pick.change(refresh, pack_pick, outputs, api_name=False, show_progress="hidden")
 
     def admin(action):
         def run(*args):
@@ -304,16 +310,17 @@ def training_tab(service: CollabService, control: "TrainingControl") -> None:
 
     start_btn.click(admin(control.start_run), secret, admin_md, api_name="admin_start")
     stop_btn.click(admin(control.stop_run), secret, admin_md, api_name="admin_stop")
-    rollback_btn.click(admin(control.rollback), [secret, version_pick], admin_md, api_name="admin_rollback")
-    base_btn.click(admin(lambda s: control.rollback(s, None)), secret, admin_md, api_name="admin_rollback_base")
+    rollback_btn.click(admin(control.rollback), [secret, version_pick, pack_pick], admin_md, api_name="admin_rollback")
+    base_btn.click(admin(lambda s, pack: control.rollback(s, None, pack)), [secret, pack_pick], admin_md,
+                   api_name="admin_rollback_base")
     retry_btn.click(admin(control.retry_pushes), secret, admin_md, api_name="admin_retry_pushes")
 
-    def on_download(version: str | None) -> str:
+    def on_download(version: str | None, pack: str | None) -> str:
         if not version:
             raise gr.Error("Pick an adapter version first.")
         try:
-            return str(control.download(version))
-        except RegistryError as exc:
+            return str(control.download(version, pack or trained))
+        except (RegistryError, JobError) as exc:
             raise user_error(exc) from None
 
-    download_btn.click(on_download, version_pick, download_file, api_name="download_adapter")
+    download_btn.click(on_download, [version_pick, pack_pick], download_file, api_name="download_adapter")

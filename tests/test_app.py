@@ -113,13 +113,13 @@ def test_bad_input_gets_a_clear_error_and_the_app_keeps_serving(app_server):
 def test_admin_actions_are_refused_through_the_api_without_the_secret(app_server):
     url, _, _ = app_server
     client = Client(url, verbose=False)
-    for api_name, args in (("/admin_start", ("nope",)), ("/admin_stop", ("",)), ("/admin_rollback_base", ("x",)),
+    for api_name, args in (("/admin_start", ("nope",)), ("/admin_stop", ("",)), ("/admin_rollback_base", ("x", "general")),
                            ("/admin_retry_pushes", ("x",))):
         with pytest.raises(Exception, match="Wrong admin secret"):
             client.predict(*args, api_name=api_name)
     assert "no run in progress" in client.predict(ADMIN_SECRET, api_name="/admin_stop")
     with pytest.raises(Exception, match="Pick an adapter version"):
-        client.predict(None, api_name="/download_adapter")
+        client.predict(None, "general", api_name="/download_adapter")
 
 
 def test_secrets_never_reach_the_page_or_the_log(app_server):

@@ -50,3 +50,26 @@ def test_an_adapter_registered_by_command_is_served_without_a_restart(tmp_path, 
     assert registry.active() is None
     assert control.sync_adapters() == ["general: v1 -> base"] and service.weak.adapter_versions() == {}
     control.shutdown()
+
+
+def test_every_served_pack_has_its_own_history_download_and_rollback(tmp_path, tiny_model_dir, tiny_adapters):
+    import zipfile
+
+    from cowest_app.config import Secrets
+
+    config = AppConfig(weak_model=str(tiny_model_dir), weak_4bit=False, data_dir=tmp_path / "data",
+                       packs=("packs/general", "packs/medicine"), secrets=Secrets(admin_secret="s3cret"))
+    service = CollabService(config, TransformersBackend(str(tiny_model_dir)), ScriptedBackend(["ok"]),
+                            LogStore(config.db_path))
+    control = TrainingControl(config, service, AdapterRegistry(config.pack_adapters_dir("general")), start=False)
+    register(["--pack", "packs/medicine", "--adapter", str(tiny_adapters["v1"]), "--data-dir", str(config.data_dir)])
+    control.sync_adapters()
+
+    assert control.history() == [] and [r["version"] for r in control.history("medicine")] == ["v1"]
+    with zipfile.ZipFile(control.download("v1", "medicine")) as archive:
+        card = archive.read("v1/README.md").decode()
+    assert "medicine-v1" in card and 'subfolder="medicine"' in card
+    assert control.rollback("s3cret", None, "medicine") == "medicine: active adapter is now base"
+    assert service.weak.adapter_versions() == {}
+    assert AdapterRegistry(config.pack_adapters_dir("medicine")).active() is None
+    control.shutdown()

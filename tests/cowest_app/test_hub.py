@@ -114,6 +114,25 @@ def test_push_makes_one_commit_per_version_and_tags_it(hub: FakeHub, tmp_path: P
         assert Path(path).read_text() == (folder / "adapter_config.json").read_text()
 
 
+def test_packs_share_one_repo_each_in_its_folder_with_its_own_tags(hub: FakeHub, tmp_path: Path) -> None:
+    from cowest_app.hub import hub_tag
+
+    a, b = make_adapter(tmp_path / "a", seed=1), make_adapter(tmp_path / "b", seed=2)
+    pub = publisher(hub, tmp_path)
+    first = pub.push_adapter(a, hub_tag("saltmarsh", "v1"), card("v1"), subfolder="saltmarsh")
+    second = pub.push_adapter(b, hub_tag("general", "v1"), card("v1"), subfolder="general")
+    repo = hub.repo(REPO)
+    assert repo.tags == {"saltmarsh-v1": first.commit_id, "general-v1": second.commit_id}
+    # The later commit keeps the other pack's folder: each pack's latest adapter is on main.
+    assert {"saltmarsh/adapter_config.json", "general/adapter_config.json", "general/README.md"} <= set(repo.head.files)
+    path = hf_hub_download(REPO, "adapter_model.safetensors", subfolder="saltmarsh", revision="saltmarsh-v1",
+                           endpoint=hub.endpoint, token=TOKEN, cache_dir=tmp_path / "hf-cache")
+    assert Path(path).read_bytes() == (a / "adapter_model.safetensors").read_bytes()
+    for bad in ("../up", "a/b", ".hidden"):
+        with pytest.raises(ValueError, match="subfolder"):
+            pub.enqueue(a, "x-v1", card("v1"), subfolder=bad)
+
+
 def test_pushing_an_existing_tag_again_is_a_success_without_a_new_commit(hub: FakeHub, tmp_path: Path) -> None:
     v1 = make_adapter(tmp_path / "v1", seed=1)
     pub = publisher(hub, tmp_path)

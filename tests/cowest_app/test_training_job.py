@@ -117,9 +117,11 @@ def test_full_cycle_trains_gates_swaps_and_pushes(setup, monkeypatch):
         # The push arrives at the Hub stand-in as a tagged commit with a model card.
         assert publisher.wait_idle(timeout=60), publisher.status()
         repo = hub.repo("cowest/weak-adapter", "model")
-        files = repo.resolve("v1").files
-        assert {"adapter_config.json", "adapter_model.safetensors", "README.md"} <= set(files)
-        assert b"v1" in files["README.md"] and b"hf_tok_never_shown" not in files["README.md"]
+        # Each pack keeps its own lineage in one repo: its folder, tagged `<pack>-vN`.
+        files = repo.resolve("general-v1").files
+        assert {"general/adapter_config.json", "general/adapter_model.safetensors", "general/README.md"} <= set(files)
+        card = files["general/README.md"]
+        assert b"general-v1" in card and b'subfolder="general"' in card and b"hf_tok_never_shown" not in card
         publisher.stop()
 
     # A second cycle with nothing new waits instead of training.
@@ -225,7 +227,7 @@ def test_rollback_swaps_back_and_restart_restores_the_active_version(setup):
     job = TrainingJob(config, service, registry)
     assert job.run_cycle().startswith("v1 promoted")
     control = TrainingControl(config, service, registry, start=False)
-    assert control.rollback("s3cret", None) == "active adapter is now base"
+    assert control.rollback("s3cret", None) == "general: active adapter is now base"
     assert service.weak.adapter_versions() == {} and registry.active() is None
     control.rollback("s3cret", "v1")
     assert service.weak.adapter_versions() == {"general": "v1"}
