@@ -158,7 +158,7 @@ ENV_VARS: dict[str, tuple[str, str]] = {
     "COWEST_TRAIN_RECIPE": ("train_recipe", "DPO recipe YAML used by the job"),
     "COWEST_TRAIN_THREADS": ("train_threads", "torch threads of the training child process (the app keeps the rest)"),
     "COWEST_TRAIN_NICE": ("train_nice", "niceness of the training child (0-19; 19: it only gets CPU time answering leaves)"),
-    "COWEST_HUB_REPO": ("hub_repo", "model repo the adapters are pushed to (one commit and tag `vN` per version); unset = no push"),
+    "COWEST_HUB_REPO": ("hub_repo", "model repo the adapters are pushed to (one commit per version, in the pack's folder, tagged `<pack>-vN`); unset = no push"),
     "COWEST_HUB_LOG_REPO": ("hub_log_repo", "dataset repo the feedback log is synced to; unset = no sync"),
     "HF_ENDPOINT": ("hub_endpoint", "Hub API endpoint (unset = huggingface.co)"),
 }
