@@ -10,9 +10,9 @@ import logging
 
 def main() -> None:
     from cowest_app.config import from_env
-    from cowest_app.control import build_control
-    from cowest_app.service import CollabService
-    from cowest_app.ui import build_ui
+    from cowest_app.loop.control import build_control
+    from cowest_app.serving.service import CollabService
+    from cowest_app.serving.ui import build_ui
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     config = from_env()

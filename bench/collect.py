@@ -3,7 +3,7 @@
     .venv/bin/python -m bench.collect [--questions 32] [--k 4] [--tokens 64] [--no-4bit] [--threads N]
 
 Run from the repository root. Uses the packaged SmolLM2 weak model, NF4 as in
-the app unless --no-4bit. Both paths run `cowest_app.collect.weak_drafts`,
+the app unless --no-4bit. Both paths run `cowest_app.loop.collect.weak_drafts`,
 exactly what collection runs, on the same questions with the same sampling
 settings; the sequential path (one generate call per draft) is the baseline.
 Prints one markdown table.
@@ -17,8 +17,8 @@ from dataclasses import dataclass
 
 import torch
 
-from cowest_app.packs import load_pack
-from cowest_app.collect import weak_drafts
+from cowest_app.domains.packs import load_pack
+from cowest_app.loop.collect import weak_drafts
 from cowest_app.config import WEAK_DEFAULT
 from cowest_app.defaults import DRAFT_TEMPERATURE
 from cowest_app.models.base import GenerationOptions

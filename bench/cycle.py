@@ -24,12 +24,12 @@ import threading
 import time
 from pathlib import Path
 
-from cowest_app.packs import load_pack
+from cowest_app.domains.packs import load_pack
 from cowest_app.config import WEAK_DEFAULT, AppConfig
-from cowest_app.registry import AdapterRegistry
-from cowest_app.service import CollabService
-from cowest_app.store import LogStore, PreferencePair
-from cowest_app.training_job import DEFAULT_EVAL_FILE, TrainingJob, load_items
+from cowest_app.loop.registry import AdapterRegistry
+from cowest_app.serving.service import CollabService
+from cowest_app.core.store import LogStore, PreferencePair
+from cowest_app.loop.training_job import DEFAULT_EVAL_FILE, TrainingJob, load_items
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -115,7 +115,7 @@ def main() -> None:
 
     seed_pairs(service.store, args.pairs)
     with serve_hub() as hub:
-        from cowest_app.hub import HubPublisher
+        from cowest_app.hub.publish import HubPublisher
 
         publisher = HubPublisher(config.hub_repo, "hf_bench", hub.endpoint, queue_path=work / "queue.json")
         publisher.start()

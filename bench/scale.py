@@ -7,7 +7,7 @@ Run from the repository root. A full grid (1024 questions x 9 strong answers
 each, then DPO on 1024 pairs) takes days on a 2-core CPU, so by default the
 script measures the unit costs and extrapolates the grid from them:
 
-- collection: `cowest_app.collect.collect` (the loop the app's job runs: K
+- collection: `cowest_app.loop.collect.collect` (the loop the app's job runs: K
   batched weak drafts, K strong refinements and one strong-alone answer per
   question, scored against references) on `--questions-per-k` held-out
   questions for each K; measured: seconds per question and peak RSS;
@@ -50,12 +50,12 @@ import psutil
 import torch
 
 from bench.dpo import RECIPE, varied_pairs
-from cowest_app.collect import STRONG_GREEDY, WEAK_SAMPLING, collect
+from cowest_app.loop.collect import STRONG_GREEDY, WEAK_SAMPLING, collect
 from cowest_app.config import STRONG_DEFAULT, WEAK_DEFAULT
-from cowest_app.packs import load_pack
-from cowest_app.evaluators import ReferenceEvaluator
+from cowest_app.domains.packs import load_pack
+from cowest_app.core.evaluators import ReferenceEvaluator
 from cowest_app.models.local import TransformersBackend
-from cowest_app.training_job import DEFAULT_EVAL_FILE, load_items
+from cowest_app.loop.training_job import DEFAULT_EVAL_FILE, load_items
 from training.common import load_recipe
 from training.dpo import DPORecipe
 

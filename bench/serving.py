@@ -29,8 +29,8 @@ from pathlib import Path
 from gradio_client import Client
 
 from bench.cycle import p95, seed_pairs  # the same pairs and percentile as the in-process cycle bench
-from cowest_app.store import LogStore
-from cowest_app.training_job import DEFAULT_EVAL_FILE, load_items
+from cowest_app.core.store import LogStore
+from cowest_app.loop.training_job import DEFAULT_EVAL_FILE, load_items
 from tests.system.app_process import ROOT, AppProcess, tiny_model_env, wait_for
 
 ADMIN_SECRET = "bench-serving-admin"

@@ -31,10 +31,10 @@ from dataclasses import dataclass, field
 
 import torch
 
-from cowest_app.packs import load_pack
+from cowest_app.domains.packs import load_pack
 from cowest_app.config import STRONG_DEFAULT, WEAK_DEFAULT
 from cowest_app.models.local import TransformersBackend
-from cowest_app.service import PROMPT_LOOKUP_TOKENS
+from cowest_app.serving.service import PROMPT_LOOKUP_TOKENS
 
 QUESTIONS = [
     ("medicine", "Why are beta blockers used after a heart attack?"),

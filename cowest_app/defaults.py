@@ -1,7 +1,7 @@
 """Defaults of the learning loop, each in one place.
 
 Used by the app's config (COWEST_FEEDBACK_MIN_MARGIN), feedback collection
-(`cowest_app.collect`), the training job, `training.pipeline` and the
+(`cowest_app.loop.collect`), the training job, `training.pipeline` and the
 benchmarks. Standard library only, so `cowest_app.config` can import it.
 """
 

@@ -6,7 +6,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from cowest_app.config import DEFAULT_PACKS
-from cowest_app.packs import DomainPack, load_pack
+from cowest_app.domains.packs import DomainPack, load_pack
 
 ROOT = Path(__file__).resolve().parent.parent
 SERVED_NAMES = tuple(Path(path).name for path in DEFAULT_PACKS)  # each pack's directory is named after it

@@ -1,4 +1,5 @@
-"""Dependencies run one way: `training` may import `cowest_app`, never the reverse.
+"""Dependencies run one way: `training` may import `cowest_app`, never the reverse,
+and inside `cowest_app` the folders are layers that import only the layers below.
 
 The app launches training as a command (`python -m training.dpo`) and reads the
 files it writes; it imports nothing from `training/`. Every import statement in
@@ -57,7 +58,7 @@ APP_FILES = sorted(APP.rglob("*.py"))
 
 
 def test_the_app_has_modules_to_check() -> None:
-    assert len(APP_FILES) > 10 and APP / "eval_view.py" in APP_FILES
+    assert len(APP_FILES) > 10 and APP / "serving" / "eval_view.py" in APP_FILES
 
 
 @pytest.mark.parametrize("path", APP_FILES, ids=lambda p: str(p.relative_to(ROOT)))
@@ -79,9 +80,43 @@ def test_the_check_catches_every_form_of_import(tmp_path: Path) -> None:
         "    from training import evaluate\n"
         "    import importlib\n"
         "    importlib.import_module('training.dpo')\n"
-        "from cowest_app.results import render_table\n"
+        "from cowest_app.core.results import render_table\n"
         "from . import training\n",
         encoding="utf-8",
     )
     flagged = sorted({line for line, module in imported_modules(source, tmp_path) if _is_training(module)})
     assert flagged == [2, 3, 5, 7]  # line 9 is cowest_app.training, not the training package
+
+
+# What each folder of cowest_app may import from cowest_app (beside itself, config, defaults and files):
+# the core knows no domain, the domains no loop, the loop no serving, the Hub only the core.
+LAYERS = {
+    "models": (),
+    "core": ("models",),
+    "domains": ("core", "models"),
+    "hub": ("core",),
+    "loop": ("core", "domains", "hub", "models"),
+    "serving": ("core", "domains", "loop", "hub", "models"),
+}
+SHARED = ("config", "defaults", "files")
+
+
+def _layer(module: str) -> str | None:
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 and parts[0] == "cowest_app" else None
+
+
+@pytest.mark.parametrize("layer", sorted(LAYERS))
+def test_each_folder_imports_only_the_layers_below(layer: str) -> None:
+    allowed = {layer, *LAYERS[layer], *SHARED}
+    offending = [f"{path.relative_to(ROOT)}:{line}: imports {module}"
+                 for path in sorted((APP / layer).rglob("*.py"))
+                 for line, module in imported_modules(path)
+                 if _layer(module) is not None and _layer(module) not in allowed]
+    assert not offending, f"cowest_app/{layer} may import only {sorted(allowed)}:\n" + "\n".join(offending)
+
+
+def test_every_module_lives_in_a_layer() -> None:
+    top = {p.stem for p in APP.glob("*.py")} - {"__init__"}
+    assert top == set(SHARED)  # everything else sits in a folder that names its layer
+    assert {p.name for p in APP.iterdir() if p.is_dir() and (p / "__init__.py").exists()} == set(LAYERS)

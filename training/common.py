@@ -38,7 +38,7 @@ from transformers import TrainerCallback
 from trl.scripts.utils import TrlParser
 
 from cowest_app.files import write_atomic
-from cowest_app.training_job import NICE_ENV, PARENT_PID_ENV  # set by the app for a training child
+from cowest_app.loop.training_job import NICE_ENV, PARENT_PID_ENV  # set by the app for a training child
 
 log = logging.getLogger(__name__)
 

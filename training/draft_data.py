@@ -25,10 +25,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Sequence
 
-from cowest_app.retrieval import Retriever
+from cowest_app.domains.retrieval import Retriever
 
 if TYPE_CHECKING:
-    from cowest_app.packs import DomainPack, PackItem
+    from cowest_app.domains.packs import DomainPack, PackItem
 
 BACKGROUND_PASSAGES = 2  # 86% of the shipped pack's train questions have all their facts in the top 2
 
@@ -56,7 +56,7 @@ def _example(prompt: list[dict[str, str]], background: Sequence[str], answer: st
 def draft_examples(pack: DomainPack, items: Sequence[PackItem] | None = None,
                    passages: int = BACKGROUND_PASSAGES) -> list[dict[str, Any]]:
     """One chat per train question (or per given item), drafting from memory."""
-    from cowest_app.packs import format_item
+    from cowest_app.domains.packs import format_item
 
     rows = []
     for item in pack.train if items is None else items:
@@ -69,7 +69,7 @@ def draft_examples(pack: DomainPack, items: Sequence[PackItem] | None = None,
 def grounded_draft_examples(pack: DomainPack, items: Sequence[PackItem] | None = None,
                             passages: int = BACKGROUND_PASSAGES) -> list[dict[str, Any]]:
     """One chat per train question (or per given item), drafting from the passages retrieved for it."""
-    from cowest_app.packs import DEFAULT_RETRIEVAL_PASSAGES, format_item
+    from cowest_app.domains.packs import DEFAULT_RETRIEVAL_PASSAGES, format_item
 
     shown_k = pack.retrieval_passages or DEFAULT_RETRIEVAL_PASSAGES
     rows = []

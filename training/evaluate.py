@@ -8,7 +8,7 @@ Systems (rows of the paper's table), each scored on the same test items:
 
 1. `weak`        the un-specialised weak model alone
 2. `strong`      the strong model alone
-3. `strong_rag`  the strong model given the top-k BM25 corpus passages (cowest_app.retrieval)
+3. `strong_rag`  the strong model given the top-k BM25 corpus passages (cowest_app.domains.retrieval)
 4. `collab_base` collaboration: the un-specialised weak model drafts, the strong model answers
 5. `collab_sft`  the same with the SFT weak model (with --sft-adapter)
 6. `collab_dpo`  the same with the SFT+DPO weak model (with --dpo-adapter)
@@ -40,17 +40,17 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
 
-from cowest_app.collaboration import DRAFT, Ask, BatchAnswerer, BatchDrafter, Collaboration, Job, collaborate, relay, run
+from cowest_app.core.collaboration import DRAFT, Ask, BatchAnswerer, BatchDrafter, Collaboration, Job, collaborate, relay, run
 from cowest_app.files import write_atomic
 from cowest_app.models.base import GenerationOptions, Message
-from cowest_app.prompts import PromptSet
-from cowest_app.scoring import CHOICE_TASKS, OptionLikelihood
-from cowest_app.results import RESULTS_JSON, RESULTS_MD, RESULTS_PNG, render_chart, render_table
-from cowest_app.retrieval import render_context
+from cowest_app.core.prompts import PromptSet
+from cowest_app.core.scoring import CHOICE_TASKS, OptionLikelihood
+from cowest_app.core.results import RESULTS_JSON, RESULTS_MD, RESULTS_PNG, render_chart, render_table
+from cowest_app.domains.retrieval import render_context
 
 if TYPE_CHECKING:  # keep `import training.evaluate` light for the pure helpers
     from cowest_app.models.local import TransformersBackend
-    from cowest_app.packs import DomainPack, PackItem
+    from cowest_app.domains.packs import DomainPack, PackItem
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +67,7 @@ SYSTEMS: dict[str, str] = {
     "collab_retrieval_dpo": "Retrieval-grounded Weak + Strong (SFT+DPO weak)",
 }
 DRAFTS_JSON = "drafts.json"  # --drafts-only: what each weak model drafted, unscored
-# An answering prompt longer than this means the context was not bounded (see cowest_app/retrieval.py).
+# An answering prompt longer than this means the context was not bounded (see cowest_app/domains/retrieval.py).
 PROMPT_TOKEN_BUDGET = 1024
 
 Progress = Callable[[int], None]  # called with the number of items just finished
@@ -101,7 +101,7 @@ class Settings:
 
 def shown_question(item: PackItem) -> str:
     """The question with its lettered options, as every model sees it."""
-    from cowest_app.packs import format_item
+    from cowest_app.domains.packs import format_item
 
     return format_item(item)
 
@@ -336,7 +336,7 @@ def settings_from(ns: argparse.Namespace) -> Settings:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from cowest_app.packs import PackError, load_pack
+    from cowest_app.domains.packs import PackError, load_pack
 
     parser = build_parser()
     ns = parser.parse_args(argv)

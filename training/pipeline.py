@@ -50,8 +50,8 @@ from training.common import recipe_dict, write_json
 from training.evaluate import Settings as EvalSettings
 
 if TYPE_CHECKING:
-    from cowest_app.packs import DomainPack
-    from cowest_app.evaluators import Evaluator
+    from cowest_app.domains.packs import DomainPack
+    from cowest_app.core.evaluators import Evaluator
 
 log = logging.getLogger(__name__)
 
@@ -279,8 +279,8 @@ def feedback_evaluator(pack: DomainPack, opts: PipelineOptions, strong: Any) -> 
     or with --feedback-scoring generate: the strong model writes each final and
     the pack's metric scores it against the reference.
     """
-    from cowest_app.evaluators import ReferenceEvaluator
-    from cowest_app.scoring import CHOICE_TASKS, OptionLikelihood
+    from cowest_app.core.evaluators import ReferenceEvaluator
+    from cowest_app.core.scoring import CHOICE_TASKS, OptionLikelihood
 
     if opts.feedback_scoring == "likelihood" and pack.task_type in CHOICE_TASKS:
         return OptionLikelihood(strong, labels=pack.labels, batch_size=opts.eval.batch_size)
@@ -304,8 +304,8 @@ def feedback_stage(pack: DomainPack, opts: PipelineOptions, out: Path, policy: d
     def work(stage_dir: Path) -> tuple[list[str], dict[str, Any]]:
         from tqdm import tqdm
 
-        from cowest_app.collect import collect
-        from cowest_app.feedback import write_dpo_jsonl
+        from cowest_app.loop.collect import collect
+        from cowest_app.core.feedback import write_dpo_jsonl
         from cowest_app.models.local import TransformersBackend
 
         items = pack.question_items("fit")  # the dev split stays out: it gates and chooses settings
@@ -542,7 +542,7 @@ def options_from_args(ns: argparse.Namespace) -> PipelineOptions:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from cowest_app.packs import load_pack
+    from cowest_app.domains.packs import load_pack
     from training.common import RecipeError
 
     parser = build_parser()

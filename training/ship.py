@@ -8,7 +8,7 @@ the bytes of float32; peft casts them back to the LoRA layers' dtype on load),
 and `shipped.json` with what made it: the command, the sha256 of the data it
 was trained on, the base model and the results files' numbers. The app
 installs it as the pack's v1 the first time it serves the pack
-(cowest_app/service.py, `install_shipped_adapter`).
+(cowest_app/serving/service.py, `install_shipped_adapter`).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from cowest_app.files import write_atomic
-from cowest_app.packs import SHIPPED_ADAPTER_DIR, SHIPPED_RECORD
+from cowest_app.domains.packs import SHIPPED_ADAPTER_DIR, SHIPPED_RECORD
 
 WEIGHTS = "adapter_model.safetensors"
 CONFIG = "adapter_config.json"

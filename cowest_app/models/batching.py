@@ -1,6 +1,6 @@
 """Batching token rows for one forward pass: the one left-padding implementation.
 
-Used by the weak judge's next-token scoring (`cowest_app.evaluators`) and by
+Used by the weak judge's next-token scoring (`cowest_app.core.evaluators`) and by
 the harness's option scoring and batched greedy generation
 (`training.evaluate`).
 """

@@ -20,7 +20,7 @@ SEED = 20250701
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parents[1]))  # the repository root, for cowest_app
 
-from cowest_app.pack_items import write_splits  # noqa: E402
+from cowest_app.domains.pack_items import write_splits  # noqa: E402
 
 PREFIX = "medicine"
 R, Q = "recall", "reasoning"

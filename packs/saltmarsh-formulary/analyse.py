@@ -58,7 +58,7 @@ def fact_recall(items: list[dict], needed: dict[str, list[str]]) -> dict[str, fl
 def passage_recall(needed: dict[str, list[str]]) -> float:
     """Share of test items whose every needed fact is in the passages a grounded draft is written from."""
     sys.path.insert(0, str(HERE.parents[1]))  # the repository root: the pack's own retrieval, as the app runs it
-    from cowest_app.packs import format_item, load_pack
+    from cowest_app.domains.packs import format_item, load_pack
 
     pack = load_pack(HERE)
     shown = [(item, " ".join(p.text for p in pack.retriever.search(format_item(item), pack.retrieval_passages)))

@@ -28,7 +28,7 @@ from urllib.parse import urlparse
 import pytest
 from playwright.sync_api import Page, expect, sync_playwright
 
-from cowest_app.registry import AdapterRegistry, AdapterVersion
+from cowest_app.loop.registry import AdapterRegistry, AdapterVersion
 from tests.conftest import make_lora_adapter
 
 ROOT = Path(__file__).parents[2]

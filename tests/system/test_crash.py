@@ -24,8 +24,8 @@ from pathlib import Path
 import psutil
 from gradio_client import Client
 
-from cowest_app.registry import AdapterRegistry, AdapterVersion
-from cowest_app.store import LogStore, PreferencePair
+from cowest_app.loop.registry import AdapterRegistry, AdapterVersion
+from cowest_app.core.store import LogStore, PreferencePair
 from tests.conftest import make_lora_adapter
 from tests.system.app_process import ROOT, AppProcess, tiny_model_env, wait_for
 from tests.system.users import LoadResult, run_users

@@ -7,7 +7,7 @@ all aimed at the fake Hub on 127.0.0.1. Throughout, questions are answered and
 rated; the push is reported, retried with backoff after an admin retry, and
 lands on the Hub once it recovers; the local registry is never touched; the
 token never appears in the log or the queue file. (Backoff arithmetic, client
-timeouts and the queue file itself are unit-tested in tests/cowest_app/test_hub.py.)
+timeouts and the queue file itself are unit-tested in tests/cowest_app/hub/test_hub.py.)
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ from pathlib import Path
 import pytest
 from gradio_client import Client
 
-from cowest_app.hub import HubPublisher, render_model_card
-from cowest_app.registry import AdapterRegistry, AdapterVersion
+from cowest_app.hub.publish import HubPublisher, render_model_card
+from cowest_app.loop.registry import AdapterRegistry, AdapterVersion
 from tests.conftest import make_lora_adapter
 from tests.fakes.hub_server import FakeHub, serve_hub
 from tests.system.app_process import AppProcess, tiny_model_env, wait_for

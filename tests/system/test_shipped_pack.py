@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from gradio_client import Client
 
-from cowest_app.store import LogStore
+from cowest_app.core.store import LogStore
 from tests.system.app_process import AppProcess
 
 ROOT = Path(__file__).resolve().parents[2]

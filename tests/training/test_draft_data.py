@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from cowest_app.packs import PackItem, load_pack
+from cowest_app.domains.packs import PackItem, load_pack
 from tests.training.test_evaluate import write_pack
 from training.draft_data import draft_completion, draft_examples, grounded_draft_examples, reference_answer
 

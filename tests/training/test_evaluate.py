@@ -110,7 +110,7 @@ FAST = Settings(draft_tokens=4, answer_tokens=4)
 
 @pytest.mark.parametrize("task_type", ["label", "short_answer"])
 def test_evaluate_scores_every_system(tmp_path: Path, tiny_model_dir: Path, task_type: str) -> None:
-    from cowest_app.packs import load_pack
+    from cowest_app.domains.packs import load_pack
 
     pack = load_pack(write_pack(tmp_path / "pack", task_type))
     results = evaluate(pack, str(tiny_model_dir), str(tiny_model_dir), limit=2, settings=FAST, device="cpu")

@@ -66,7 +66,7 @@ def test_split_overrides() -> None:
 
 
 def test_pack_prompt_set_is_the_pack_templates(tmp_path: Path) -> None:
-    from cowest_app.packs import load_pack
+    from cowest_app.domains.packs import load_pack
 
     pack = load_pack(write_pack(tmp_path / "pack"))
     ps = pack.prompt_set()
@@ -76,9 +76,9 @@ def test_pack_prompt_set_is_the_pack_templates(tmp_path: Path) -> None:
 
 
 def test_feedback_evaluator_follows_task_type_and_option(tmp_path: Path) -> None:
-    from cowest_app.evaluators import ReferenceEvaluator
-    from cowest_app.packs import load_pack
-    from cowest_app.scoring import OptionLikelihood
+    from cowest_app.core.evaluators import ReferenceEvaluator
+    from cowest_app.domains.packs import load_pack
+    from cowest_app.core.scoring import OptionLikelihood
 
     mc = load_pack(write_pack(tmp_path / "mc"))
     short = load_pack(write_pack(tmp_path / "short", task_type="short_answer"))
@@ -90,7 +90,7 @@ def test_feedback_evaluator_follows_task_type_and_option(tmp_path: Path) -> None
 
 
 def test_dpo_is_skipped_with_a_note_when_feedback_found_no_pair(tmp_path: Path) -> None:
-    from cowest_app.packs import load_pack
+    from cowest_app.domains.packs import load_pack
 
     pack = load_pack(write_pack(tmp_path / "pack"))
     sft, _ = split_overrides(SFT_SETS)

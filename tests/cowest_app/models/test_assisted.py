@@ -15,7 +15,7 @@ import torch
 
 from cowest_app.config import AppConfig, ConfigError, from_env
 from cowest_app.models.local import TransformersBackend, resolve_dtype
-from cowest_app.service import PROMPT_LOOKUP_TOKENS, build_strong
+from cowest_app.serving.service import PROMPT_LOOKUP_TOKENS, build_strong
 
 MESSAGES = [{"role": "user", "content": "Name a primary colour and say why the sky is blue."}]
 TOKENS = 24

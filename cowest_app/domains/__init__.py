@@ -1,0 +1,1 @@
+"""Domain packs: their prompts, items, corpora and retrieval."""

@@ -1,0 +1,1 @@
+"""The Hugging Face Hub: adapter pushes and the mirrored feedback log."""

@@ -1,0 +1,1 @@
+"""The learning loop: collaborative feedback, the scheduled DPO job, the adapter registry and its admin control."""

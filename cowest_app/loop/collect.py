@@ -1,0 +1,297 @@
+"""Collaborative feedback collection: questions in, preference pairs out.
+
+For each question the weak model samples K drafts in one batched call, the
+strong model refines each draft and also answers alone, an evaluator scores
+the K finals and the strong-alone answer, and the drafts whose finals gained
+most and least over the strong model alone become a DPO pair. The pair's
+prompt is exactly what the weak model saw when drafting, so DPO trains the
+weak model to write the drafts that help the strong model.
+
+The collaboration itself is the core's (`collaboration.collaborate`, with
+K sampled drafts and the strong model alone as the baseline); this module
+turns its outcome into influences and a pair. Two seams change how a
+question is run: the pack's `PromptSet`, and an evaluator that answers the
+conversations itself (a `SelfAnsweringEvaluator`, e.g. the strong model's
+option likelihood) instead of the strong model generating finals for a
+`TextEvaluator`.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from collections.abc import Sized
+from typing import Any, Callable, Iterable, Mapping, Sequence
+
+from cowest_app.core import prompts
+from cowest_app.core.collaboration import (
+    DRAFT, Ask, Job, Reply, SampledDrafter, Steps, StreamingAnswerer, Update, collaborate, relay, run,
+)
+from cowest_app.defaults import DRAFT_TEMPERATURE, MIN_MARGIN
+from cowest_app.core.evaluators import Evaluator, PairJudge, Score, SelfAnsweringEvaluator, TextEvaluator
+from cowest_app.core.prompts import PromptSet, format_question  # noqa: F401 (format_question: re-exported)
+from cowest_app.core.feedback import PairChoice, QuestionItem, Reference, choose_pair, influences
+from cowest_app.models.base import Backend, BackendError, GenerationOptions, Message, WeakModel
+from cowest_app.core.store import LogStore, PreferencePair
+
+# Drafts must differ to be compared, so the weak model samples; the strong
+# model answers greedily so differences in finals come from the drafts.
+WEAK_SAMPLING = GenerationOptions(max_new_tokens=192, temperature=DRAFT_TEMPERATURE, top_p=0.95)
+STRONG_GREEDY = GenerationOptions(max_new_tokens=256, temperature=0.0)
+
+
+
+
+@dataclass(frozen=True)
+class CollectionResult:
+    question: str  # as the models saw it (options appended)
+    domain: str
+    prompt: list[Message]  # the weak model's drafting prompt = the DPO prompt
+    drafts: list[str]
+    finals: list[str]  # finals[i] is the strong refinement of drafts[i]
+    strong_alone: str
+    final_scores: list[Score]
+    strong_alone_score: Score
+    influences: list[float | None]
+    pair: PreferencePair | None
+    reason: str | None  # why there is no pair, or why the pair is not trainable
+    skipped: int  # answers the evaluator could not score
+    timings: dict[str, float] = field(default_factory=dict)
+    pair_id: int | None = None  # set when the pair was logged
+
+
+@dataclass(frozen=True)
+class Progress:
+    done: int
+    total: int | None  # None when the question stream has no length
+    pairs: int
+    elapsed_s: float
+
+    @property
+    def pairs_per_s(self) -> float:
+        return self.pairs / self.elapsed_s if self.elapsed_s > 0 else 0.0
+
+
+@dataclass(frozen=True)
+class CollectSummary:
+    results: list[CollectionResult]
+    errors: list[tuple[int, str]]  # (question index, message) for questions that failed
+    pairs: int
+    trainable: int
+    elapsed_s: float
+
+    @property
+    def pairs_per_s(self) -> float:
+        return self.pairs / self.elapsed_s if self.elapsed_s > 0 else 0.0
+
+
+def drafting_version(weak_info: Mapping[str, Any], slot: str | None) -> str | None:
+    """The adapter version that wrote drafts in `slot` (a pack's name), from the weak model's description."""
+    if slot is None:
+        return weak_info.get("adapter_version")
+    return (weak_info.get("adapters") or {}).get(slot, "base")
+
+
+def weak_drafts(weak: WeakModel, messages: list[Message], k: int, options: GenerationOptions, sequential: bool = False) -> list[str]:
+    """K sampled drafts of one prompt (the collaboration core's `SampledDrafter`): one batched
+    `weak.sample` call, or (the benchmark baseline) K separate generations."""
+    job = Job(DRAFT, 0, 0, messages, Ask(""))
+    return [r.text for r in run(SampledDrafter(weak, options, sequential).write([job], k))[0]]
+
+
+@dataclass(frozen=True)
+class EvaluatorAnswerer:
+    """A SelfAnsweringEvaluator as the core's Answerer: it answers and scores each question's conversations."""
+
+    evaluator: SelfAnsweringEvaluator
+
+    def answer(self, jobs: Sequence[Job]) -> Steps[list[Reply]]:
+        replies: list[Reply] = []
+        for q in dict.fromkeys(job.question for job in jobs):
+            group = [job for job in jobs if job.question == q]
+            ask = group[0].ask
+            texts, scores = self.evaluator.answer_and_score([j.messages for j in group], ask.reference, ask.options)
+            for job, text, score in zip(group, texts, scores, strict=True):
+                replies.append(Reply(text, "done", score=score.value, info={"confidence": score.confidence}))
+                yield Update(job, replies[-1])
+        return replies
+
+
+def collect_for_question(
+    question: str,
+    domain_key: str,
+    weak: WeakModel,
+    strong: Backend,
+    evaluator: Evaluator,
+    k: int = 4,
+    reference: Reference | None = None,
+    options: Sequence[str] | None = None,
+    *,
+    min_margin: float = MIN_MARGIN,
+    min_confidence: float = 0.6,
+    weak_opts: GenerationOptions = WEAK_SAMPLING,
+    strong_opts: GenerationOptions = STRONG_GREEDY,
+    sequential: bool = False,
+    store: LogStore | None = None,
+    interaction_ids: Sequence[str] = (),
+    prompt_set: PromptSet,
+) -> CollectionResult:
+    """Run the collaboration K times for one question and derive at most one pair.
+
+    Raises BackendError when a model fails (the caller decides whether to go
+    on). With `store`, the pair is logged, trainable or not: pairs whose
+    confidence is below `min_confidence` are kept for audit with trainable=0.
+    """
+    if k < 2:
+        raise ValueError("k must be at least 2: a pair needs two drafts")
+    if not isinstance(evaluator, (TextEvaluator, SelfAnsweringEvaluator)):
+        raise TypeError(f"{type(evaluator).__name__} is neither a TextEvaluator nor a SelfAnsweringEvaluator")
+    if reference is None and evaluator.needs_reference:
+        raise ValueError(f"the {evaluator.name} evaluator needs a reference answer for this question")
+    shown = format_question(question, options)
+    weak_info, strong_info = weak.describe(), strong.describe()  # provenance, read before drafting
+    ask = Ask(shown, reference, tuple(options) if options else None)
+    answerer = EvaluatorAnswerer(evaluator) if isinstance(evaluator, SelfAnsweringEvaluator) else StreamingAnswerer(
+        strong, strong_opts, prompts.clean_generation)
+    drafted: list[float] = []
+
+    def clock(update: Update) -> Update:
+        if update.job.step == DRAFT:  # the last draft update ends the drafting
+            drafted[:] = [time.perf_counter()]
+        return update
+
+    started = time.perf_counter()
+    [done] = run(relay(collaborate(prompt_set, [ask], SampledDrafter(weak, weak_opts, sequential), answerer,
+                                   k=k, alone=True), clock))
+    answered = time.perf_counter()
+    timings = {"weak_s": (drafted[0] if drafted else answered) - started}
+    failed = [r for r in done.answers + [done.alone] if r is not None and not r.ok]
+    if failed:
+        raise BackendError(failed[0].error or "the strong model failed")
+    prompt, drafts = done.prompt, [d.text for d in done.drafts]
+    replies = done.answers + [done.alone]
+    answers = [r.text for r in replies]
+    if isinstance(evaluator, SelfAnsweringEvaluator):  # it answered and scored in one pass
+        started = drafted[0] if drafted else started
+        scores = [Score(r.score, r.info["confidence"], evaluator.name) for r in replies]
+    else:
+        timings["strong_s"] = answered - timings["weak_s"] - started
+        started = time.perf_counter()
+        scores = evaluator.score_answers(shown, answers, reference, options)
+    finals, strong_alone = answers[:-1], answers[-1]
+    final_scores, alone_score = scores[:-1], scores[-1]
+    gains = influences([s.value for s in final_scores], alone_score.value)
+    choice = choose_pair(drafts, gains, min_margin)
+    reason = choice if isinstance(choice, str) else None
+    if alone_score.value is None:
+        reason = "the strong-alone answer could not be scored"
+
+    pair: PreferencePair | None = None
+    if isinstance(choice, PairChoice):
+        confidence = _pair_confidence(evaluator, shown, finals, final_scores, choice, reference, options)
+        trainable = confidence >= min_confidence
+        if not trainable:
+            reason = f"confidence {confidence:.3f} < min_confidence {min_confidence:.3f}: kept, not trained on"
+        pair = PreferencePair(
+            domain=domain_key,
+            question=shown,
+            prompt=prompt,
+            chosen=drafts[choice.chosen],
+            rejected=drafts[choice.rejected],
+            chosen_score=final_scores[choice.chosen].value,
+            rejected_score=final_scores[choice.rejected].value,
+            margin=choice.margin,
+            evaluator=evaluator.name,
+            confidence=confidence,
+            trainable=trainable,
+            interaction_ids=tuple(interaction_ids),
+            details={
+                "k": k,
+                "chosen_index": choice.chosen,
+                "rejected_index": choice.rejected,
+                "final_scores": [s.value for s in final_scores],
+                "final_confidences": [s.confidence for s in final_scores],
+                "influences": gains,
+                "strong_alone_score": alone_score.value,
+                "skipped": sum(s.value is None for s in scores),
+                "reference": reference,
+                "finals": finals,
+                "strong_alone": strong_alone,
+                "weak_options": weak_opts.as_kwargs(),
+                "strong_options": strong_opts.as_kwargs(),
+                "min_margin": min_margin,
+                "min_confidence": min_confidence,
+            },
+            weak_model=weak_info.get("model"),
+            strong_model=strong_info.get("model") or strong_info.get("endpoint"),
+            adapter_version=drafting_version(weak_info, weak_opts.adapter),
+        )
+    timings["judge_s"] = time.perf_counter() - started
+
+    pair_id = store.log_pair(pair) if store is not None and pair is not None else None
+    return CollectionResult(
+        question=shown, domain=domain_key, prompt=prompt, drafts=drafts, finals=finals, strong_alone=strong_alone,
+        final_scores=list(final_scores), strong_alone_score=alone_score, influences=gains, pair=pair,
+        reason=reason, skipped=sum(s.value is None for s in scores), timings=timings, pair_id=pair_id,
+    )
+
+
+def _pair_confidence(
+    evaluator: Evaluator, question: str, finals: list[str], scores: Sequence[Score], choice: PairChoice,
+    reference: Reference | None, options: Sequence[str] | None,
+) -> float:
+    # An evaluator that can compare two answers directly (the weak judge) says
+    # how sure it is of this pair; otherwise the weaker of the two pointwise
+    # confidences bounds it.
+    if isinstance(evaluator, PairJudge):
+        return float(evaluator.pair_confidence(question, finals[choice.chosen], finals[choice.rejected], reference, options))
+    return min(scores[choice.chosen].confidence, scores[choice.rejected].confidence)
+
+
+def _prompt_set(prompt_sets: Mapping[str, PromptSet], domain: str) -> PromptSet:
+    if domain not in prompt_sets:
+        raise ValueError(f"Unsupported domain {domain!r}: no pack with that name ({', '.join(prompt_sets)})")
+    return prompt_sets[domain]
+
+
+def collect(
+    questions: Iterable[QuestionItem],
+    weak: WeakModel,
+    strong: Backend,
+    evaluator: Evaluator,
+    *,
+    k: int = 4,
+    min_margin: float = MIN_MARGIN,
+    min_confidence: float = 0.6,
+    weak_opts: GenerationOptions = WEAK_SAMPLING,
+    strong_opts: GenerationOptions = STRONG_GREEDY,
+    sequential: bool = False,
+    store: LogStore | None = None,
+    progress: Callable[[Progress], None] | None = None,
+    prompt_sets: Mapping[str, PromptSet],
+) -> CollectSummary:
+    """Collect for many questions; a question whose models fail is reported in
+    `errors` and skipped, the run goes on. `progress` gets a Progress after each."""
+    total = len(questions) if isinstance(questions, Sized) else None  # a generator streams on
+    results: list[CollectionResult] = []
+    errors: list[tuple[int, str]] = []
+    pairs = trainable = 0
+    started = time.perf_counter()
+    for index, item in enumerate(questions):
+        try:
+            result = collect_for_question(
+                item.question, item.domain, weak, strong, evaluator, k, item.reference, item.options,
+                min_margin=min_margin, min_confidence=min_confidence, weak_opts=weak_opts,
+                strong_opts=strong_opts, sequential=sequential, store=store, interaction_ids=item.interaction_ids,
+                prompt_set=_prompt_set(prompt_sets, item.domain),
+            )
+        except (BackendError, ValueError) as exc:  # ValueError covers bad items (unknown domain, no reference)
+            errors.append((index, f"{type(exc).__name__}: {exc}"))
+        else:
+            results.append(result)
+            if result.pair is not None:
+                pairs += 1
+                trainable += result.pair.trainable
+        if progress is not None:
+            progress(Progress(index + 1, total, pairs, time.perf_counter() - started))
+    return CollectSummary(results, errors, pairs, trainable, time.perf_counter() - started)

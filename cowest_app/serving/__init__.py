@@ -1,0 +1,1 @@
+"""The web app: the service behind the UI, the streamed collaboration and the Gradio tabs."""

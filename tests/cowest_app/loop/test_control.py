@@ -1,0 +1,75 @@
+"""The app's control: adapters registered by command are served without a restart."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from cowest_app.config import AppConfig
+from cowest_app.loop.control import TrainingControl
+from cowest_app.models.local import TransformersBackend
+from cowest_app.loop.registry import AdapterRegistry, main as register
+from cowest_app.serving.service import CollabService
+from cowest_app.core.store import LogStore
+from tests.fakes.scripted_backend import ScriptedBackend
+
+
+def nan_adapter(adapter: Path, out: Path) -> Path:
+    """A copy whose weights are NaN: it cannot be served."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    shutil.copytree(adapter, out)
+    weights = load_file(out / "adapter_model.safetensors")
+    save_file({k: torch.full_like(v, float("nan")) for k, v in weights.items()}, out / "adapter_model.safetensors")
+    return out
+
+
+def test_an_adapter_registered_by_command_is_served_without_a_restart(tmp_path, tiny_model_dir, tiny_adapters):
+    config = AppConfig(weak_model=str(tiny_model_dir), weak_4bit=False, data_dir=tmp_path / "data",
+                       weak_max_new_tokens=4, strong_max_new_tokens=4, packs=("packs/general",))
+    service = CollabService(config, TransformersBackend(str(tiny_model_dir)), ScriptedBackend(["Paris."]),
+                            LogStore(config.db_path))
+    control = TrainingControl(config, service, AdapterRegistry(config.pack_adapters_dir("general")), start=False)
+    assert control.sync_adapters() == [] and service.weak.adapter_versions() == {}
+
+    assert register(["--pack", "packs/general", "--adapter", str(tiny_adapters["v1"]), "--data-dir", str(config.data_dir)]) == 0
+    assert control.sync_adapters() == ["general: base -> v1"]
+    last = list(service.ask("What is the capital of France?", "general"))[-1]
+    assert service.store.get_interaction(last.interaction_id).adapter_version == "v1"
+    assert control.sync_adapters() == []  # nothing new: nothing rebuilt
+
+    # A registration that cannot be loaded leaves the pack serving what it served.
+    broken = nan_adapter(tiny_adapters["v2"], tmp_path / "broken")
+    assert register(["--pack", "packs/general", "--adapter", str(broken), "--data-dir", str(config.data_dir)]) == 0
+    assert control.sync_adapters() == [] and service.weak.adapter_versions() == {"general": "v1"}
+
+    # Rolled back to the base model elsewhere (no active version): the slot returns to the base.
+    registry = AdapterRegistry(config.pack_adapters_dir("general"))
+    registry.promote(None)
+    assert registry.active() is None
+    assert control.sync_adapters() == ["general: v1 -> base"] and service.weak.adapter_versions() == {}
+    control.shutdown()
+
+
+def test_every_served_pack_has_its_own_history_download_and_rollback(tmp_path, tiny_model_dir, tiny_adapters):
+    import zipfile
+
+    from cowest_app.config import Secrets
+
+    config = AppConfig(weak_model=str(tiny_model_dir), weak_4bit=False, data_dir=tmp_path / "data",
+                       packs=("packs/general", "packs/medicine"), secrets=Secrets(admin_secret="s3cret"))
+    service = CollabService(config, TransformersBackend(str(tiny_model_dir)), ScriptedBackend(["ok"]),
+                            LogStore(config.db_path))
+    control = TrainingControl(config, service, AdapterRegistry(config.pack_adapters_dir("general")), start=False)
+    register(["--pack", "packs/medicine", "--adapter", str(tiny_adapters["v1"]), "--data-dir", str(config.data_dir)])
+    control.sync_adapters()
+
+    assert control.history() == [] and [r["version"] for r in control.history("medicine")] == ["v1"]
+    with zipfile.ZipFile(control.download("v1", "medicine")) as archive:
+        card = archive.read("v1/README.md").decode()
+    assert "medicine-v1" in card and 'subfolder="medicine"' in card
+    assert control.rollback("s3cret", None, "medicine") == "medicine: active adapter is now base"
+    assert service.weak.adapter_versions() == {}
+    assert AdapterRegistry(config.pack_adapters_dir("medicine")).active() is None
+    control.shutdown()
