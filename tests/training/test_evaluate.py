@@ -165,3 +165,37 @@ def test_drafts_only_never_loads_the_strong_model(tmp_path: Path, tiny_model_dir
     assert all([r["id"] for r in s["items"]] == ["q6", "q7"] and all(r["draft"] for r in s["items"])
                for s in drafts["systems"].values())
     assert not any("score" in r for s in drafts["systems"].values() for r in s["items"])
+
+
+def test_the_promotion_gate_scores_the_dev_split_as_the_harness_does(tmp_path: Path, tiny_model_dir: Path,
+                                                                     tiny_adapters: dict[str, Path]) -> None:
+    """One core, one scorer: the gate's collaboration score of an adapter equals the harness's
+    accuracy of the same collaboration on the pack's dev split (option likelihood, a local strong model)."""
+    from cowest_app.config import AppConfig
+    from cowest_app.core.store import LogStore
+    from cowest_app.domains.packs import load_pack
+    from cowest_app.loop.registry import AdapterRegistry
+    from cowest_app.loop.training_job import TrainingJob
+    from cowest_app.models.local import TransformersBackend
+    from cowest_app.serving.service import CollabService
+    from training.evaluate import run_system
+
+    pack_dir = write_pack(tmp_path / "pack", n_train=12)
+    config = AppConfig(weak_model=str(tiny_model_dir), weak_4bit=False, data_dir=tmp_path / "data",
+                       weak_max_new_tokens=4, packs=(str(pack_dir),))
+    strong = TransformersBackend(str(tiny_model_dir))
+    service = CollabService(config, TransformersBackend(str(tiny_model_dir)), strong, LogStore(config.db_path))
+    registry = AdapterRegistry(config.pack_adapters_dir("tiny-multiple_choice"))
+    job = TrainingJob(config, service, registry)
+    candidate = registry.import_adapter(tiny_adapters["v1"], promote=False)
+
+    scores = job.evaluate(candidate)
+    pack = load_pack(pack_dir)
+    assert scores["eval_items"] == len(pack.dev) == 6
+    harness = {}
+    for key, adapter in (("candidate_score", str(tiny_adapters["v1"])), ("active_score", None)):
+        drafter = TransformersBackend(str(tiny_model_dir), adapter=adapter)
+        harness[key] = run_system(pack, pack.dev, strong, Settings(draft_tokens=4), pack.prompt_set(), drafter)["accuracy"]
+    assert {k: scores[k] for k in harness} == pytest.approx(harness)
+    # Not vacuous: a random model's generated text parses to no letter, its likeliest option often is right.
+    assert sum(harness.values()) > 0

@@ -111,6 +111,6 @@ def test_empty_and_echo_drafts_fall_back_too(tmp_path: Path, draft: str, reason:
     ("weak_draft_failed", False), ("cancelled", False),
 ])
 def test_questions_of_fallback_runs_stay_available_for_feedback_collection(status, reusable):
-    from cowest_app.serving.service import answered
+    from cowest_app.core.store import answered
 
     assert answered(status) is reusable
