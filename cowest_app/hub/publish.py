@@ -585,16 +585,16 @@ def hub_tag(pack: str, version: str) -> str:
     return f"{pack}-{version}"
 
 
+# What a published adapter version carries: weights, config and metrics, never the training
+# data beside them in a version folder (train.jsonl holds users' questions).
+RELEASE_FILES = ("adapter_config.json", "adapter_model.safetensors", "metrics.json", "cowest.json")
+
+
 def _adapter_files(adapter_dir: Path) -> list[tuple[str, Path]]:
-    """(path in repo, local path) for every file to upload; hidden files and README.md are left out."""
+    """(path in repo, local path) for every file to upload: the `RELEASE_FILES` present."""
     if not (adapter_dir / "adapter_config.json").is_file():
         raise ValueError(f"not a PEFT adapter folder (no adapter_config.json): {adapter_dir}")
-    files = []
-    for path in sorted(adapter_dir.rglob("*")):
-        rel = path.relative_to(adapter_dir).as_posix()
-        if path.is_file() and rel != "README.md" and not any(part.startswith(".") for part in rel.split("/")):
-            files.append((rel, path))
-    return files
+    return [(name, adapter_dir / name) for name in RELEASE_FILES if (adapter_dir / name).is_file()]
 
 
 # --------------------------------------------------------------------------- feedback log sync

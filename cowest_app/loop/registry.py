@@ -22,6 +22,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from cowest_app.hub.publish import RELEASE_FILES
 from cowest_app.files import write_atomic
 
 STATUSES = ("candidate", "active", "rejected", "failed", "archived")
@@ -179,16 +180,17 @@ class AdapterRegistry:
 
     # -- download ----------------------------------------------------------
     def zip(self, version: str, card_md: str, out_dir: Path) -> Path:
-        """A zip of the adapter with its model card, for download from the UI."""
+        """A zip of the adapter with its model card, for download from the UI (`RELEASE_FILES`)."""
         source = self.path(version)
         if not (source / "adapter_config.json").is_file():
             raise RegistryError(f"{version} has no adapter files to download")
         out_dir.mkdir(parents=True, exist_ok=True)
         out = out_dir / f"cowest-adapter-{version}.zip"
         with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as archive:
-            for file in sorted(source.iterdir()):
-                if file.is_file() and not file.name.startswith("."):
-                    archive.write(file, f"{version}/{file.name}")
+            # Weights, config and metrics only: the version folder's train.jsonl holds users' questions.
+            for name in RELEASE_FILES:
+                if (source / name).is_file():
+                    archive.write(source / name, f"{version}/{name}")
             archive.writestr(f"{version}/README.md", card_md)
         return out
 

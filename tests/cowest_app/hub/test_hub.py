@@ -93,6 +93,7 @@ def test_push_makes_one_commit_per_version_and_tags_it(hub: FakeHub, tmp_path: P
     v1, v2 = make_adapter(tmp_path / "v1", seed=1), make_adapter(tmp_path / "v2", seed=2)
     pub = publisher(hub, tmp_path)
 
+    (v1 / "train.jsonl").write_text('{"prompt": "a user\'s private question"}\n')  # never published
     first = pub.push_adapter(v1, "v1", card("v1"))
     repo = hub.repo(REPO)
     assert [c.message for c in repo.commits] == ["initial commit", "Adapter v1"]

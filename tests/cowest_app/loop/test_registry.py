@@ -89,9 +89,12 @@ def test_bad_names_and_statuses(tmp_path: Path):
         registry.update("v1", status="great")
 
 
-def test_zip_holds_adapter_and_card(tmp_path: Path):
+def test_zip_holds_adapter_and_card_never_the_training_data(tmp_path: Path):
     registry = AdapterRegistry(tmp_path / "adapters")
     add(registry)
+    # A version folder also holds what trained it: users' questions must not leave with the weights.
+    (registry.path("v1") / "train.jsonl").write_text('{"prompt": "a user\'s private question"}\n')
+    (registry.path("v1") / "README.md").write_text("peft's own card")
     out = registry.zip("v1", "# card", tmp_path / "out")
     with zipfile.ZipFile(out) as archive:
         assert sorted(archive.namelist()) == ["v1/README.md", "v1/adapter_config.json", "v1/adapter_model.safetensors", "v1/cowest.json"]
