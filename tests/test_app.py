@@ -96,6 +96,24 @@ def test_ask_rate_export_and_find_rows(app_server):
     assert "NF4 4-bit" in log_path.read_text()
 
 
+def test_another_session_gets_none_of_a_sessions_text_back(app_server):
+    """Session B exports (its own rows), and without the admin secret cannot export everyone's:
+    nothing of session A's question or comment comes back to it."""
+    url, _, _ = app_server
+    secret_question = "Is my private question 4471 leaking?"
+    a, b = Client(url, verbose=False), Client(url, verbose=False)
+    *_, mine = a.predict(secret_question, "general", False, api_name="/ask")
+    a.predict(mine, "collab", "private comment 4471", api_name="/rate_up")
+    *_, theirs = b.predict("Is 9 prime?", "general", False, api_name="/ask")
+
+    own = Path(b.predict("jsonl", api_name="/export")).read_text()
+    assert "4471" not in own and [json.loads(line)["id"] for line in own.splitlines()] == [theirs]
+    with pytest.raises(Exception, match="Wrong admin secret"):
+        b.predict("jsonl", "guess", api_name="/export_all")
+    everything = Path(b.predict("jsonl", ADMIN_SECRET, api_name="/export_all")).read_text()
+    assert secret_question in everything and "private comment 4471" in everything  # admins see all
+
+
 def test_bad_input_gets_a_clear_error_and_the_app_keeps_serving(app_server):
     url, _, _ = app_server
     client = Client(url, verbose=False)

@@ -68,21 +68,21 @@ def _json_line(record: dict[str, Any]) -> str:
     return text + "\n"
 
 
-def _write_jsonl(store: LogStore, path: Path) -> int:
+def _write_jsonl(store: LogStore, path: Path, session_id: str | None) -> int:
     count = 0
     with open(path, "w", encoding="utf-8", newline="\n") as fh:
-        for record in store.iter_records():
+        for record in store.iter_records(session_id=session_id):
             fh.write(_json_line(record))
             count += 1
     return count
 
 
-def _write_parquet(store: LogStore, path: Path) -> int:
+def _write_parquet(store: LogStore, path: Path, session_id: str | None) -> int:
     from datasets import Dataset
 
     features = parquet_features()
     columns: dict[str, list[Any]] = {name: [] for name in features}
-    for record in store.iter_records():
+    for record in store.iter_records(session_id=session_id):
         for name, value in _parquet_row(record).items():
             columns[name].append(value)
     # from_dict rather than from_list: from_list([]) drops the features and
@@ -91,19 +91,20 @@ def _write_parquet(store: LogStore, path: Path) -> int:
     return len(columns["id"])
 
 
-def export_records(store: LogStore, out_path: Path, fmt: str) -> tuple[Path, int]:
+def export_records(store: LogStore, out_path: Path, fmt: str, session_id: str | None = None) -> tuple[Path, int]:
     """Like `export_log`, also returning the number of interactions written."""
     if fmt not in FORMATS:
         raise ValueError(f"unknown export format {fmt!r}; use one of {FORMATS}")
     out_path = Path(out_path)
     writer = _write_jsonl if fmt == "jsonl" else _write_parquet
     with atomic_path(out_path) as tmp:
-        count = writer(store, tmp)
+        count = writer(store, tmp, session_id)
     return out_path, count
 
 
-def export_log(store: LogStore, out_path: Path, fmt: str) -> Path:
-    return export_records(store, out_path, fmt)[0]
+def export_log(store: LogStore, out_path: Path, fmt: str, session_id: str | None = None) -> Path:
+    """The log (with `session_id`: that session's rows only) as JSONL or Parquet at `out_path`."""
+    return export_records(store, out_path, fmt, session_id)[0]
 
 
 def _default_data_dir() -> Path:

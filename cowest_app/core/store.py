@@ -301,34 +301,38 @@ class LogStore:
             ).fetchone()
         return {"interactions": interactions, "feedback": feedback, "thumbs_up": up, "thumbs_down": down}
 
-    def iter_records(self, batch: int = 500) -> Iterator[dict[str, Any]]:
-        """Every interaction as a plain dict with its feedback nested, oldest first.
+    def iter_records(self, batch: int = 500, session_id: str | None = None) -> Iterator[dict[str, Any]]:
+        """Every interaction as a plain dict with its feedback nested, oldest first;
+        with `session_id`, only that session's interactions and feedback (a visitor's own).
 
         One read transaction covers the whole walk, so the export is a
         consistent snapshot; in WAL mode that does not block writers.
         """
         if batch < 1:
             raise ValueError("batch must be >= 1")
+        where, args = ("WHERE session_id = ?", (session_id,)) if session_id is not None else ("", ())
         with self._connect() as conn:
             conn.execute("BEGIN")
             try:
                 cursor = conn.execute(
-                    f"SELECT {', '.join(INTERACTION_COLUMNS)} FROM interactions ORDER BY created_at, id"
+                    f"SELECT {', '.join(INTERACTION_COLUMNS)} FROM interactions {where} ORDER BY created_at, id", args
                 )
                 while rows := cursor.fetchmany(batch):
-                    yield from self._with_feedback(conn, rows)
+                    yield from self._with_feedback(conn, rows, session_id)
             finally:
                 conn.execute("COMMIT")
 
     @staticmethod
-    def _with_feedback(conn: sqlite3.Connection, rows: list[sqlite3.Row]) -> Iterator[dict[str, Any]]:
+    def _with_feedback(conn: sqlite3.Connection, rows: list[sqlite3.Row],
+                       session_id: str | None = None) -> Iterator[dict[str, Any]]:
         ids = [row["id"] for row in rows]
         by_interaction: dict[str, list[dict[str, Any]]] = {i: [] for i in ids}
         nested = [c for c in FEEDBACK_COLUMNS if c != "interaction_id"]
+        mine, args = (" AND session_id = ?", [session_id]) if session_id is not None else ("", [])
         for fb in conn.execute(
             f"SELECT interaction_id, {', '.join(nested)} FROM feedback"
-            f" WHERE interaction_id IN ({', '.join('?' * len(ids))}) ORDER BY created_at, id",
-            ids,
+            f" WHERE interaction_id IN ({', '.join('?' * len(ids))}){mine} ORDER BY created_at, id",
+            ids + args,
         ):
             by_interaction[fb["interaction_id"]].append({c: fb[c] for c in nested})
         for row in rows:

@@ -320,10 +320,12 @@ class CollabService:
             raise RateLimited(f"Too many {what} from this session: at most {limiter.max_events} a minute. {retry_text(wait)}")
 
     # -- export and facts ------------------------------------------------
-    def export(self, fmt: str) -> Path:
+    def export(self, fmt: str, session_id: str | None = None) -> Path:
+        """The log as a file: one visitor's session (`session_id`), or everyone's (None: admins, the CLI)."""
         out_dir = Path(tempfile.mkdtemp(prefix="cowest-export-"))
         stamp = time.strftime("%Y%m%d-%H%M%S")
-        return export_log(self.store, out_dir / f"cowest-log-{stamp}.{fmt}", fmt)
+        scope = "session" if session_id is not None else "all"
+        return export_log(self.store, out_dir / f"cowest-log-{scope}-{stamp}.{fmt}", fmt, session_id)
 
     def models_summary(self) -> dict[str, Any]:
         return {"weak": self.weak.describe(), "strong": self.strong.describe()}

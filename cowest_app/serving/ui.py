@@ -145,7 +145,11 @@ def build_ui(service: CollabService, control: "TrainingControl | None" = None) -
         with gr.Tab("Log & export"):
             counts_md = gr.Markdown(elem_id="log-counts")
             fmt = gr.Radio(["jsonl", "parquet"], value="jsonl", label="Format")
-            export_btn = gr.Button("Export the interaction and feedback log", elem_id="export")
+            gr.Markdown("The export holds this browser session's questions, answers and feedback only.")
+            export_btn = gr.Button("Export my questions and feedback", elem_id="export")
+            with gr.Accordion("Admin: everyone's log", open=False, visible=control is not None and control.gate.enabled):
+                export_secret = gr.Textbox(label="Admin secret", type="password")
+                export_all_btn = gr.Button("Export the whole log", elem_id="export-all")
             export_file = gr.File(label="Download", interactive=False, elem_id="export-file")
         build_evaluation_tab(service.config.data_dir)
         if control is not None:
@@ -176,9 +180,27 @@ def build_ui(service: CollabService, control: "TrainingControl | None" = None) -
 
             return handler
 
-        def on_export(f: str) -> str:
+        def check_format(f: str) -> None:
             if f not in ("jsonl", "parquet"):
                 raise gr.Error(html.escape(f"Unknown export format {prompts.shown(f)}.", quote=False))
+
+        def on_export(f: str, request: gr.Request) -> str:
+            check_format(f)
+            session = _session(request)
+            if session is None:
+                raise gr.Error("No browser session: nothing of yours to export.")
+            return str(service.export(f, session_id=session))
+
+        def on_export_all(f: str, secret: str) -> str:
+            from cowest_app.loop.control import AdminError
+
+            check_format(f)
+            if control is None:
+                raise gr.Error("Admin actions are disabled.")
+            try:
+                control.gate.check(secret)
+            except AdminError as exc:
+                raise user_error(exc) from None
             return str(service.export(f))
 
         ask_event = dict(fn=on_ask, inputs=[question, domain, compare],
@@ -191,6 +213,7 @@ def build_ui(service: CollabService, control: "TrainingControl | None" = None) -
         down_btn.click(rate_with("down"), rate_inputs, [feedback_md, counts_md], api_name="rate_down")
         send_btn.click(rate_with(None), rate_inputs, [feedback_md, counts_md], api_name="send_feedback")
         export_btn.click(on_export, fmt, export_file, api_name="export")
+        export_all_btn.click(on_export_all, [fmt, export_secret], export_file, api_name="export_all")
         demo.load(lambda: (models_banner(service), log_counts(service)), None, [banner, counts_md], api_name=False)
     return demo
 

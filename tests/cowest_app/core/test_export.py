@@ -89,7 +89,7 @@ def test_failed_export_leaves_no_partial_file(store: LogStore, tmp_path: Path, m
     out = tmp_path / "log.jsonl"
     out.write_text("previous export\n")
 
-    def broken(batch: int = 500):
+    def broken(batch: int = 500, session_id: str | None = None):
         yield {"id": "x"}
         raise RuntimeError("disk on fire")
 

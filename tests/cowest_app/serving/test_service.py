@@ -120,6 +120,24 @@ def test_export_writes_every_interaction(service: CollabService):
     assert all(r["feedback"][0]["rating"] == -1 for r in lines)
 
 
+def test_a_sessions_export_holds_its_own_rows_only(service: CollabService):
+    mine = list(service.ask("my own question?", "general", session_id="A"))[-1].interaction_id
+    theirs = list(service.ask("someone else's secret?", "general", session_id="B"))[-1].interaction_id
+    service.rate(mine, rating="up", comment="mine", session_id="A")
+    service.rate(theirs, rating="down", comment="their comment", session_id="B")
+    for fmt in ("jsonl", "parquet"):
+        path = service.export(fmt, session_id="A")
+        if fmt == "jsonl":
+            rows = [json.loads(line) for line in path.read_text().splitlines()]
+        else:
+            import pyarrow.parquet as pq
+
+            rows = pq.read_table(path).to_pylist()
+        assert [(r["question"], [f["comment"] for f in r["feedback"]]) for r in rows] == [("my own question?", ["mine"])]
+        assert b"secret" not in path.read_bytes() and b"their comment" not in path.read_bytes()
+    assert not [json.loads(line) for line in service.export("jsonl", session_id="nobody").read_text().splitlines()]
+
+
 def test_the_app_serves_its_packs_with_the_adapter_each_ships(tmp_path: Path, tiny_model_dir: Path, tiny_adapters):
     import shutil
 
