@@ -128,7 +128,7 @@ def run_pack(pack: DomainPack, items: Sequence[PackItem], prompt_set: PromptSet,
              drafter: BatchDrafter | None = None, progress: Progress | None = None) -> list[Collaboration]:
     """The collaboration core over pack items (no drafter: the answering model alone)."""
     def count(update: Any) -> Any:
-        if progress is not None and update.reply.ok and (update.job.step == DRAFT or drafter is None):
+        if progress is not None and update.reply.ok:  # a finished draft or answer
             progress(1)
         return update
 
@@ -149,7 +149,7 @@ def run_system(
     from tqdm import tqdm
 
     started = time.perf_counter()
-    with tqdm(total=len(items), desc=label, unit="item", leave=False) as bar:
+    with tqdm(total=len(items) * (2 if drafter else 1), desc=label, unit="step", leave=False) as bar:
         done = run_pack(pack, items, prompt_set, pack_answerer(pack, answerer, settings),
                         greedy_drafter(drafter, settings) if drafter is not None else None, bar.update)
     answers = [c.answers[0].text for c in done]
