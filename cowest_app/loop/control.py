@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping
 
 from cowest_app.config import AppConfig
-from cowest_app.loop.registry import AdapterRegistry
+from cowest_app.loop.registry import AdapterRegistry, RegistryError
 from cowest_app.loop.training_job import JobError, TrainingJob, start_scheduler, trigger_now
 
 if TYPE_CHECKING:
@@ -229,10 +229,10 @@ def sync_adapters(config: AppConfig, weak: Any, packs: Mapping[str, DomainPack])
         wanted = active.version if active is not None else BASE_VERSION
         if served.get(pack.name, BASE_VERSION) == wanted:
             continue
-        source = str(registry.path(active.version)) if active is not None else None
         try:
+            source = str(registry.verified_path(active.version)) if active is not None else None
             weak.swap_adapter(source, wanted, pack.name)
-        except AdapterError as exc:  # a broken registration must not take serving down
+        except (AdapterError, RegistryError) as exc:  # a broken registration must not take serving down
             log.error("pack %s: cannot serve %s, keeping %s: %s", pack.name, wanted, served.get(pack.name, BASE_VERSION), exc)
             continue
         changed.append(f"{pack.name}: {served.get(pack.name, BASE_VERSION)} -> {wanted}")

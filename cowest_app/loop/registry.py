@@ -11,6 +11,7 @@ rename, so a crash never leaves a half-written file behind.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -25,6 +26,7 @@ from typing import Any
 from cowest_app.hub.publish import RELEASE_FILES
 from cowest_app.files import write_atomic
 
+WEIGHT_FILES = ("adapter_config.json", "adapter_model.safetensors")
 STATUSES = ("candidate", "active", "rejected", "failed", "archived")
 META_FILE = "cowest.json"
 ACTIVE_FILE = "ACTIVE"
@@ -34,6 +36,14 @@ _VERSION = re.compile(r"^v(\d+)$")
 
 class RegistryError(ValueError):
     pass
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def utc_now() -> str:
@@ -53,6 +63,7 @@ class AdapterVersion:
     metrics: dict[str, Any] = field(default_factory=dict)
     hub: dict[str, Any] = field(default_factory=dict)
     error: str | None = None
+    files_sha256: dict[str, str] = field(default_factory=dict)  # the weights and config as registered
     created_at: str = field(default_factory=utc_now)
     updated_at: str = field(default_factory=utc_now)
 
@@ -90,6 +101,19 @@ class AdapterRegistry:
         found = [p.name for p in self.root.iterdir() if _VERSION.match(p.name) and (p / META_FILE).is_file()]
         return [self.get(v) for v in sorted(found, key=version_number)]
 
+    def verified_path(self, version: str) -> Path:
+        """The version's folder, after checking its files against the sha256 recorded at
+        registration: a weights file changed on disk (a flipped byte still parses and
+        stays finite) is refused before it is loaded."""
+        meta, path = self.get(version), self.path(version)
+        for name, recorded in meta.files_sha256.items():
+            file = path / name
+            actual = _sha256(file) if file.is_file() else "missing"
+            if actual != recorded:
+                raise RegistryError(f"{version}: {name} does not match the sha256 recorded when it was registered "
+                                    f"({actual[:12]} != {recorded[:12]}); refusing to load it")
+        return path
+
     def active(self) -> AdapterVersion | None:
         pointer = self.root / ACTIVE_FILE
         if not pointer.is_file():
@@ -126,6 +150,9 @@ class AdapterRegistry:
         target = self.path(meta.version)
         if target.exists():
             raise RegistryError(f"version {meta.version} already exists")
+        # The weights and config as they are now: `verified_path` refuses them changed later.
+        meta = replace(meta, files_sha256={name: _sha256(staged / name) for name in WEIGHT_FILES
+                                           if (staged / name).is_file()})
         self._write_meta(staged, meta)
         os.replace(staged, target)  # atomic: the version appears complete or not at all
         return meta

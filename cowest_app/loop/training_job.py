@@ -186,7 +186,10 @@ class TrainingJob:
         if target is not None and target.status == "failed":
             raise RegistryError(f"{version} failed and has no adapter")
         try:
-            self.service.weak.swap_adapter(str(registry.path(version)) if version else None, version or "base", slot)
+            source = str(registry.verified_path(version)) if version else None
+            self.service.weak.swap_adapter(source, version or "base", slot)
+        except RegistryError as exc:  # its files changed since registration: not loaded at all
+            raise JobError(f"{exc}; the active adapter is unchanged") from exc
         except BackendError as exc:  # a damaged adapter: the active one keeps serving, the pointer stays
             from cowest_app.loop.collect import drafting_version
 
@@ -264,7 +267,7 @@ class TrainingJob:
             self.registry.update(version, status="rejected", metrics=metrics)
             return f"{version} rejected: {scores['candidate_score']:.3f} < active {scores['active_score']:.3f}"
         self.registry.update(version, metrics=metrics)
-        self.service.weak.swap_adapter(str(self.registry.path(version)), version, self.pack.name)
+        self.service.weak.swap_adapter(str(self.registry.verified_path(version)), version, self.pack.name)
         self.registry.promote(version)
 
         if self.publisher is not None:

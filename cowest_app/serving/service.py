@@ -34,7 +34,7 @@ from cowest_app.serving.pipeline import (
     draft_options,
 )
 from cowest_app.serving.ratelimit import RateLimiter, retry_text
-from cowest_app.loop.registry import AdapterRegistry
+from cowest_app.loop.registry import AdapterRegistry, RegistryError
 from cowest_app.core.store import BEST_CHOICES, Feedback, Interaction, LogStore, StoreError
 
 log = logging.getLogger(__name__)
@@ -97,8 +97,12 @@ def adapter_slots(config: AppConfig, packs: Mapping[str, DomainPack]) -> dict[st
         registry = AdapterRegistry(config.pack_adapters_dir(pack.name))
         install_shipped_adapter(registry, pack)
         active = registry.active()
-        if active is not None:
-            slots[pack.name] = AdapterSlot(str(registry.path(active.version)), active.version)
+        if active is None:
+            continue
+        try:
+            slots[pack.name] = AdapterSlot(str(registry.verified_path(active.version)), active.version)
+        except RegistryError as exc:  # changed on disk since registration: serve the base, say why
+            log.error("pack %s: %s; serving the base model (roll back or register again)", pack.name, exc)
     return slots
 
 

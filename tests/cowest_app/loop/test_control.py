@@ -73,3 +73,47 @@ def test_every_served_pack_has_its_own_history_download_and_rollback(tmp_path, t
     assert service.weak.adapter_versions() == {}
     assert AdapterRegistry(config.pack_adapters_dir("medicine")).active() is None
     control.shutdown()
+
+
+def flip_one_weight_bit(adapter_dir: Path) -> None:
+    """Flip the lowest bit of the first weight: still a finite float, so only a hash can tell."""
+    import json
+    import struct
+
+    import torch
+    from safetensors.torch import load_file
+
+    path = adapter_dir / "adapter_model.safetensors"
+    data = bytearray(path.read_bytes())
+    header = struct.unpack("<Q", data[:8])[0]
+    first = min((v["data_offsets"][0], k) for k, v in json.loads(data[8:8 + header]).items() if k != "__metadata__")
+    data[8 + header + first[0]] ^= 1
+    path.write_bytes(bytes(data))
+    assert all(bool(torch.isfinite(t).all()) for t in load_file(path).values())
+
+
+def test_an_adapter_changed_on_disk_is_refused_at_start_sync_and_rollback(tmp_path, tiny_model_dir, tiny_adapters):
+    from cowest_app.config import Secrets
+    from cowest_app.loop.training_job import JobError
+    from cowest_app.serving.service import adapter_slots, load_served_packs
+
+    config = AppConfig(weak_model=str(tiny_model_dir), weak_4bit=False, data_dir=tmp_path / "data",
+                       packs=("packs/general",), secrets=Secrets(admin_secret="s3cret"))
+    registry = AdapterRegistry(config.pack_adapters_dir("general"))
+    v1 = registry.import_adapter(tiny_adapters["v1"])
+    assert set(v1.files_sha256) == {"adapter_config.json", "adapter_model.safetensors"}
+    assert adapter_slots(config, load_served_packs(config))["general"].version == "v1"
+
+    flip_one_weight_bit(registry.path("v1"))
+    assert "general" not in adapter_slots(config, load_served_packs(config))  # a restart serves the base
+
+    service = CollabService(config, TransformersBackend(str(tiny_model_dir)), ScriptedBackend(["ok"]),
+                            LogStore(config.db_path))
+    control = TrainingControl(config, service, registry, start=False)
+    assert control.sync_adapters() == [] and service.weak.adapter_versions() == {}
+    import pytest
+
+    with pytest.raises(JobError, match="sha256"):
+        control.rollback("s3cret", "v1")
+    assert service.weak.adapter_versions() == {}
+    control.shutdown()
