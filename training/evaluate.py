@@ -2,7 +2,7 @@
 
     python -m training.evaluate --pack PATH [--weak REF] [--strong REF]
         [--sft-adapter DIR] [--dpo-adapter DIR] [--grounded-dpo-adapter DIR] [--grounded]
-        [--limit N] [--out DIR]
+        [--limit N] [--out DIR] [--merge-into RESULTS_JSON]
 
 Systems (rows of the paper's table), each scored on the same test items:
 
@@ -301,6 +301,30 @@ def write_results(results: dict[str, Any], out: str | Path) -> Path:
     return out
 
 
+# Settings two result sets must share for their rows to stand in one table (paired by item).
+MERGE_KEYS = ("weak", "strong", "limit", "load_4bit", "strong_dtype", "rag_k", "draft_tokens", "answer_tokens",
+              "batch_size")
+
+
+def merge_results(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    """`base` with `extra`'s systems added (or replaced): a later run adds rows, e.g. an
+    adapter trained after the first evaluation, without rescoring the others."""
+    if base["pack_fingerprint"] != extra["pack_fingerprint"]:
+        raise ValueError("the result sets are of different pack versions (pack_fingerprint differs)")
+    differ = [k for k in MERGE_KEYS if base["config"].get(k) != extra["config"].get(k)]
+    if differ:
+        raise ValueError(f"the result sets differ in {', '.join(differ)}: their rows are not comparable")
+    config = dict(base["config"])
+    for key, value in extra["config"].items():
+        if value is not None and config.get(key) is None:
+            config[key] = value  # e.g. the adapter the added rows used
+    config["only"] = None if base["config"].get("only") is None else \
+        sorted(set(base["config"]["only"]) | set(extra["config"].get("only") or ()))
+    systems = {**base["systems"], **extra["systems"]}
+    return base | {"config": config, "seconds": round(base["seconds"] + extra["seconds"], 3),
+                   "systems": {key: systems[key] for key in SYSTEMS if key in systems}}
+
+
 # -- command line -------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     from cowest_app.config import STRONG_DEFAULT, WEAK_DEFAULT
@@ -319,6 +343,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--drafts-only", action="store_true",
                         help=f"write the collaboration systems' weak drafts to OUT/{DRAFTS_JSON}; no strong model, no scores")
     parser.add_argument("--out", default="data/eval", help="directory for results.json/.md/.png")
+    parser.add_argument("--merge-into", type=Path,
+                        help="a results.json to add this run's systems to (same pack and settings); written to --out")
     parser.add_argument("--rag-k", type=int, default=Settings.rag_k, help="passages retrieved for RAG")
     parser.add_argument("--draft-tokens", type=int, default=Settings.draft_tokens, help="max new tokens of a weak draft")
     parser.add_argument("--answer-tokens", type=int, default=Settings.answer_tokens, help="max new tokens of a short answer")
@@ -345,6 +371,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         pack = load_pack(ns.pack)
     except PackError as exc:  # every problem of the pack, located, instead of a traceback
         parser.error(str(exc))
+    base = None
+    if ns.merge_into is not None:  # checked before the models load, not after an hour of scoring
+        try:
+            base = json.loads(ns.merge_into.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            parser.error(f"--merge-into {ns.merge_into}: {exc}")
+        if base.get("pack_fingerprint") != pack.fingerprint():
+            parser.error(f"--merge-into {ns.merge_into}: scored on another version of pack {pack.name}")
     results = evaluate(
         pack, ns.weak, ns.strong, sft_adapter=ns.sft_adapter, dpo_adapter=ns.dpo_adapter,
         grounded_dpo_adapter=ns.grounded_dpo_adapter, grounded=ns.grounded,
@@ -355,6 +389,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if ns.drafts_only:
         print(f"drafts in {ns.out}/{DRAFTS_JSON}")
         return 0
+    if base is not None:
+        try:
+            results = merge_results(base, results)
+        except (ValueError, KeyError) as exc:
+            parser.error(f"--merge-into {ns.merge_into}: {exc}")
+        write_results(results, ns.out)
     print(render_table(results))
     print(f"results in {ns.out}/ ({RESULTS_JSON}, {RESULTS_MD}, {RESULTS_PNG})")
     return 0

@@ -199,3 +199,23 @@ def test_the_promotion_gate_scores_the_dev_split_as_the_harness_does(tmp_path: P
     assert {k: scores[k] for k in harness} == pytest.approx(harness)
     # Not vacuous: a random model's generated text parses to no letter, its likeliest option often is right.
     assert sum(harness.values()) > 0
+
+
+def test_merge_adds_a_later_runs_rows_to_the_table(tmp_path: Path, tiny_model_dir: Path, tiny_adapters) -> None:
+    pack = write_pack(tmp_path / "pack")
+    tiny = str(tiny_model_dir)
+    common = ["--pack", str(pack), "--weak", tiny, "--strong", tiny, "--limit", "2", "--draft-tokens", "4",
+              "--device", "cpu"]
+    assert main(common + ["--systems", "strong", "--out", str(tmp_path / "first")]) == 0
+    first = tmp_path / "first" / "results.json"
+    assert main(common + ["--systems", "collab_sft", "--sft-adapter", str(tiny_adapters["v1"]),
+                          "--merge-into", str(first), "--out", str(tmp_path / "both")]) == 0
+    both = json.loads((tmp_path / "both" / "results.json").read_text())
+    assert list(both["systems"]) == ["strong", "collab_sft"]
+    assert both["systems"]["strong"] == json.loads(first.read_text())["systems"]["strong"]  # not rescored
+    assert both["config"]["sft_adapter"] == str(tiny_adapters["v1"]) and both["config"]["only"] == ["collab_sft", "strong"]
+    assert "Weak + Strong (SFT weak)" in (tmp_path / "both" / "results.md").read_text()
+    # Rows scored with other settings are not paired with these: refused.
+    with pytest.raises(SystemExit):
+        main(common[:-4] + ["--draft-tokens", "8", "--device", "cpu", "--systems", "weak", "--merge-into", str(first),
+                            "--out", str(tmp_path / "bad")])
