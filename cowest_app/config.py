@@ -95,6 +95,7 @@ class AppConfig:
     train_threads: int = 1
     train_nice: int = 19  # the training child yields the CPU to answering (bench/serving.py)
     hub_repo: str | None = None
+    hub_public: bool = False  # the adapter repo is created private unless this is set
     hub_log_repo: str | None = None
     hub_endpoint: str | None = None
     secrets: Secrets = field(default_factory=Secrets)
@@ -159,6 +160,7 @@ ENV_VARS: dict[str, tuple[str, str]] = {
     "COWEST_TRAIN_THREADS": ("train_threads", "torch threads of the training child process (the app keeps the rest)"),
     "COWEST_TRAIN_NICE": ("train_nice", "niceness of the training child (0-19; 19: it only gets CPU time answering leaves)"),
     "COWEST_HUB_REPO": ("hub_repo", "model repo the adapters are pushed to (one commit per version, in the pack's folder, tagged `<pack>-vN`); unset = no push"),
+    "COWEST_HUB_PUBLIC": ("hub_public", "create the adapter repo public (`1`); by default it is private"),
     "COWEST_HUB_LOG_REPO": ("hub_log_repo", "dataset repo the feedback log is synced to; unset = no sync"),
     "HF_ENDPOINT": ("hub_endpoint", "Hub API endpoint (unset = huggingface.co)"),
 }
@@ -203,6 +205,7 @@ def _parse(name: str, raw: str, kind: type):
 _FIELD_KINDS: dict[str, type] = {
     "packs": tuple,
     "weak_4bit": bool,
+    "hub_public": bool,
     "strong_timeout_s": float,
     "data_dir": Path,
     "cache_dir": Path,

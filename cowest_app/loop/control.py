@@ -204,7 +204,8 @@ def build_control(config: AppConfig, service: Any) -> TrainingControl:
         from cowest_app.hub.publish import HubPublisher
 
         publisher = HubPublisher(config.hub_repo, config.secrets.hf_token, config.hub_endpoint,
-                                 queue_path=config.data_dir / "hub_queue.json")
+                                 queue_path=config.data_dir / "hub_queue.json",
+                                 private=not config.hub_public)
     registry = AdapterRegistry(config.pack_adapters_dir(config.train_pack or service.default_pack))
     return TrainingControl(config, service, registry, publisher)
 

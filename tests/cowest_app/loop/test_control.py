@@ -117,3 +117,25 @@ def test_an_adapter_changed_on_disk_is_refused_at_start_sync_and_rollback(tmp_pa
         control.rollback("s3cret", "v1")
     assert service.weak.adapter_versions() == {}
     control.shutdown()
+
+
+def test_the_adapter_repo_is_private_unless_made_public(tmp_path, tiny_model_dir, monkeypatch):
+    from cowest_app.loop.control import build_control
+    from tests.conftest import make_lora_adapter
+    from tests.fakes.hub_server import serve_hub
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    service = CollabService(AppConfig(weak_model=str(tiny_model_dir), weak_4bit=False, data_dir=tmp_path / "data",
+                                      packs=("packs/general",)),
+                            TransformersBackend(str(tiny_model_dir)), ScriptedBackend(["ok"]),
+                            LogStore(tmp_path / "log.sqlite3"))
+    with serve_hub() as hub:
+        for public, repo in ((False, "me/private-adapters"), (True, "me/public-adapters")):
+            config = AppConfig(weak_model=str(tiny_model_dir), data_dir=tmp_path / repo, packs=("packs/general",),
+                               hub_repo=repo, hub_endpoint=hub.endpoint, hub_public=public)
+            control = build_control(config, service)
+            control.publisher.stop()
+            adapter = make_lora_adapter(tiny_model_dir, tmp_path / repo / "v1", seed=1)
+            control.publisher.push_adapter(adapter, "general-v1", "# card", subfolder="general")
+            assert hub.repo(repo, "model").private is (not public)
+            control.shutdown()
