@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from email.utils import parsedate_to_datetime
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import httpx2
 import yaml
@@ -70,17 +70,32 @@ def render_model_card(
     parent: str | None,
     created_at: str,
     pack: str = "",
+    prompt: str = "",
+    datasets: Sequence[str] = (),
+    eval_scores: Mapping[str, float] | None = None,
 ) -> str:
     """The README.md of an adapter version: front matter, description, tables, loading snippet.
 
     With `pack`, the version is that domain pack's: `version` is its Hub tag and the
-    files live in the repo folder named after the pack."""
-    front: dict[str, Any] = {"library_name": "peft"}
+    files live in the repo folder named after the pack. `prompt` is the drafting
+    template the adapter was trained on (a draft asked for otherwise is off its
+    distribution), `datasets` the feedback log it learnt from, and `eval_scores` its
+    held-out results, stated as `model-index` so the Hub shows them."""
+    front: dict[str, Any] = {"library_name": "peft", "pipeline_tag": "text-generation"}
     # The Hub validates `base_model` as a model id; a local path or `packaged:` ref would
     # make the whole commit fail, so such values only appear in the text.
     if _HUB_ID.match(base_model):
         front["base_model"] = base_model
     front.update({"tags": ["cowest", "dpo", "lora"] + ([pack] if pack else []), "license": "apache-2.0"})
+    if datasets:
+        front["datasets"] = list(datasets)
+    if eval_scores:
+        front["model-index"] = [{"name": repo_id, "results": [{
+            "task": {"type": "text-generation"},
+            "dataset": {"name": f"{pack or 'held-out'} dev split", "type": pack or "held-out", "split": "dev"},
+            "metrics": [{"type": "accuracy", "name": name, "value": round(float(value), 4)}
+                        for name, value in eval_scores.items()],
+        }]}]
     header = yaml.safe_dump(front, sort_keys=False, default_flow_style=None, allow_unicode=True)
 
     about = [("domain pack", pack)] if pack else []
@@ -109,7 +124,10 @@ def render_model_card(
         f"{_table(('field', 'value'), about)}\n\n"
         f"## Metrics\n\n{_table(('metric', 'value'), sorted(metrics.items())) if metrics else '_none recorded_'}\n\n"
         f"## Training data\n\n{_table(('statistic', 'value'), sorted(data_stats.items())) if data_stats else '_none recorded_'}\n\n"
-        f"## How to load\n\n{snippet}"
+        + (f"## Drafting prompt it was trained on\n\nAsk for drafts with this template (`{{question}}` is the "
+           f"question with lettered options, `{{context}}` the retrieved passages):\n\n```text\n{prompt}\n```\n\n"
+           if prompt else "")
+        + f"## How to load\n\n{snippet}"
     )
 
 

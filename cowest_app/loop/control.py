@@ -175,16 +175,11 @@ class TrainingControl:
 
     def download(self, version: str, pack: str | None = None) -> Path:
         """A pack's adapter version as a zip with its model card (the trained pack's by default)."""
-        from cowest_app.hub.publish import hub_tag, render_model_card
+        from cowest_app.loop.training_job import adapter_card
 
         pack = pack or self.job.pack.name
         registry = self.job.registry_for(pack)
-        meta = registry.get(version)
-        card = render_model_card(repo_id=self.config.hub_repo or "local/cowest-adapter", version=hub_tag(pack, version),
-                                 base_model=meta.base_model or self.config.weak_model, metrics=meta.metrics,
-                                 data_stats={"pairs": meta.n_pairs, "data_sha256": meta.data_hash},
-                                 parent=meta.parent and hub_tag(pack, meta.parent), created_at=meta.created_at,
-                                 pack=pack)
+        card = adapter_card(self.config, self.service.packs[pack], registry, version, self.config.hub_repo)
         return registry.zip(version, card, Path(tempfile.mkdtemp(prefix="cowest-adapter-")))
 
     def shutdown(self) -> None:

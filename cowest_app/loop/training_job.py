@@ -500,14 +500,32 @@ class TrainingJob:
 
     def push(self, version: str) -> None:
         """Queue the version for the Hub: the pack's folder in the repo, tagged `<pack>-vN`."""
-        from cowest_app.hub.publish import hub_tag, render_model_card
+        from cowest_app.hub.publish import hub_tag
 
-        meta, tag = self.registry.get(version), hub_tag(self.pack.name, version)
-        card = render_model_card(repo_id=self.config.hub_repo, version=tag, base_model=meta.base_model or "",
-                                 metrics=meta.metrics, data_stats={"pairs": meta.n_pairs, "data_sha256": meta.data_hash},
-                                 parent=meta.parent and hub_tag(self.pack.name, meta.parent), created_at=meta.created_at,
-                                 pack=self.pack.name)
-        self.publisher.enqueue(self.registry.path(version), tag, card, subfolder=self.pack.name)
+        card = adapter_card(self.config, self.service.packs[self.pack.name], self.registry, version, self.config.hub_repo)
+        self.publisher.enqueue(self.registry.path(version), hub_tag(self.pack.name, version), card,
+                               subfolder=self.pack.name)
+
+
+def adapter_card(config: AppConfig, pack: Any, registry: AdapterRegistry, version: str, repo_id: str | None) -> str:
+    """The model card of a pack's adapter version, for the Hub and for downloads."""
+    from cowest_app.hub.publish import hub_tag, render_model_card
+    from cowest_app.models import refs
+
+    meta = registry.get(version)
+    base = meta.base_model or config.weak_model
+    if refs.is_packaged(base):  # consumers load the same weights from the Hub
+        base = refs.packaged_spec(base).hub_id
+    template = pack.prompts["weak_retrieval" if pack.retrieval_passages else "weak"]
+    scores = {name: meta.metrics[key] for key, name in (("candidate_score", "held-out collaboration score"),
+                                                          ("active_score", "previous version's score"))
+              if isinstance(meta.metrics.get(key), (int, float))}
+    return render_model_card(
+        repo_id=repo_id or "local/cowest-adapter", version=hub_tag(pack.name, version), base_model=base,
+        metrics=meta.metrics, data_stats={"pairs": meta.n_pairs, "data_sha256": meta.data_hash},
+        parent=meta.parent and hub_tag(pack.name, meta.parent), created_at=meta.created_at, pack=pack.name,
+        prompt=f"[system]\n{template.system}\n\n[user]\n{template.user}",
+        datasets=[config.hub_log_repo] if config.hub_log_repo else [], eval_scores=scores)
 
 
 def _held_back_note(offered: int, kept: int) -> str:

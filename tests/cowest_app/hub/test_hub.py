@@ -147,7 +147,7 @@ def test_model_card_has_metadata_metrics_and_loading_snippet() -> None:
     text = card("v2", parent="v1")
     _, front, body = text.split("---\n", 2)
     meta = yaml.safe_load(front)
-    assert meta == {"library_name": "peft", "base_model": "HuggingFaceTB/SmolLM2-135M-Instruct",
+    assert meta == {"library_name": "peft", "pipeline_tag": "text-generation", "base_model": "HuggingFaceTB/SmolLM2-135M-Instruct",
                     "tags": ["cowest", "dpo", "lora"], "license": "apache-2.0"}
     assert "| win_rate | 0.6251 |" in body and "| pairs | 128 |" in body and "| parent version | v1 |" in body
     assert f'PeftModel.from_pretrained(base, "{REPO}", revision="v2")' in body

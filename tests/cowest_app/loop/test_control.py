@@ -139,3 +139,25 @@ def test_the_adapter_repo_is_private_unless_made_public(tmp_path, tiny_model_dir
             control.publisher.push_adapter(adapter, "general-v1", "# card", subfolder="general")
             assert hub.repo(repo, "model").private is (not public)
             control.shutdown()
+
+
+def test_the_model_card_tells_consumers_what_they_need(tmp_path, tiny_adapters):
+    from huggingface_hub import ModelCard
+
+    from cowest_app.domains.packs import load_pack
+    from cowest_app.loop.training_job import adapter_card
+
+    config = AppConfig(data_dir=tmp_path / "data", hub_log_repo="me/cowest-log")  # weak model: the packaged SmolLM2
+    registry = AdapterRegistry(tmp_path / "adapters")
+    registry.import_adapter(tiny_adapters["v1"], metrics={"candidate_score": 0.61, "active_score": 0.55})
+    pack = load_pack("packs/saltmarsh-formulary")
+    card = ModelCard(adapter_card(config, pack, registry, "v1", "me/cowest-adapters"))
+    data = card.data
+    assert data.base_model == "HuggingFaceTB/SmolLM2-135M-Instruct"  # the packaged model's Hub repo, loadable by anyone
+    assert (data.library_name, data.pipeline_tag, data.datasets) == ("peft", "text-generation", ["me/cowest-log"])
+    assert "saltmarsh-formulary" in data.tags
+    assert {(r.metric_name, r.metric_value) for r in data.eval_results} == {
+        ("held-out collaboration score", 0.61), ("previous version's score", 0.55)}
+    # The drafting template it was trained on (this pack drafts from retrieved passages), and how to load it.
+    assert pack.prompts["weak_retrieval"].user in card.text and "{context}" in card.text
+    assert 'revision="saltmarsh-formulary-v1", subfolder="saltmarsh-formulary"' in card.text
