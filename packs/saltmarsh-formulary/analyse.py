@@ -28,7 +28,8 @@ PAIRS = (("collab_dpo", "collab_sft"), ("collab_dpo", "strong"), ("collab_dpo", 
          ("collab_sft", "strong"), ("collab_sft", "collab_base"),
          ("collab_retrieval_dpo", "strong_rag"), ("collab_retrieval_dpo", "collab_retrieval_sft"),
          ("collab_retrieval_dpo", "strong"), ("collab_retrieval_sft", "strong_rag"),
-         ("collab_retrieval_sft", "strong"), ("collab_retrieval_sft", "collab_retrieval_base"))
+         ("collab_retrieval_sft", "strong"), ("collab_retrieval_sft", "collab_retrieval_base"),
+         ("collab_retrieval_dpo", "weak"), ("collab_retrieval_sft", "weak"))
 
 
 def read_jsonl(path: Path) -> list[dict]:
@@ -79,8 +80,13 @@ def main(path: Path) -> dict:
         "fact_recall": {key: fact_recall(list(items.values()), needed)
                         for key, items in systems.items() if key.startswith("collab_")},
     }
+    tokens = {key: s["mean_prompt_tokens"] for key, s in results["systems"].items() if "mean_prompt_tokens" in s}
+    if "strong_rag" in tokens:  # what each system costs the answering model, against Strong + RAG
+        report["prompt_tokens_vs_rag"] = {key: round(100 * t / tokens["strong_rag"], 1) for key, t in tokens.items()}
     for name, d in report["paired"].items():
         print(f"{name}: {d['diff']:+.1f} points [{d['low']:+.1f}, {d['high']:+.1f}]")
+    for name, share in report.get("prompt_tokens_vs_rag", {}).items():
+        print(f"{name}: mean prompt {tokens[name]} tokens, {share}% of Strong + RAG's")
     for name, d in report["fact_recall"].items():
         accuracy = (f"; accuracy {d['accuracy_with_facts']}% on those, {d['accuracy_without']}% on the rest"
                     if "accuracy_with_facts" in d else "")
