@@ -195,7 +195,7 @@ def evaluate(
     limit: int | None = None, out: str | Path | None = None,
     settings: Settings = Settings(), load_4bit: bool = False, device: str | None = None,
     cache_dir: str | None = None, strong_dtype: str | None = None, only: Sequence[str] | None = None,
-    drafts_only: bool = False,
+    drafts_only: bool = False, split: str = "test",
 ) -> dict[str, Any]:
     """Score every system on the test split; write the result files to `out` when given.
 
@@ -208,9 +208,10 @@ def evaluate(
     """
     from cowest_app.models.local import TransformersBackend
 
-    items = list(pack.test[:limit] if limit is not None else pack.test)
+    chosen = pack.split(split)  # dev: where settings are chosen; test: read once, for the report
+    items = list(chosen[:limit] if limit is not None else chosen)
     if not items:
-        raise ValueError(f"pack {pack.name} has no test items to evaluate")
+        raise ValueError(f"pack {pack.name} has no {split} items to evaluate")
     unknown = set(only or ()) - set(SYSTEMS)
     if unknown:
         raise ValueError(f"unknown systems {sorted(unknown)}; known: {', '.join(SYSTEMS)}")
@@ -273,7 +274,7 @@ def evaluate(
             "dpo_adapter": dpo_adapter and str(dpo_adapter),
             "grounded_dpo_adapter": grounded_dpo_adapter and str(grounded_dpo_adapter),
             "retrieval_passages": pack.retrieval_passages if grounded else None,
-            "limit": limit, "load_4bit": load_4bit,
+            "split": split, "limit": limit, "load_4bit": load_4bit, "notes": pack.notes,
             "strong_dtype": strong_dtype or "default",
             "rag_k": settings.rag_k, "draft_tokens": settings.draft_tokens,
             "answer_tokens": settings.answer_tokens, "batch_size": settings.batch_size,
@@ -302,7 +303,7 @@ def write_results(results: dict[str, Any], out: str | Path) -> Path:
 
 
 # Settings two result sets must share for their rows to stand in one table (paired by item).
-MERGE_KEYS = ("weak", "strong", "limit", "load_4bit", "strong_dtype", "rag_k", "draft_tokens", "answer_tokens",
+MERGE_KEYS = ("weak", "strong", "split", "limit", "load_4bit", "strong_dtype", "rag_k", "draft_tokens", "answer_tokens",
               "batch_size")
 
 
@@ -311,7 +312,9 @@ def merge_results(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]
     adapter trained after the first evaluation, without rescoring the others."""
     if base["pack_fingerprint"] != extra["pack_fingerprint"]:
         raise ValueError("the result sets are of different pack versions (pack_fingerprint differs)")
-    differ = [k for k in MERGE_KEYS if base["config"].get(k) != extra["config"].get(k)]
+    older = {"split": "test"}  # result sets written before the key existed
+    differ = [k for k in MERGE_KEYS
+              if base["config"].get(k, older.get(k)) != extra["config"].get(k, older.get(k))]
     if differ:
         raise ValueError(f"the result sets differ in {', '.join(differ)}: their rows are not comparable")
     config = dict(base["config"])
@@ -338,7 +341,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--grounded-dpo-adapter", help="LoRA adapter of the SFT+DPO weak model aligned on retrieval-grounded drafts")
     parser.add_argument("--grounded", action="store_true",
                         help="add the retrieval-grounded collaboration rows (implied by --grounded-dpo-adapter)")
-    parser.add_argument("--limit", type=int, help="score only the first N test items")
+    parser.add_argument("--split", choices=("test", "dev"), default="test",
+                        help="dev (train's held-out tail) to choose settings; test, once, for the report")
+    parser.add_argument("--limit", type=int, help="score only the first N items")
     parser.add_argument("--systems", help=f"comma-separated systems to run (default: all that apply): {', '.join(SYSTEMS)}")
     parser.add_argument("--drafts-only", action="store_true",
                         help=f"write the collaboration systems' weak drafts to OUT/{DRAFTS_JSON}; no strong model, no scores")
@@ -384,7 +389,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         grounded_dpo_adapter=ns.grounded_dpo_adapter, grounded=ns.grounded,
         limit=ns.limit, out=ns.out, settings=settings_from(ns), load_4bit=ns.load_4bit, device=ns.device,
         cache_dir=ns.cache_dir, strong_dtype=ns.strong_dtype,
-        only=ns.systems.split(",") if ns.systems else None, drafts_only=ns.drafts_only,
+        only=ns.systems.split(",") if ns.systems else None, drafts_only=ns.drafts_only, split=ns.split,
     )
     if ns.drafts_only:
         print(f"drafts in {ns.out}/{DRAFTS_JSON}")

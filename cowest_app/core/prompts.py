@@ -135,3 +135,10 @@ def format_question(question: str, options: Sequence[str] | None = None) -> str:
         return question
     lines = [f"{chr(ord('A') + i)}. {clean_text(o)}" for i, o in enumerate(options)]
     return question + "\n\nOptions:\n" + "\n".join(lines)
+
+
+def background_only(draft: str) -> str:
+    """A draft without its answer: everything before the "Draft answer:" line (the whole
+    draft when it has none), with a leading "Background:" label dropped."""
+    head = draft.split(DRAFT_ANSWER_LABEL, 1)[0].strip()
+    return head.removeprefix(BACKGROUND_LABEL).strip()

@@ -131,6 +131,9 @@ class DomainPack:
     retrieval_passages: int = 0
     title: str = ""  # how the app names the pack; "" shows `name`
     examples: tuple[str, ...] = ()  # example questions the app offers for this pack
+    # What the strong model reads of a draft: all of it, or (`background`) the facts without the
+    # weak model's own answer, which a strong model tends to copy even when it is wrong.
+    notes: str = "draft"
 
     def split(self, name: str) -> tuple[PackItem, ...]:
         if name not in SPLITS + DERIVED_SPLITS:
@@ -174,6 +177,8 @@ class DomainPack:
         return retrieval.Retriever(self.passages)
 
     def strong_messages(self, question_text: str, draft: str) -> list[Message]:
+        if self.notes == "background":
+            draft = app_prompts.background_only(draft)
         return self.prompts["strong"].render(question=question_text, draft=draft.strip() or app_prompts.NO_NOTES)
 
     def direct_messages(self, question_text: str) -> list[Message]:
@@ -349,6 +354,7 @@ class _Meta:
     retrieval_passages: int
     title: str
     examples: tuple[str, ...]
+    notes: str
 
 
 def _read_text(path: Path, errors: _Errors, blobs: dict[str, bytes], root: Path) -> str | None:
@@ -414,7 +420,20 @@ def _load_meta(path: Path, errors: _Errors, blobs: dict[str, bytes], root: Path)
     loaded = {kind: t or defaults.get(kind) for kind, t in templates.items()}
     prompts = {kind: t for kind, t in loaded.items() if t is not None}
     return _Meta(name, description, task_type, metric, labels, prompts, _retrieval_passages(data, bad),
-                 _title(data, bad), _examples(data, bad))
+                 _title(data, bad), _examples(data, bad), _notes(data, bad))
+
+
+NOTES = ("draft", "background")
+
+
+def _notes(data: dict[str, Any], bad: _Report) -> str:
+    """What of a draft the strong model reads: all of it (`draft`), or its background only,
+    without the weak model's own answer (`background`)."""
+    notes = data.get("notes", "draft")
+    if notes not in NOTES:
+        bad("notes", f"'notes' must be one of {', '.join(NOTES)}")
+        return "draft"
+    return notes
 
 
 def _title(data: dict[str, Any], bad: _Report) -> str:
@@ -595,6 +614,6 @@ def load_pack(path: str | Path) -> DomainPack:
     return DomainPack(
         name=meta.name, description=meta.description, task_type=meta.task_type, metric=meta.metric,
         labels=meta.labels, prompts=meta.prompts, corpus_paths=corpus, train=train, test=test, root=root,
-        digest=_digest(blobs), retrieval_passages=meta.retrieval_passages,
+        digest=_digest(blobs), retrieval_passages=meta.retrieval_passages, notes=meta.notes,
         title=meta.title or meta.name, examples=meta.examples,
     )
