@@ -219,3 +219,13 @@ def test_merge_adds_a_later_runs_rows_to_the_table(tmp_path: Path, tiny_model_di
     with pytest.raises(SystemExit):
         main(common[:-4] + ["--draft-tokens", "8", "--device", "cpu", "--systems", "weak", "--merge-into", str(first),
                             "--out", str(tmp_path / "bad")])
+
+
+def test_settings_are_chosen_on_the_dev_split(tmp_path: Path, tiny_model_dir: Path) -> None:
+    from cowest_app.domains.packs import load_pack
+
+    pack = load_pack(write_pack(tmp_path / "pack", n_train=12))
+    results = evaluate(pack, str(tiny_model_dir), str(tiny_model_dir), settings=FAST, device="cpu", only=["strong"],
+                       split="dev")
+    assert [row["id"] for row in results["systems"]["strong"]["items"]] == [item.id for item in pack.dev]
+    assert results["config"]["split"] == "dev" and not {i.id for i in pack.test} & {i.id for i in pack.dev}

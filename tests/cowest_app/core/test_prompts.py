@@ -94,3 +94,15 @@ def test_clean_text_strips_controls_and_repairs_unicode():
 def test_clean_generation_drops_template_tokens():
     assert prompts.clean_generation("  Paris.<|im_end|>\n") == "Paris."
     assert prompts.clean_generation("<|im_start|>assistant answer<|endoftext|>") == "assistant answer"
+
+
+@pytest.mark.parametrize("draft, background", [
+    ("Background: Altrovane max 1200 mg.\nDraft answer: it is 1200, Answer: C", "Altrovane max 1200 mg."),
+    ("Altrovane max 1200 mg.", "Altrovane max 1200 mg."),  # no labels: all of it is background
+    ("Draft answer: Answer: C", ""),  # nothing but an answer: no notes at all
+    ("Background: a.\nb.\nDraft answer: x\nmore", "a.\nb."),
+])
+def test_background_only_drops_the_weak_models_answer(draft, background):
+    from cowest_app.core.prompts import background_only
+
+    assert background_only(draft) == background

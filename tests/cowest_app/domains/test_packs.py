@@ -335,3 +335,15 @@ def test_pack_item_reference_forms():
     assert PackItem("a", "Q", "D", ("w", "x", "y", "z")).reference == 3
     assert PackItem("b", "Q", "unacceptable").reference == "unacceptable"
     assert PackItem("c", "Q", ("one", "two")).reference == ("one", "two")
+
+
+def test_notes_background_hides_the_weak_answer_from_the_strong_model(tmp_path):
+    plain = load_pack(write_pack(tmp_path / "plain"))
+    hidden = load_pack(write_pack(tmp_path / "hidden", DOMAIN_YAML + "notes: background\n"))
+    draft = "Background: Tambrexil is the one.\nDraft answer: Answer: C"
+    assert plain.notes == "draft" and "Answer: C" in plain.strong_messages("Which drug?", draft)[1]["content"]
+    shown = hidden.strong_messages("Which drug?", draft)[1]["content"]
+    assert "Tambrexil is the one." in shown and "Answer: C" not in shown and "Draft answer" not in shown
+    assert "(no notes)" in hidden.strong_messages("Which drug?", "Draft answer: C")[1]["content"]
+    with pytest.raises(PackError, match="'notes' must be one of draft, background"):
+        load_pack(write_pack(tmp_path / "bad", DOMAIN_YAML + "notes: everything\n"))
