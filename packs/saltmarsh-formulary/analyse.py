@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 import sys
 from pathlib import Path
 
@@ -56,6 +57,37 @@ def fact_recall(items: list[dict], needed: dict[str, list[str]]) -> dict[str, fl
     return report
 
 
+LETTER = re.compile(r"Answer:\s*\(?([A-E])\b")
+
+
+def follows_draft(items: list[dict], answers: dict[str, str]) -> dict[str, int]:
+    """How often the final answer is the letter the weak model's draft ended with, right or wrong."""
+    report = {"drafts_with_a_letter": 0, "final_follows": 0, "wrong_draft_letters": 0, "wrong_followed": 0}
+    for item in items:
+        drafted, final = LETTER.findall(item.get("draft") or ""), LETTER.findall(item.get("answer") or "")
+        if not drafted or not final:
+            continue
+        report["drafts_with_a_letter"] += 1
+        report["final_follows"] += drafted[-1] == final[-1]
+        if drafted[-1] != answers[item["id"]]:
+            report["wrong_draft_letters"] += 1
+            report["wrong_followed"] += drafted[-1] == final[-1]
+    return report
+
+
+def feedback_summary(path: Path) -> dict:
+    """A feedback stage's feedback.json: the strong model's probability of the right option alone,
+    after an average draft, after the best of the K drafts, and the pairs it gave."""
+    rows = json.loads(path.read_text(encoding="utf-8"))["results"]
+    mean = lambda xs: round(sum(xs) / len(xs), 3)  # noqa: E731
+    report = {"questions": len(rows), "pairs": sum(r["pair"] for r in rows),
+              "p_correct_alone": mean([r["strong_alone_score"] for r in rows]),
+              "p_correct_mean_draft": mean([mean(r["final_scores"]) for r in rows]),
+              "p_correct_best_draft": mean([max(r["final_scores"]) for r in rows])}
+    print("feedback: " + ", ".join(f"{k} {v}" for k, v in report.items()))
+    return report
+
+
 def passage_recall(needed: dict[str, list[str]]) -> float:
     """Share of test items whose every needed fact is in the passages a grounded draft is written from."""
     sys.path.insert(0, str(HERE.parents[1]))  # the repository root: the pack's own retrieval, as the app runs it
@@ -85,6 +117,13 @@ def main(path: Path) -> dict:
         report["prompt_tokens_vs_rag"] = {key: round(100 * t / tokens["strong_rag"], 1) for key, t in tokens.items()}
     for name, d in report["paired"].items():
         print(f"{name}: {d['diff']:+.1f} points [{d['low']:+.1f}, {d['high']:+.1f}]")
+    answers = {item["id"]: item["answer"] for item in read_jsonl(HERE / "test.jsonl")} | \
+              {item["id"]: item["answer"] for item in read_jsonl(HERE / "train.jsonl")}
+    report["follows_draft_letter"] = {key: follows_draft(list(items.values()), answers)
+                                      for key, items in scored.items() if key.startswith("collab_")}
+    for name, d in report["follows_draft_letter"].items():
+        print(f"{name}: the final answer is the draft's letter for {d['final_follows']}/{d['drafts_with_a_letter']} "
+              f"drafts that end with one; {d['wrong_followed']}/{d['wrong_draft_letters']} wrong letters followed")
     for name, share in report.get("prompt_tokens_vs_rag", {}).items():
         print(f"{name}: mean prompt {tokens[name]} tokens, {share}% of Strong + RAG's")
     for name, d in report["fact_recall"].items():
@@ -100,6 +139,8 @@ def main(path: Path) -> dict:
         report["sft"] = {k: m.get(k) for k in ("steps", "n_chats", "n_chunks", "n_tokens", "seconds", "tokens_per_second",
                                                "train_loss", "final_loss")}
         print("SFT: " + ", ".join(f"{k} {v}" for k, v in report["sft"].items()))
+    if (path.parent / "feedback.json").is_file():  # the feedback that aligned the adapter, when kept beside it
+        report["feedback"] = feedback_summary(path.parent / "feedback.json")
     name = "analysis.json" if path.name != "drafts.json" else "drafts-analysis.json"
     (path.parent / name).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     return report
