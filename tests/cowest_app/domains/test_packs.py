@@ -313,7 +313,8 @@ def test_saltmarsh_scoring_and_prompts(saltmarsh):
     shown = format_item(item)
     assert "Background:" in saltmarsh.weak_messages(shown)[1]["content"]
     strong = saltmarsh.strong_messages(shown, "Background: x. Draft answer: y")[1]["content"]
-    assert shown in strong and "Draft answer: y" in strong and "Answer: <letter>" in strong
+    # notes: background: the strong model reads the facts, not the weak model's own answer
+    assert shown in strong and "x." in strong and "Draft answer: y" not in strong and "Answer: <letter>" in strong
     assert "EXCERPT" in saltmarsh.rag_messages(shown, "EXCERPT")[1]["content"]
 
 
