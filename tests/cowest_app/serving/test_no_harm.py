@@ -21,6 +21,7 @@ from cowest_app.serving.pipeline import COLLAB, FALLBACK, REDRAFTED, WEAK, DRAFT
 from cowest_app.serving.service import CollabService
 from cowest_app.core.store import LogStore
 from cowest_app.serving.ui import stage_table
+from cowest_app.core.prompts import background_only
 from tests.cowest_app.core.test_draft_check import GOOD, LIVE_LOOP, SCURVY
 from tests.fakes.openai_server import serve_openai
 from tests.fakes.scripted_backend import ScriptedBackend
@@ -81,7 +82,7 @@ def test_a_good_redraft_is_refined_and_leaked_scaffolding_is_stripped(tmp_path: 
         service, last = ask(tmp_path, weak, server)
     [request] = server.requests
     notes = NOTES.search(request.body["messages"][-1]["content"]).group(1)
-    assert notes == GOOD  # the strong model refined the second draft
+    assert notes == background_only(GOOD)  # the strong model read the second draft's background (notes: background)
     final = last.snapshot.stages[COLLAB].text
     assert not final.lower().startswith(("the specialist", "the correct answer"))
     assert FALLBACK not in last.snapshot.stages[COLLAB].info
