@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Why the systems score what they score: paired differences and whether drafts carry the needed fact.
 
-    python packs/saltmarsh-formulary/analyse.py [RESULTS_JSON | DRAFTS_JSON]   # default: results/results.json
+    python packs/saltmarsh-formulary/analyse.py [RESULTS_JSON | DRAFTS_JSON] [--against OTHER_RESULTS_JSON]
 
 Reads a results.json of `training.evaluate` on this pack (or the drafts.json
 of `training.evaluate --drafts-only`: fact recall only) and prints (and writes
@@ -13,7 +13,8 @@ as analysis.json, or drafts-analysis.json, next to it):
   needs (its `fact_ids`, verbatim from facts.jsonl), and the accuracy on those
   items and on the rest.
 
-Standard library only, but for the retrieved passages' recall (the repository's cowest_app).
+Standard library only, with the repository's `training.compare` (paired intervals) and,
+for the retrieved passages' recall, its cowest_app.
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parents[1]))  # the repository root: its paired statistics and the pack's retrieval
+from training.compare import paired_difference  # noqa: E402
 PAIRS = (("collab_dpo", "collab_sft"), ("collab_dpo", "strong"), ("collab_dpo", "weak"),
          ("collab_sft", "strong"), ("collab_sft", "collab_base"),
          ("collab_retrieval_dpo", "strong_rag"), ("collab_retrieval_dpo", "collab_retrieval_sft"),
@@ -35,15 +38,6 @@ PAIRS = (("collab_dpo", "collab_sft"), ("collab_dpo", "strong"), ("collab_dpo", 
 
 def read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-
-
-def paired_difference(a: list[float], b: list[float], resamples: int = 2000, seed: int = 0) -> dict[str, float]:
-    """Mean of a - b over the same items, with a 95% percentile bootstrap interval (percentage points)."""
-    rng = random.Random(seed)
-    diffs = [x - y for x, y in zip(a, b)]
-    means = sorted(sum(rng.choice(diffs) for _ in diffs) / len(diffs) for _ in range(resamples))
-    return {"diff": 100 * sum(diffs) / len(diffs), "low": 100 * means[int(0.025 * resamples)],
-            "high": 100 * means[int(0.975 * resamples)]}
 
 
 def fact_recall(items: list[dict], needed: dict[str, list[str]]) -> dict[str, float]:
@@ -99,10 +93,16 @@ def passage_recall(needed: dict[str, list[str]]) -> float:
     return round(100 * sum(all(f in text for f in needed[item.id]) for item, text in shown) / len(shown), 1)
 
 
-def main(path: Path) -> dict:
+def main(path: Path, against: Path | None = None) -> dict:
+    """`against`: another result set on the same items whose systems this one lacks are
+    paired with it too (rows that do not depend on what changed between the two runs)."""
     results = json.loads(path.read_text(encoding="utf-8"))
+    if against is not None:
+        other = json.loads(against.read_text(encoding="utf-8"))["systems"]
+        results["systems"] = {**{k: v for k, v in other.items() if k not in results["systems"]}, **results["systems"]}
     facts = {f["id"]: f["text"] for f in read_jsonl(HERE / "facts.jsonl")}
-    needed = {item["id"]: [facts[f] for f in item["fact_ids"]] for item in read_jsonl(HERE / "test.jsonl")}
+    needed = {item["id"]: [facts[f] for f in item["fact_ids"]]  # test, and train for dev-split result sets
+              for split in ("test.jsonl", "train.jsonl") for item in read_jsonl(HERE / split)}
     systems = {key: {i["id"]: i for i in s["items"]} for key, s in results["systems"].items()}
     scored = {key: items for key, items in systems.items() if all("score" in i for i in items.values())}
     ids = next(iter(systems.values()), {}).keys()
@@ -147,4 +147,8 @@ def main(path: Path) -> dict:
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]) if len(sys.argv) > 1 else HERE / "results" / "results.json")
+    args = sys.argv[1:]
+    other = Path(args.pop(args.index("--against") + 1)) if "--against" in args else None
+    if other is not None:
+        args.remove("--against")
+    main(Path(args[0]) if args else HERE / "results" / "results.json", other)
