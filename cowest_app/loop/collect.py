@@ -164,18 +164,19 @@ def collect_for_question(
     [done] = run(relay(collaborate(prompt_set, [ask], SampledDrafter(weak, weak_opts, sequential), answerer,
                                    k=k, alone=True), clock))
     answered = time.perf_counter()
-    timings = {"weak_s": (drafted[0] if drafted else answered) - started}
+    drafted_at = drafted[0] if drafted else answered
+    timings = {"weak_s": drafted_at - started}
     failed = [r for r in done.answers + [done.alone] if r is not None and not r.ok]
     if failed:
         raise BackendError(failed[0].error or "the strong model failed")
     prompt, drafts = done.prompt, [d.text for d in done.drafts]
     replies = done.answers + [done.alone]
     answers = [r.text for r in replies]
-    if isinstance(evaluator, SelfAnsweringEvaluator):  # it answered and scored in one pass
-        started = drafted[0] if drafted else started
+    if isinstance(evaluator, SelfAnsweringEvaluator):  # it answered and scored in one pass: judge time
+        started = drafted_at
         scores = [Score(r.score, r.info["confidence"], evaluator.name) for r in replies]
     else:
-        timings["strong_s"] = answered - timings["weak_s"] - started
+        timings["strong_s"] = answered - drafted_at
         started = time.perf_counter()
         scores = evaluator.score_answers(shown, answers, reference, options)
     finals, strong_alone = answers[:-1], answers[-1]
