@@ -98,7 +98,7 @@ def stream_stage(backend: Backend, messages: list[Message], opts: GenerationOpti
 
     `clean` tidies the finished text (user-facing answers use `prompts.clean_answer`).
     """
-    job = collaboration.Job(WEAK_ALONE, 0, 0, messages, collaboration.Ask(""))
+    job = collaboration.Job(collaboration.ALONE, 0, 0, messages, collaboration.Ask(""))
     for update in collaboration.stream_reply(backend, job, opts, clean):
         yield as_stage(update.reply)
 
