@@ -259,6 +259,37 @@ class LogStore:
             )
             return int(cursor.lastrowid)
 
+    def restore(self, interactions: Iterable[Interaction], feedback: Iterable[Feedback],
+                pairs: Iterable[PreferencePair]) -> dict[str, int]:
+        """Put back rows read from a mirror with their ids and times, in one transaction;
+        rows already here are kept as they are. Returns how many of each were added."""
+        added = {"interactions": 0, "feedback": 0, "pairs": 0}
+        pair_columns = ", ".join(PAIR_COLUMNS)
+        with self._write() as conn:
+            for item in interactions:
+                row = {name: storable(getattr(item, name)) for name in INTERACTION_COLUMNS if name != "timings"}
+                row["timings"] = _timings_json(item.timings)
+                if not row["id"] or not row["created_at"]:
+                    raise StoreError("a restored interaction needs its id and created_at")
+                cursor = conn.execute(f"INSERT OR IGNORE INTO interactions ({', '.join(INTERACTION_COLUMNS)}) "
+                                      f"VALUES ({', '.join(':' + c for c in INTERACTION_COLUMNS)})", row)
+                added["interactions"] += cursor.rowcount
+            for fb in feedback:
+                comment = _validate_feedback(fb)
+                if conn.execute("SELECT 1 FROM interactions WHERE id = ?", (fb.interaction_id,)).fetchone() is None:
+                    continue  # its interaction never reached the mirror: nothing to attach it to
+                cursor = conn.execute(
+                    f"INSERT OR IGNORE INTO feedback ({', '.join(FEEDBACK_COLUMNS)}) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (fb.id, storable(fb.interaction_id), fb.created_at or utc_now(), storable(fb.session_id),
+                     fb.rating, fb.best, comment))
+                added["feedback"] += cursor.rowcount
+            for pair in pairs:
+                row = {**_pair_row(pair), "id": pair.id}
+                cursor = conn.execute(f"INSERT OR IGNORE INTO pairs ({pair_columns}) "
+                                      f"VALUES ({', '.join(':' + c for c in PAIR_COLUMNS)})", row)
+                added["pairs"] += cursor.rowcount
+        return added
+
     # -- reads --------------------------------------------------------------
 
     def get_interaction(self, interaction_id: str) -> Interaction | None:

@@ -29,6 +29,8 @@ import json
 import logging
 import os
 import re
+import shutil
+import tempfile
 import threading
 import time
 import uuid
@@ -42,7 +44,7 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 import httpx2
 import yaml
 from huggingface_hub import CommitOperationAdd, CommitScheduler, HfApi
-from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled, RepositoryNotFoundError
+from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError, OfflineModeIsEnabled, RepositoryNotFoundError
 from huggingface_hub.utils import get_session
 
 from cowest_app.files import write_atomic
@@ -53,6 +55,8 @@ QUEUE_FORMAT = 1
 KEEP_DONE = 200  # finished jobs remembered in the queue file; older ones are dropped
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*$")
 _VERSION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")  # a safe git tag name
+_NUMBERED = re.compile(r"^(.*?)(\d+)$")  # a version tag: stem + number
+WEIGHT_FILES = ("adapter_config.json", "adapter_model.safetensors")
 _TOKEN_LIKE = re.compile(r"hf_[A-Za-z0-9]{6,}")
 _BEARER = re.compile(r"(?i)(bearer\s+)\S+")
 
@@ -158,6 +162,16 @@ class HubPushError(RuntimeError):
 
 class HubAuthError(HubPushError):
     """The Hub rejected the credentials (401/403). Never retried: the same token fails again."""
+
+
+class TagConflict(HubPushError):
+    """The version's tag already exists on the Hub with other files (a wiped disk counted
+    versions from 1 again, or another app pushes to the same repo): never overwritten."""
+
+    def __init__(self, tag: str) -> None:
+        super().__init__(f"tag {tag} already exists on the Hub with other files", retryable=False, status=None,
+                         attempts=1)
+        self.tag = tag
 
 
 @dataclass(frozen=True)
@@ -299,6 +313,7 @@ class HubPublisher:
         sleep: Callable[[float], object] | None = None,
         request_timeout_s: float | None = 60.0,
         private: bool | None = None,
+        on_done: Callable[[dict[str, Any]], None] | None = None,
     ) -> None:
         if not _HUB_ID.match(repo_id):
             raise ValueError(f"repo_id must look like 'namespace/name', got {repo_id!r}")
@@ -312,6 +327,7 @@ class HubPublisher:
         self.max_delay_s = max_delay_s
         self.request_timeout_s = request_timeout_s
         self.private = private
+        self.on_done = on_done  # told of every finished job (a `status()["done"]` entry), e.g. to record it
         # An explicit endpoint: HF_ENDPOINT is read once, when huggingface_hub is imported.
         self._api = HfApi(endpoint=endpoint, token=token, library_name="cowest")
         self._token = token  # only for redaction
@@ -351,6 +367,8 @@ class HubPublisher:
                     commit_id, url, existed = self._push_once(adapter_dir, version, card_md, subfolder)
                 logger.info("pushed adapter %s to %s (commit %s, attempt %d)", version, self.repo_id, commit_id, attempt)
                 return PushResult(self.repo_id, version, commit_id, url, attempt, existed)
+            except TagConflict:
+                raise
             except Exception as exc:  # noqa: BLE001 - every failure is classified below
                 failure = _describe(exc, self.repo_id)
                 message = _redact(failure.message, self._token)
@@ -385,10 +403,13 @@ class HubPublisher:
 
     def _push_once(self, adapter_dir: Path, version: str, card_md: str, subfolder: str = "") -> tuple[str, str | None, bool]:
         self._api.create_repo(self.repo_id, repo_type="model", exist_ok=True, private=self.private)
-        # A tag that exists means an earlier attempt got through (perhaps its answer was lost).
-        if (target := self._tag_target(version)) is not None:
-            return target, None, True
         prefix = f"{subfolder}/" if subfolder else ""
+        # A tag with these very files means an earlier attempt got through (its answer was lost);
+        # with other files it is someone else's version, never to be overwritten.
+        if (target := self._tag_target(version)) is not None:
+            if not self._same_files(adapter_dir, prefix, target):
+                raise TagConflict(version)
+            return target, None, True
         operations = [CommitOperationAdd(path_in_repo=prefix + rel, path_or_fileobj=str(path))
                       for rel, path in _adapter_files(adapter_dir)]
         operations.append(CommitOperationAdd(path_in_repo=prefix + "README.md", path_or_fileobj=card_md.encode("utf-8")))
@@ -403,13 +424,76 @@ class HubPublisher:
         return info.oid, info.commit_url, False
 
     def _tag_target(self, version: str) -> str | None:
-        refs = self._api.list_repo_refs(self.repo_id, repo_type="model")
-        return next((tag.target_commit for tag in refs.tags if tag.name == version), None)
+        return self.remote_tags().get(version)
+
+    def remote_tags(self) -> dict[str, str]:
+        """{tag: commit} of the adapter repo; {} when the repo does not exist yet."""
+        try:
+            refs = self._api.list_repo_refs(self.repo_id, repo_type="model")
+        except RepositoryNotFoundError:
+            return {}
+        return {tag.name: tag.target_commit for tag in refs.tags}
+
+    def _same_files(self, adapter_dir: Path, prefix: str, revision: str) -> bool:
+        """Do the weights and config at `revision` equal the local ones, byte for byte?"""
+        with tempfile.TemporaryDirectory(prefix="cowest-hub-check-") as tmp:
+            for name in WEIGHT_FILES:
+                try:
+                    remote = self._api.hf_hub_download(self.repo_id, prefix + name, revision=revision, local_dir=tmp)
+                except EntryNotFoundError:
+                    return False
+                if Path(remote).read_bytes() != (adapter_dir / name).read_bytes():
+                    return False
+        return True
+
+    def download_release(self, tag: str, subfolder: str, dest: Path) -> str:
+        """The release files of version `tag` (in `subfolder`) into `dest`; returns its commit."""
+        _check_subfolder(subfolder)
+        commit = self.remote_tags().get(tag)
+        if commit is None:
+            raise ValueError(f"no tag {tag} in {self.repo_id}")
+        prefix = f"{subfolder}/" if subfolder else ""
+        present = set(self._api.list_repo_files(self.repo_id, revision=commit))
+        dest.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(prefix="cowest-hub-get-") as tmp:
+            for name in RELEASE_FILES:
+                if prefix + name in present:
+                    path = self._api.hf_hub_download(self.repo_id, prefix + name, revision=commit, local_dir=tmp)
+                    shutil.copyfile(path, dest / name)
+        return commit
+
+    def _next_free(self, tag: str) -> str:
+        """`pack-v7` when `pack-v3` is taken and `pack-v6` is the highest such tag on the Hub."""
+        match = _NUMBERED.match(tag)
+        if match is None:
+            raise ValueError(f"{tag} does not end in a version number")
+        stem = match.group(1)
+        taken = [int(m.group(2)) for name in self.remote_tags() if (m := _NUMBERED.match(name)) and m.group(1) == stem]
+        return f"{stem}{max([int(match.group(2)), *taken]) + 1}"
+
+    def _mark_active(self, active_tag: str, target: str | None) -> str | None:
+        """Move `active_tag` to the commit of tag `target` (None: remove it, the bare base is served)."""
+        tags = self.remote_tags()
+        commit = None
+        if target is not None:
+            commit = tags.get(target)
+            if commit is None:
+                raise HubPushError(f"{target} is not on the Hub yet, so it cannot be marked active", retryable=True,
+                                   status=None, attempts=1)
+        if tags.get(active_tag) == commit:
+            return commit
+        if active_tag in tags:
+            self._api.delete_tag(self.repo_id, tag=active_tag, repo_type="model")
+        if commit is not None:
+            self._api.create_tag(self.repo_id, tag=active_tag, revision=commit, tag_message=f"Served: {target}")
+        return commit
 
     # ---- queue -----------------------------------------------------------------
 
     def enqueue(self, adapter_dir: Path, version: str, card_md: str, subfolder: str = "") -> str:
-        """Record a push for the worker and return its job id at once (no network)."""
+        """Record a push for the worker and return its job id at once (no network). Should
+        the tag turn out to be taken on the Hub by other files, the worker pushes the
+        version under the next free number and says so in the job's `note`."""
         _check_version(version)
         _check_subfolder(subfolder)
         adapter_dir = Path(adapter_dir).resolve()
@@ -417,7 +501,8 @@ class HubPublisher:
             raise ValueError(f"adapter folder not found: {adapter_dir}")
         with self._lock:
             # The same version queued twice would push twice: keep one (a failed one gets another go).
-            job = next((job for job in self._jobs if job["version"] == version), None)
+            job = next((job for job in self._jobs
+                        if job.get("kind", "push") == "push" and job.get("label", job["version"]) == version), None)
             if job is not None:
                 job.update(adapter_dir=str(adapter_dir), card_md=card_md, subfolder=subfolder, state="pending",
                            updated_at=_now())
@@ -428,17 +513,36 @@ class HubPublisher:
         self._wake.set()
         return str(job["id"])
 
+    def enqueue_active(self, active_tag: str, target: str | None) -> str:
+        """Queue moving tag `active_tag` to version tag `target` (None: remove it). Runs after
+        the pushes queued before it, so a version promoted and pushed together is marked once there."""
+        _check_version(active_tag)
+        if target is not None:
+            _check_version(target)
+        with self._lock:
+            job = next((job for job in self._jobs if job.get("kind") == "active" and job["version"] == active_tag), None)
+            if job is not None:  # only the latest choice matters; it goes behind any push it may need
+                self._jobs.remove(job)
+            job = {**self._new_job(active_tag, Path("."), "", ""), "kind": "active", "target": target, "adapter_dir": ""}
+            self._jobs.append(job)
+            self._save()
+        self._wake.set()
+        return str(job["id"])
+
     @staticmethod
     def _new_job(version: str, adapter_dir: Path, card_md: str, subfolder: str = "") -> dict[str, Any]:
         return {
             "id": uuid.uuid4().hex[:12],
-            "version": version,
+            "kind": "push",
+            "version": version,  # the tag pushed to: `label`, or the next free one after a conflict
+            "label": version,  # the tag asked for, which names the local version
             "subfolder": subfolder,
             "adapter_dir": str(adapter_dir),
             "card_md": card_md,
             "state": "pending",
             "attempts": 0,
             "last_error": None,
+            "note": None,
             "enqueued_at": _now(),
             "updated_at": _now(),
         }
@@ -515,11 +619,10 @@ class HubPublisher:
         job_id = job["id"]
         self._current = job_id
         try:
-            result = self._push(
-                Path(job["adapter_dir"]), job["version"], job["card_md"],
-                on_failure=lambda attempt, message: self._record_failure(job_id, message), stop=self._stop,
-                subfolder=job.get("subfolder", ""),  # queues written before packs had folders: the root
-            )
+            if job.get("kind") == "active":
+                result = self._run_active(job)
+            else:
+                result = self._run_push(job)
         except _Stopped:
             return  # stays pending; the next start() resumes it
         except HubPushError as err:
@@ -530,6 +633,43 @@ class HubPublisher:
             self._finish_done(job_id, result)
         finally:
             self._current = None
+
+    def _run_push(self, job: dict[str, Any]) -> PushResult:
+        job_id, card = job["id"], job["card_md"]
+        while True:
+            try:
+                return self._push(
+                    Path(job["adapter_dir"]), job["version"], card,
+                    on_failure=lambda attempt, message: self._record_failure(job_id, message), stop=self._stop,
+                    subfolder=job.get("subfolder", ""),  # queues written before packs had folders: the root
+                )
+            except TagConflict as conflict:
+                with _request_timeout(self.request_timeout_s):
+                    free = self._next_free(conflict.tag)
+                note = f"{conflict}; pushed as {free} instead"
+                logger.warning("%s", note)
+                card = _retag(card, conflict.tag, free)
+                self._update_job(job_id, version=free, note=note, last_error=note)
+                job = {**job, "version": free}
+
+    def _run_active(self, job: dict[str, Any]) -> PushResult:
+        target = job["target"] and self._pushed_as(job["target"])
+        with _request_timeout(self.request_timeout_s):
+            commit = self._mark_active(job["version"], target)
+        logger.info("marked %s as %s on %s", target or "the bare base", job["version"], self.repo_id)
+        return PushResult(self.repo_id, job["version"], commit or "", None, job["attempts"] + 1)
+
+    def _pushed_as(self, label: str) -> str:
+        """The tag a version was really pushed under (another after a conflict)."""
+        with self._lock:
+            return next((item["version"] for item in reversed(self._done) if item.get("label") == label), label)
+
+    def _update_job(self, job_id: str, **changes: Any) -> None:
+        with self._lock:
+            for job in self._jobs:
+                if job["id"] == job_id:
+                    job.update(changes, updated_at=_now())
+            self._save()
 
     def _record_failure(self, job_id: str, message: str) -> None:
         """One failed attempt: visible in status() while the job is still being retried."""
@@ -555,7 +695,12 @@ class HubPublisher:
             self._jobs.remove(job)
             self._done.append({
                 "id": job_id,
-                "version": result.version,
+                "kind": job.get("kind", "push"),
+                "label": job.get("label", job["version"]),
+                "subfolder": job.get("subfolder", ""),
+                "target": job.get("target"),
+                "note": job.get("note"),
+                "version": job["version"],
                 "commit_id": result.commit_id,
                 "commit_url": result.commit_url,
                 "already_existed": result.already_existed,
@@ -565,6 +710,12 @@ class HubPublisher:
             self._done = self._done[-KEEP_DONE:]
             self._last_error = None
             self._save()
+            entry = dict(self._done[-1])
+        if self.on_done is not None:
+            try:
+                self.on_done(entry)
+            except Exception:  # noqa: BLE001 - bookkeeping elsewhere must not stop the queue
+                logger.exception("recording the finished Hub job %s failed", job_id)
 
     # ---- queue file ----------------------------------------------------------------
 
@@ -596,6 +747,16 @@ def _check_version(version: str) -> None:
 def _check_subfolder(subfolder: str) -> None:
     if subfolder and not _VERSION.match(subfolder):
         raise ValueError(f"subfolder must be a plain folder name (a pack's name), got {subfolder!r}")
+
+
+def _retag(card_md: str, old: str, new: str) -> str:
+    """The model card of version `old` renamed `new` (not touching `old1…` when `old` ends in 1)."""
+    return re.sub(re.escape(old) + r"(?!\d)", new, card_md)
+
+
+def active_tag(pack: str) -> str:
+    """The moving tag on the Hub that marks the version a pack serves."""
+    return f"{pack}-active"
 
 
 def hub_tag(pack: str, version: str) -> str:
@@ -639,7 +800,7 @@ def start_log_sync(
     every_minutes: float,
     *,
     private: bool = True,
-    allow_patterns: str | list[str] = "*.jsonl",
+    allow_patterns: str | list[str] | None = None,
     request_timeout_s: float | None = 60.0,
 ) -> CommitScheduler:
     """Mirror `folder` (append-only JSONL shards) into dataset repo `repo_id` every `every_minutes`.
@@ -648,9 +809,11 @@ def start_log_sync(
     files matching `allow_patterns` are pushed, so half-written temp files are not.
     Note that `CommitScheduler.__init__` creates the repo synchronously, so this call
     needs the Hub (and raises if it is unreachable); pushes then happen in the
-    background, the first one at once. Stop it with `scheduler.stop()`; a `with` block
+    background, the first one at once. By default the shards and the dataset card are pushed. Stop it with `scheduler.stop()`; a `with` block
     also pushes once more on exit.
     """
+    from cowest_app.hub.log_sync import MIRRORED
+
     # CommitScheduler takes no endpoint in 2.4, but it takes a ready HfApi.
     api = HfApi(endpoint=endpoint, token=token, library_name="cowest")
     return _TimedCommitScheduler(
@@ -660,7 +823,7 @@ def start_log_sync(
         every=every_minutes,
         repo_type="dataset",
         private=private,
-        allow_patterns=allow_patterns,
+        allow_patterns=allow_patterns or MIRRORED,
         hf_api=api,
     )
 

@@ -23,10 +23,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from cowest_app.hub.publish import RELEASE_FILES
+from cowest_app.hub.publish import RELEASE_FILES, WEIGHT_FILES
 from cowest_app.files import write_atomic
 
-WEIGHT_FILES = ("adapter_config.json", "adapter_model.safetensors")
 STATUSES = ("candidate", "active", "rejected", "failed", "archived")
 META_FILE = "cowest.json"
 ACTIVE_FILE = "ACTIVE"

@@ -248,6 +248,9 @@ class _HubHandler(BaseHTTPRequestHandler):
     def do_POST(self) -> None:  # noqa: N802
         self._handle()
 
+    def do_DELETE(self) -> None:  # noqa: N802
+        self._handle()
+
     # --- plumbing ----------------------------------------------------------
 
     def _handle(self) -> None:
@@ -348,6 +351,8 @@ class _HubHandler(BaseHTTPRequestHandler):
             return self._commit(repo, rest, body)
         if action == "tag" and self.command == "POST" and rest:
             return self._tag(repo, rest, json.loads(body))
+        if action == "tag" and self.command == "DELETE" and rest:
+            return self._delete_tag(repo, rest)
         raise _HubError(404, f"no route {self.command} {self.path}")
 
     def _info(self, repo: Repo, commit: Commit) -> dict[str, Any]:
@@ -443,6 +448,12 @@ class _HubHandler(BaseHTTPRequestHandler):
             if payload["tag"] in repo.tags or payload["tag"] == "main":
                 raise _HubError(409, f"Tag {payload['tag']} already exists")
             repo.tags[payload["tag"]] = commit.id
+        self._send_json(200, {})
+
+    def _delete_tag(self, repo: Repo, tag: str) -> None:
+        with self.fake._lock:
+            if repo.tags.pop(tag, None) is None:
+                raise _HubError(404, f"Tag {tag} not found", "RevisionNotFound")
         self._send_json(200, {})
 
     def _resolve(self, match: re.Match[str]) -> None:

@@ -18,7 +18,8 @@ import yaml
 from huggingface_hub import constants, hf_hub_download
 from safetensors.torch import save_file
 
-from cowest_app.hub.publish import HubAuthError, HubPublisher, HubPushError, render_model_card, start_log_sync
+from cowest_app.hub.publish import (HubAuthError, HubPublisher, HubPushError, TagConflict, render_model_card,
+                                    start_log_sync)
 from tests.fakes.hub_server import FakeHub, serve_hub
 
 TOKEN = "hf_CoWeStTestSecret0123456789"
@@ -141,6 +142,77 @@ def test_pushing_an_existing_tag_again_is_a_success_without_a_new_commit(hub: Fa
     again = pub.push_adapter(v1, "v1", card("v1"))
     assert again.already_existed and again.commit_id == first.commit_id
     assert len(hub.repo(REPO).commits) == 2
+
+
+def test_an_existing_tag_with_other_files_is_never_overwritten(hub: FakeHub, tmp_path: Path) -> None:
+    ours, theirs = make_adapter(tmp_path / "ours", seed=1), make_adapter(tmp_path / "theirs", seed=2)
+    pub = publisher(hub, tmp_path)
+    taken = pub.push_adapter(theirs, "pack-v1", card("pack-v1"), subfolder="pack")  # e.g. before a wiped disk
+    with pytest.raises(TagConflict, match="pack-v1 already exists on the Hub with other files"):
+        pub.push_adapter(ours, "pack-v1", card("pack-v1"), subfolder="pack")
+    assert hub.repo(REPO).tags == {"pack-v1": taken.commit_id}
+
+
+def test_the_queue_pushes_a_conflicting_version_under_the_next_free_tag(hub: FakeHub, tmp_path: Path) -> None:
+    ours = make_adapter(tmp_path / "ours", seed=1)
+    pub = publisher(hub, tmp_path)
+    for n in (1, 2):
+        pub.push_adapter(make_adapter(tmp_path / f"old{n}", seed=10 + n), f"pack-v{n}", card(f"pack-v{n}"),
+                         subfolder="pack")
+    finished: list[dict] = []
+    pub.on_done = finished.append
+    pub.enqueue(ours, "pack-v1", card("pack-v1", parent="pack-v0"), subfolder="pack")
+    pub.start()
+    assert pub.wait_idle(timeout=20)
+    pub.stop()
+    [done] = pub.status()["done"]
+    assert (done["label"], done["version"]) == ("pack-v1", "pack-v3")
+    assert "pack-v1 already exists on the Hub with other files; pushed as pack-v3" in done["note"]
+    tags = hub.repo(REPO).tags
+    assert set(tags) == {"pack-v1", "pack-v2", "pack-v3"}
+    files = hub.repo(REPO).commit(tags["pack-v3"]).files
+    assert files["pack/adapter_model.safetensors"] == (ours / "adapter_model.safetensors").read_bytes()
+    assert "pack-v3" in files["pack/README.md"].decode() and "pack-v1" not in files["pack/README.md"].decode()
+    assert finished == [done]
+
+
+def test_the_active_tag_follows_promotion_and_rollback(hub: FakeHub, tmp_path: Path) -> None:
+    pub = publisher(hub, tmp_path)
+    for n in (1, 2):
+        pub.enqueue(make_adapter(tmp_path / f"v{n}", seed=n), f"pack-v{n}", card(f"pack-v{n}"), subfolder="pack")
+        pub.enqueue_active("pack-active", f"pack-v{n}")  # queued right behind its push
+    pub.start()
+    assert pub.wait_idle(timeout=20)
+    tags = hub.repo(REPO).tags
+    assert tags["pack-active"] == tags["pack-v2"]
+    pub.enqueue_active("pack-active", "pack-v1")  # a rollback
+    assert pub.wait_idle(timeout=20)
+    assert hub.repo(REPO).tags["pack-active"] == tags["pack-v1"]
+    pub.enqueue_active("pack-active", None)  # back to the bare base: no version is marked
+    assert pub.wait_idle(timeout=20)
+    pub.stop()
+    assert "pack-active" not in hub.repo(REPO).tags and pub.status()["failed"] == []
+
+
+def test_marking_a_version_that_never_reached_the_hub_fails_visibly(hub: FakeHub, tmp_path: Path) -> None:
+    pub = publisher(hub, tmp_path)
+    pub.enqueue_active("pack-active", "pack-v9")
+    pub.start()
+    failed = wait_for(lambda: pub.status()["failed"])
+    pub.stop()
+    assert "pack-v9 is not on the Hub yet" in failed[0]["last_error"]
+
+
+def test_download_release_fetches_one_versions_files(hub: FakeHub, tmp_path: Path) -> None:
+    v1 = make_adapter(tmp_path / "v1", seed=1)
+    (v1 / "train.jsonl").write_text("{}\n")
+    pub = publisher(hub, tmp_path)
+    pushed = pub.push_adapter(v1, "pack-v1", card("pack-v1"), subfolder="pack")
+    pub.push_adapter(make_adapter(tmp_path / "v2", seed=2), "pack-v2", card("pack-v2"), subfolder="pack")
+    out = tmp_path / "restored"
+    assert pub.download_release("pack-v1", "pack", out) == pushed.commit_id
+    assert sorted(p.name for p in out.iterdir()) == ["adapter_config.json", "adapter_model.safetensors"]
+    assert (out / "adapter_model.safetensors").read_bytes() == (v1 / "adapter_model.safetensors").read_bytes()
 
 
 def test_model_card_has_metadata_metrics_and_loading_snippet() -> None:

@@ -4,8 +4,8 @@ import json
 from pathlib import Path
 
 from cowest_app.hub.publish import start_log_sync
-from cowest_app.hub.log_sync import write_log_shards
-from cowest_app.core.store import Feedback, Interaction, LogStore
+from cowest_app.hub.log_sync import WATERMARKS, restore_log, write_log_shards
+from cowest_app.core.store import Feedback, Interaction, LogStore, PreferencePair
 from tests.fakes.hub_server import serve_hub
 
 
@@ -49,3 +49,44 @@ def test_shards_reach_the_dataset_repo(tmp_path: Path, monkeypatch):
     [name] = [f for f in files if f.startswith("interactions/")]
     assert b"synced?" in files[name]
     assert not any(".watermarks" in f for f in files)  # bookkeeping stays local
+
+
+def fill(store: LogStore) -> None:
+    from tests.cowest_app.core.test_rows import PAIR
+
+    first = store.log_interaction(Interaction(domain="general", question="a?", session_id="s1", timings={"weak_s": 1.0}))
+    store.log_interaction(Interaction(domain="general", question="b?", timings={"strong_s": 2.0, "weak_s": 0.5}))
+    store.log_feedback(Feedback(first, rating=1, comment="good"))
+    store.log_pair(PreferencePair(**{**PAIR.__dict__, "id": None, "interaction_ids": (first,)}))
+
+
+def test_the_mirror_loads_as_three_typed_configs(tmp_path: Path):
+    from datasets import get_dataset_config_names, load_dataset
+
+    store = LogStore(tmp_path / "log.sqlite3")
+    folder = tmp_path / "mirror"
+    fill(store)
+    write_log_shards(store, folder)
+    store.log_interaction(Interaction(domain="general", question="c?", error="late"))  # a second shard, other nulls
+    write_log_shards(store, folder)
+    assert sorted(get_dataset_config_names(str(folder))) == ["feedback", "interactions", "pairs"]
+    interactions = load_dataset(str(folder), "interactions", split="train")
+    assert sorted(interactions["question"]) == ["a?", "b?", "c?"]
+    assert load_dataset(str(folder), "feedback", split="train")["comment"] == ["good"]
+    pairs = load_dataset(str(folder), "pairs", split="train")
+    assert pairs[0]["chosen"] == [{"role": "assistant", "content": "Background: vitamin C."}]
+    assert pairs.features["confidence"].dtype == "float64"  # typed by the card, though every value is null
+
+
+def test_restore_log_puts_every_row_back_once(tmp_path: Path):
+    store = LogStore(tmp_path / "log.sqlite3")
+    folder = tmp_path / "mirror"
+    fill(store)
+    write_log_shards(store, folder)
+    (folder / WATERMARKS).unlink()  # a wiped disk: shards come back from the Hub, the bookkeeping does not
+
+    fresh = LogStore(tmp_path / "fresh.sqlite3")
+    assert restore_log(fresh, folder) == {"interactions": 2, "feedback": 1, "pairs": 1}
+    assert list(fresh.iter_records()) == list(store.iter_records())
+    assert list(fresh.iter_pairs(trainable_only=False)) == list(store.iter_pairs(trainable_only=False))
+    assert write_log_shards(fresh, folder) == []  # restored rows are not mirrored a second time
