@@ -11,14 +11,16 @@ import logging
 def main() -> None:
     from cowest_app.config import from_env
     from cowest_app.loop.control import build_control
+    from cowest_app.loop.restore import restore_from_hub
     from cowest_app.serving.service import CollabService
     from cowest_app.serving.ui import build_ui
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     config = from_env()
     logging.getLogger("cowest").info("config: %s", config)
+    restored = restore_from_hub(config)  # a wiped disk (a Space restart) gets its adapters and log back first
     service = CollabService.build(config)
-    control = build_control(config, service)
+    control = build_control(config, service, restored.summary() if restored.changed else None)
     demo = build_ui(service, control)
     # Bounded: under overload a request is refused ("Queue is full") instead of piling up in memory.
     demo.queue(default_concurrency_limit=config.concurrency, max_size=config.queue_max_size)

@@ -237,7 +237,10 @@ _FIELD_KINDS: dict[str, type] = {
 }
 
 
-def from_env(env: Mapping[str, str] | None = None) -> AppConfig:
+SPACE_STORAGE = Path("/data")  # where a Space mounts its persistent storage, when it has some
+
+
+def from_env(env: Mapping[str, str] | None = None, space_storage: Path = SPACE_STORAGE) -> AppConfig:
     env = os.environ if env is None else env
     values: dict[str, object] = {}
     for var, (name, _) in ENV_VARS.items():
@@ -256,6 +259,10 @@ def from_env(env: Mapping[str, str] | None = None) -> AppConfig:
         # A public app is where one client can flood the feedback; a local
         # single-user install would never train under a per-session cap.
         values.setdefault("max_session_share", 0.2)
+        if space_storage.is_dir() and os.access(space_storage, os.W_OK):
+            # Persistent storage survives restarts: the log, adapters and the converted models live there.
+            values.setdefault("data_dir", space_storage / "cowest")
+            values.setdefault("cache_dir", space_storage / "cowest-cache")
 
     secrets = {name: env.get(var) or None for var, (name, _) in SECRET_VARS.items()}
     if not secrets["strong_api_token"]:

@@ -51,8 +51,9 @@ class AdminGate:
 
 class TrainingControl:
     def __init__(self, config: AppConfig, service: Any, registry: AdapterRegistry, publisher: Any | None = None,
-                 start: bool = True) -> None:
+                 start: bool = True, restored: str | None = None) -> None:
         self.config = config
+        self.restored = restored  # what start-up brought back from the Hub, for the Training tab
         self.registry = registry
         self.publisher = publisher
         self.gate = AdminGate(config.secrets.admin_secret)
@@ -162,15 +163,31 @@ class TrainingControl:
                 "held-out (candidate)": _fmt(m.get("candidate_score")),
                 "held-out (previous)": _fmt(m.get("active_score")),
                 "created": meta.created_at,
-                "hub": meta.hub.get("tag", "") if meta.hub else "",
+                "hub": self.hub_state(pack or self.job.pack.name, meta),
                 "error": (meta.error or "")[:120],
             })
         return rows
+
+    def hub_state(self, pack: str, meta: Any) -> str:
+        """pushed (with its tag) / pending / failed, for a version's row in the table."""
+        from cowest_app.hub.publish import hub_tag
+
+        label = hub_tag(pack, meta.version)
+        status = self.publisher.status() if self.publisher is not None else {}
+        for state in ("pending", "failed"):
+            job = next((j for j in status.get(state, []) if j.get("kind", "push") == "push" and j.get("label") == label), None)
+            if job is not None:
+                return f"{state}: {job['last_error']}" if state == "failed" else state
+        if meta.hub.get("state") == "pushed":
+            return f"pushed as {meta.hub['tag']}"
+        return ""
 
     def push_status(self) -> dict[str, Any]:
         status = self.publisher.status() if self.publisher is not None else {}
         if self.log_sync_error:
             status = {**status, "log_sync_error": self.log_sync_error}
+        if self.restored:
+            status = {**status, "restored_at_start": self.restored}
         return status
 
     def download(self, version: str, pack: str | None = None) -> Path:
@@ -192,17 +209,38 @@ class TrainingControl:
             self.log_sync.stop()
 
 
-def build_control(config: AppConfig, service: Any) -> TrainingControl:
-    """Registry, Hub publisher (when a repo is configured) and the scheduled job."""
-    publisher = None
-    if config.hub_repo:
-        from cowest_app.hub.publish import HubPublisher
-
-        publisher = HubPublisher(config.hub_repo, config.secrets.hf_token, config.hub_endpoint,
-                                 queue_path=config.data_dir / "hub_queue.json",
-                                 private=not config.hub_public)
+def build_control(config: AppConfig, service: Any, restored: str | None = None) -> TrainingControl:
+    """Registry, Hub publisher (when a repo is configured) and the scheduled job; `restored`
+    says what start-up brought back from the Hub."""
+    publisher = build_publisher(config)
     registry = AdapterRegistry(config.pack_adapters_dir(config.train_pack or service.default_pack))
-    return TrainingControl(config, service, registry, publisher)
+    return TrainingControl(config, service, registry, publisher, restored=restored)
+
+
+def build_publisher(config: AppConfig):  # -> HubPublisher | None
+    """The adapter repo's push queue; each finished push is written into its version's metadata."""
+    if not config.hub_repo:
+        return None
+    from cowest_app.hub.publish import HubPublisher
+
+    return HubPublisher(config.hub_repo, config.secrets.hf_token, config.hub_endpoint,
+                        queue_path=config.data_dir / "hub_queue.json", private=not config.hub_public,
+                        on_done=lambda entry: record_push(config, entry))
+
+
+def record_push(config: AppConfig, entry: Mapping[str, Any]) -> None:
+    """A finished push (a `HubPublisher.status()["done"]` entry) into its version's `hub` field,
+    which outlives the queue file and names the tag it really got."""
+    pack, label = entry.get("subfolder"), entry.get("label", "")
+    if entry.get("kind", "push") != "push" or not pack or not label.startswith(f"{pack}-"):
+        return
+    registry = AdapterRegistry(config.pack_adapters_dir(pack))
+    version = label[len(pack) + 1:]
+    try:
+        registry.update(version, hub={"tag": entry["version"], "commit": entry["commit_id"], "state": "pushed",
+                                      "note": entry.get("note")})
+    except RegistryError as exc:
+        log.warning("pushed %s but could not record it: %s", label, exc)
 
 
 def _fmt(value: Any) -> str:

@@ -21,7 +21,7 @@ import zipfile
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 from cowest_app.hub.publish import RELEASE_FILES, WEIGHT_FILES
 from cowest_app.files import write_atomic
@@ -120,9 +120,11 @@ class AdapterRegistry:
         name = pointer.read_text().strip()
         return self.get(name) if name else None
 
-    def next_version(self) -> str:
-        numbers = [version_number(p.name.removeprefix(STAGING_PREFIX)) for p in self.root.iterdir()
-                   if _VERSION.match(p.name.removeprefix(STAGING_PREFIX))]
+    def next_version(self, taken: Iterable[str] = ()) -> str:
+        """One above every version here and in `taken` (the pack's versions on the Hub), so a
+        wiped disk never hands out a number that was already published."""
+        names = [p.name.removeprefix(STAGING_PREFIX) for p in self.root.iterdir()] + list(taken)
+        numbers = [version_number(name) for name in names if _VERSION.match(name)]
         return f"v{max(numbers, default=0) + 1}"
 
     # -- writing -----------------------------------------------------------
@@ -154,6 +156,22 @@ class AdapterRegistry:
                                            if (staged / name).is_file()})
         self._write_meta(staged, meta)
         os.replace(staged, target)  # atomic: the version appears complete or not at all
+        return meta
+
+    def adopt(self, staged: Path, meta: AdapterVersion) -> AdapterVersion:
+        """Make a staging directory version `meta.version` as `meta` describes it, after checking
+        its files against the sha256 recorded in `meta` (a version downloaded from the Hub)."""
+        if not meta.files_sha256:
+            raise RegistryError(f"{meta.version}: no recorded sha256 to check its files against")
+        for name, recorded in meta.files_sha256.items():
+            actual = _sha256(staged / name) if (staged / name).is_file() else "missing"
+            if actual != recorded:
+                raise RegistryError(f"{meta.version}: {name} does not match its recorded sha256 "
+                                    f"({actual[:12]} != {recorded[:12]})")
+        if self.path(meta.version).exists():
+            raise RegistryError(f"version {meta.version} already exists")
+        self._write_meta(staged, meta)
+        os.replace(staged, self.path(meta.version))
         return meta
 
     def import_adapter(self, source: Path, promote: bool = True, **fields: Any) -> AdapterVersion:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -196,6 +197,10 @@ class TrainingJob:
             active = drafting_version(self.service.weak.describe(), slot)
             raise JobError(f"{exc}; the active adapter is still {active}") from exc
         registry.promote(version)
+        if self.publisher is not None:  # the Hub's `<pack>-active` tag follows what is served
+            from cowest_app.hub.publish import active_tag, hub_tag
+
+            self.publisher.enqueue_active(active_tag(slot), hub_tag(slot, version) if version else None)
         return f"{slot}: active adapter is now {version or 'base'}"
 
     # -- the cycle -----------------------------------------------------------
@@ -234,7 +239,7 @@ class TrainingJob:
         if len(pairs) < self.config.train_min_pairs and not force:
             return f"waiting for pairs: {len(pairs)}/{self.config.train_min_pairs}{held}"
 
-        version = self.registry.next_version()
+        version = self.registry.next_version(self.hub_versions())
         staging = self.registry.staging_dir(version)
         self._set(version=version)
         from cowest_app.core.feedback import write_dpo_jsonl
@@ -499,12 +504,27 @@ class TrainingJob:
                          partial(pack.score, item=item)) for item in pack.dev]
 
     def push(self, version: str) -> None:
-        """Queue the version for the Hub: the pack's folder in the repo, tagged `<pack>-vN`."""
-        from cowest_app.hub.publish import hub_tag
+        """Queue the version for the Hub (the pack's folder in the repo, tagged `<pack>-vN`),
+        then the move of the `<pack>-active` tag to it."""
+        from cowest_app.hub.publish import active_tag, hub_tag
 
         card = adapter_card(self.config, self.service.packs[self.pack.name], self.registry, version, self.config.hub_repo)
         self.publisher.enqueue(self.registry.path(version), hub_tag(self.pack.name, version), card,
                                subfolder=self.pack.name)
+        self.publisher.enqueue_active(active_tag(self.pack.name), hub_tag(self.pack.name, version))
+
+    def hub_versions(self) -> list[str]:
+        """This pack's version names already tagged on the Hub ([] without a repo, or when it
+        cannot be reached: a push then still refuses to overwrite a tag with other files)."""
+        if self.publisher is None:
+            return []
+        prefix = f"{self.pack.name}-"
+        try:
+            tags = self.publisher.remote_tags()
+        except Exception as exc:  # noqa: BLE001 - numbering must not fail a run; the push checks again
+            log.warning("could not list the Hub's tags (%s); numbering from the local registry", type(exc).__name__)
+            return []
+        return [tag[len(prefix):] for tag in tags if tag.startswith(prefix) and re.fullmatch(r"v\d+", tag[len(prefix):])]
 
 
 def adapter_card(config: AppConfig, pack: Any, registry: AdapterRegistry, version: str, repo_id: str | None) -> str:

@@ -75,3 +75,13 @@ def test_env_setting_reads_one_setting_as_from_env_does(tmp_path: Path) -> None:
     assert cfg.env_setting("COWEST_CACHE_DIR", {"COWEST_CACHE_DIR": str(tmp_path)}) == tmp_path
     assert cfg.env_setting("COWEST_CACHE_DIR", {"COWEST_CACHE_DIR": "~/c"}) == Path.home() / "c"
     assert cfg.env_setting("COWEST_CACHE_DIR", {}) == cfg.from_env({}).cache_dir
+
+
+def test_a_space_with_persistent_storage_keeps_its_data_there(tmp_path):
+    storage = tmp_path / "data"
+    assert cfg.from_env({"SPACE_ID": "me/cowest"}, space_storage=storage).data_dir == Path("data")  # none mounted
+    storage.mkdir()
+    on_space = cfg.from_env({"SPACE_ID": "me/cowest"}, space_storage=storage)
+    assert (on_space.data_dir, on_space.cache_dir) == (storage / "cowest", storage / "cowest-cache")
+    assert cfg.from_env({"SPACE_ID": "me/cowest", "COWEST_DATA_DIR": "/elsewhere"}, space_storage=storage).data_dir == Path("/elsewhere")
+    assert cfg.from_env({}, space_storage=storage).data_dir == Path("data")  # a local run ignores it

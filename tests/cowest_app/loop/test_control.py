@@ -161,3 +161,43 @@ def test_the_model_card_tells_consumers_what_they_need(tmp_path, tiny_adapters):
     # The drafting template it was trained on (this pack drafts from retrieved passages), and how to load it.
     assert pack.prompts["weak_retrieval"].user in card.text and "{context}" in card.text
     assert 'revision="saltmarsh-formulary-v1", subfolder="saltmarsh-formulary"' in card.text
+
+
+def test_rollback_reaches_the_hub_and_the_table_shows_each_push(tmp_path, tiny_model_dir, tiny_adapters, monkeypatch):
+    from cowest_app.config import Secrets
+    from cowest_app.loop.control import build_control
+    from tests.fakes.hub_server import serve_hub
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    with serve_hub() as hub:
+        config = AppConfig(weak_model=str(tiny_model_dir), weak_4bit=False, data_dir=tmp_path / "data",
+                           packs=("packs/general",), hub_repo="me/adapters", hub_endpoint=hub.endpoint,
+                           secrets=Secrets(admin_secret="s3cret"))
+        service = CollabService(config, TransformersBackend(str(tiny_model_dir)), ScriptedBackend(["ok"]),
+                                LogStore(config.db_path))
+        control = build_control(config, service)
+        control.publisher.stop()  # started by build_control; held until the table has shown "pending"
+        registry = control.registry
+        for name in ("v1", "v2"):
+            registry.import_adapter(tiny_adapters[name])
+            control.job.push(name)
+        assert [row["hub"] for row in control.history()] == ["pending", "pending"]
+        control.publisher.start()
+        assert control.publisher.wait_idle(timeout=30), control.publisher.status()
+        assert [row["hub"] for row in control.history()] == ["pushed as general-v2", "pushed as general-v1"]
+        tags = hub.repo("me/adapters").tags
+        assert tags["general-active"] == tags["general-v2"]
+
+        assert control.rollback("s3cret", "v1") == "general: active adapter is now v1"
+        assert control.publisher.wait_idle(timeout=30)
+        assert hub.repo("me/adapters").tags["general-active"] == tags["general-v1"]
+        control.rollback("s3cret", None)
+        assert control.publisher.wait_idle(timeout=30)
+        assert "general-active" not in hub.repo("me/adapters").tags
+
+        hub.fail_next(100, status=403)  # a push that fails for good is shown with its reason
+        registry.import_adapter(tiny_adapters["v2"], promote=False)
+        control.job.push("v3")
+        wait = control.publisher.wait_idle(timeout=30)
+        assert wait and control.history()[0]["hub"].startswith("failed: authentication failed (HTTP 403)")
+        control.shutdown()
