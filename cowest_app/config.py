@@ -70,6 +70,8 @@ class AppConfig:
     max_comment_chars: int = 2000
     asks_per_minute: int = 12
     feedback_per_minute: int = 30
+    global_asks_per_minute: int = 0  # across all sessions; 60 by default on a Space (see from_env)
+    global_feedback_per_minute: int = 0  # across all sessions; 240 by default on a Space
     weak_max_new_tokens: int = 192
     strong_max_new_tokens: int = 256
     temperature: float = 0.0
@@ -136,6 +138,8 @@ ENV_VARS: dict[str, tuple[str, str]] = {
     "COWEST_MAX_COMMENT_CHARS": ("max_comment_chars", "longest accepted feedback comment"),
     "COWEST_ASKS_PER_MINUTE": ("asks_per_minute", "questions one browser session may ask per minute; more get a \"too fast\" message and are not logged (`0` = no limit)"),
     "COWEST_FEEDBACK_PER_MINUTE": ("feedback_per_minute", "feedback events (votes, choices, comments) one browser session may send per minute; more are refused and not logged (`0` = no limit)"),
+    "COWEST_GLOBAL_ASKS_PER_MINUTE": ("global_asks_per_minute", "questions all sessions together may ask per minute, so a script opening a new session per request is still bounded (`0` = no limit; `60` by default on a Space)"),
+    "COWEST_GLOBAL_FEEDBACK_PER_MINUTE": ("global_feedback_per_minute", "feedback events all sessions together may send per minute (`0` = no limit; `240` by default on a Space)"),
     "COWEST_WEAK_MAX_NEW_TOKENS": ("weak_max_new_tokens", "token budget of the weak draft"),
     "COWEST_STRONG_MAX_NEW_TOKENS": ("strong_max_new_tokens", "token budget of the strong answer"),
     "COWEST_TEMPERATURE": ("temperature", "sampling temperature for answers (0 = greedy)"),
@@ -218,6 +222,8 @@ _FIELD_KINDS: dict[str, type] = {
     "max_session_share": float,
     "asks_per_minute": int,
     "feedback_per_minute": int,
+    "global_asks_per_minute": int,
+    "global_feedback_per_minute": int,
     "feedback_file": Path,
     "collect_max_questions": int,
     "eval_file": Path,
@@ -259,6 +265,8 @@ def from_env(env: Mapping[str, str] | None = None, space_storage: Path = SPACE_S
         # A public app is where one client can flood the feedback; a local
         # single-user install would never train under a per-session cap.
         values.setdefault("max_session_share", 0.2)
+        values.setdefault("global_asks_per_minute", 60)
+        values.setdefault("global_feedback_per_minute", 240)
         if space_storage.is_dir() and os.access(space_storage, os.W_OK):
             # Persistent storage survives restarts: the log, adapters and the converted models live there.
             values.setdefault("data_dir", space_storage / "cowest")
@@ -305,7 +313,7 @@ def validate(config: AppConfig) -> None:
             raise ConfigError(f"{name} must be at least 1")
     if not 0 <= config.train_nice <= 19:
         raise ConfigError(f"COWEST_TRAIN_NICE must be in 0..19, got {config.train_nice}")
-    for name in ("asks_per_minute", "feedback_per_minute"):
+    for name in ("asks_per_minute", "feedback_per_minute", "global_asks_per_minute", "global_feedback_per_minute"):
         if getattr(config, name) < 0:
             raise ConfigError(f"{name} must be >= 0 (0 = no limit)")
     if not 0 < config.max_session_share <= 1:

@@ -10,6 +10,11 @@ place, so a reader never sees half an export. Exports contain only what the
 store holds, which has no secrets.
 
     python -m cowest_app.core.export --data-dir data --format parquet --out log.parquet
+    python -m cowest_app.core.export --table pairs --out pairs.jsonl   # the DPO preference pairs
+
+Pairs are written in TRL's conversational preference format (`prompt`, `chosen`,
+`rejected` message lists) with their provenance columns (`cowest_app.core.rows`), so
+`DPOTrainer` reads the file as it is.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from cowest_app.files import atomic_path
 from cowest_app.core.store import INTERACTION_COLUMNS, LogStore
 
 FORMATS = ("jsonl", "parquet")
+TABLES = ("interactions", "pairs")
 DB_NAME = "cowest.sqlite3"
 
 
@@ -102,6 +108,27 @@ def export_records(store: LogStore, out_path: Path, fmt: str, session_id: str | 
     return out_path, count
 
 
+def export_pairs(store: LogStore, out_path: Path, fmt: str, trainable_only: bool = False) -> tuple[Path, int]:
+    """Every preference pair (or the trainable ones) as JSONL or Parquet rows of `rows.pair_row`."""
+    from cowest_app.core import rows
+
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown export format {fmt!r}; use one of {FORMATS}")
+    records = [rows.pair_row(p) for p in store.iter_pairs(trainable_only=trainable_only)]
+    out_path = Path(out_path)
+    with atomic_path(out_path) as tmp:
+        if fmt == "jsonl":
+            with open(tmp, "w", encoding="utf-8", newline="\n") as fh:
+                fh.writelines(_json_line(r) for r in records)
+        else:
+            from datasets import Dataset, Features
+
+            features = Features._from_yaml_list(rows.card_features("pairs"))
+            columns = {name: [r[name] for r in records] for name in features}
+            Dataset.from_dict(columns, features=features).to_parquet(str(tmp))
+    return out_path, len(records)
+
+
 def export_log(store: LogStore, out_path: Path, fmt: str, session_id: str | None = None) -> Path:
     """The log (with `session_id`: that session's rows only) as JSONL or Parquet at `out_path`."""
     return export_records(store, out_path, fmt, session_id)[0]
@@ -114,6 +141,8 @@ def _default_data_dir() -> Path:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m cowest_app.core.export", description="Export the CoWeSt log.")
     parser.add_argument("--data-dir", type=Path, default=None, help="folder holding cowest.sqlite3 (default: $COWEST_DATA_DIR or ./data)")
+    parser.add_argument("--table", choices=TABLES, default="interactions",
+                        help="interactions with their feedback (default), or the DPO preference pairs")
     parser.add_argument("--format", choices=FORMATS, default="jsonl")
     parser.add_argument("--out", type=Path, default=None, help="output file (default: DATA_DIR/exports/cowest-<utc time>.<format>)")
     args = parser.parse_args(argv)
@@ -124,9 +153,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not db_path.is_file():
         print(f"error: no log database at {db_path} (set --data-dir or COWEST_DATA_DIR)", file=sys.stderr)
         return 2
-    out = args.out or data_dir / "exports" / f"cowest-{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}.{args.format}"
-    path, count = export_records(LogStore(db_path), out, args.format)
-    print(f"wrote {count} interactions to {path}")
+    stem = "cowest" if args.table == "interactions" else "cowest-pairs"
+    out = args.out or data_dir / "exports" / f"{stem}-{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}.{args.format}"
+    export = export_records if args.table == "interactions" else export_pairs
+    path, count = export(LogStore(db_path), out, args.format)
+    print(f"wrote {count} {args.table} to {path}")
     return 0
 
 

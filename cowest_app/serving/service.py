@@ -183,6 +183,10 @@ class CollabService:
         self.packs = dict(packs) if packs is not None else load_served_packs(config)
         self.ask_limit = RateLimiter(config.asks_per_minute)
         self.feedback_limit = RateLimiter(config.feedback_per_minute)
+        # Budgets across all sessions: a script opening a new session per request gets past the
+        # per-session limits, not past these.
+        self.global_ask_limit = RateLimiter(config.global_asks_per_minute)
+        self.global_feedback_limit = RateLimiter(config.global_feedback_per_minute)
         self.pipeline = CollaborationPipeline(
             weak,
             strong,
@@ -225,7 +229,7 @@ class CollabService:
         """Stream the stages for a question in one served pack's domain; raises InputError before any work for bad input."""
         pack = self.get_pack(pack_name)
         text = prompts.validate_question(question, self.config.max_question_chars)
-        self._throttle(self.ask_limit, session_id, "questions")
+        self._throttle(self.ask_limit, self.global_ask_limit, session_id, "questions")
         snap: Snapshot | None = None
         logged = False
         try:
@@ -296,7 +300,7 @@ class CollabService:
         comment = prompts.clean_text(comment) if comment is not None else None
         if comment and len(comment) > self.config.max_comment_chars:
             raise prompts.InputError(f"The comment is {len(comment)} characters long; the limit is {self.config.max_comment_chars}.")
-        self._throttle(self.feedback_limit, session_id, "feedback events")
+        self._throttle(self.feedback_limit, self.global_feedback_limit, session_id, "feedback events")
         try:
             return self.store.log_feedback(
                 Feedback(
@@ -311,8 +315,9 @@ class CollabService:
             message = str(exc)
             raise prompts.InputError(message if len(message) <= 200 else message[:199] + "…") from exc
 
-    def _throttle(self, limiter: RateLimiter, session_id: str | None, what: str) -> None:
-        """Refuse (before anything is logged) a session over its per-minute limit.
+    def _throttle(self, limiter: RateLimiter, shared: RateLimiter, session_id: str | None, what: str) -> None:
+        """Refuse (before anything is logged) a session over its per-minute limit, or any
+        request once all sessions together used up the `shared` budget.
 
         Callers without a session (scripts, benchmarks, the training job) are
         not limited: every request through the web app carries one.
@@ -322,6 +327,10 @@ class CollabService:
         wait = limiter.acquire(str(session_id))
         if wait is not None:
             raise RateLimited(f"Too many {what} from this session: at most {limiter.max_events} a minute. {retry_text(wait)}")
+        # Checked second, so a session refused above never spends the budget everyone shares.
+        if (wait := shared.acquire("all")) is not None:
+            raise RateLimited(f"The app is receiving too many {what} from all users right now "
+                              f"(at most {shared.max_events} a minute). {retry_text(wait)}")
 
     # -- export and facts ------------------------------------------------
     def export(self, fmt: str, session_id: str | None = None) -> Path:

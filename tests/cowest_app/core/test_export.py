@@ -10,7 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from cowest_app.core.export import export_log, export_records, main
-from cowest_app.core.store import Feedback, Interaction, LogStore
+from cowest_app.core.store import Feedback, Interaction, LogStore, PreferencePair
 
 AWKWARD = "emoji 🤖 中文 NUL\x00 line\u2028sep\x85 nl\n cr\r \ud83d lone"
 
@@ -137,3 +137,21 @@ def test_cli_bad_format_is_usage_error(tmp_path: Path) -> None:
     with pytest.raises(SystemExit) as exc:
         main(["--data-dir", str(tmp_path), "--format", "csv"])
     assert exc.value.code == 2
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "parquet"])
+def test_pairs_export_is_what_dpo_trainer_reads(store: LogStore, tmp_path: Path, capsys, fmt: str) -> None:
+    from datasets import load_dataset
+
+    from tests.cowest_app.core.test_rows import PAIR
+
+    store.log_pair(PreferencePair(**{**PAIR.__dict__, "id": None}))
+    store.log_pair(PreferencePair(**{**PAIR.__dict__, "id": None, "trainable": False, "evaluator": "weak_judge",
+                                     "confidence": 0.55}))
+    out = tmp_path / f"pairs.{fmt}"
+    assert main(["--data-dir", str(store.path.parent), "--table", "pairs", "--format", fmt, "--out", str(out)]) == 0
+    assert "2 pairs" in capsys.readouterr().out
+    pairs = load_dataset("json" if fmt == "jsonl" else "parquet", data_files=str(out), split="train")
+    assert pairs["evaluator"] == ["reference", "weak_judge"] and pairs["confidence"] == [None, 0.55]
+    assert pairs[0]["prompt"][-1] == {"role": "user", "content": "Which vitamin prevents scurvy?"}
+    assert pairs[0]["chosen"] == [{"role": "assistant", "content": "Background: vitamin C."}]

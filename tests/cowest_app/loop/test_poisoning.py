@@ -223,6 +223,21 @@ def test_feedback_over_the_limit_is_refused_and_not_logged(tmp_path: Path, tiny)
     assert service.store.counts()["feedback"] == 4
 
 
+def test_a_new_session_per_request_still_meets_the_global_budget(tmp_path: Path, tiny) -> None:
+    service = make_service(tmp_path, tiny, asks_per_minute=2, global_asks_per_minute=3, global_feedback_per_minute=2)
+    for n in range(3):  # a script that opens a fresh session for every question
+        assert list(service.ask(f"Q{n}?", "general", session_id=f"fresh-{n}"))[-1].interaction_id
+    with pytest.raises(RateLimited, match=r"too many questions from all users right now \(at most 3 a minute\)"):
+        list(service.ask("Q4?", "general", session_id="fresh-4"))
+    assert service.store.counts()["interactions"] == 3
+    iid = next(service.store.iter_records())["id"]
+    for n in range(2):
+        service.rate(iid, rating="up", session_id=f"voter-{n}")
+    with pytest.raises(RateLimited, match="too many feedback events from all users"):
+        service.rate(iid, rating="up", session_id="voter-9")
+    assert service.store.counts()["feedback"] == 2
+
+
 # -- a flood against honest sessions, through the service and the training job -----
 
 
