@@ -56,4 +56,11 @@ def test_the_space_front_matter_matches_the_pins() -> None:
     # The Hub fallbacks of the packaged models (cowest_app/models/refs.py), so a Space can preload them.
     from cowest_app.models import refs
 
-    assert set(front["models"]) == {ref.hub_id for ref in refs.PACKAGED.values()}
+    assert set(front["models"]) == set(front["preload_from_hub"]) == {ref.hub_id for ref in refs.PACKAGED.values()}
+
+
+def test_a_cpu_space_gets_the_cpu_torch_wheel_of_the_pinned_version() -> None:
+    lines = [line.strip() for line in (ROOT / "pre-requirements.txt").read_text().splitlines()
+             if line.strip() and not line.startswith("#")]
+    pinned = next(line for line in (ROOT / "requirements.txt").read_text().splitlines() if line.startswith("torch=="))
+    assert lines == ["--index-url https://download.pytorch.org/whl/cpu", pinned]
