@@ -113,6 +113,15 @@ class TrainingControl:
         self.gate.check(secret)
         return self.job.rollback(version or None, pack or None)
 
+    def export_pairs(self, secret: str | None, fmt: str = "jsonl") -> Path:
+        """Every preference pair as a file in TRL's conversational format: admins only, since
+        the prompts hold every user's questions."""
+        from cowest_app.core.export import export_pairs
+
+        self.gate.check(secret)
+        out = Path(tempfile.mkdtemp(prefix="cowest-pairs-")) / f"cowest-pairs.{fmt}"
+        return export_pairs(self.service.store, out, fmt)[0]
+
     def retry_pushes(self, secret: str | None) -> str:
         self.gate.check(secret)
         if self.publisher is None:

@@ -201,3 +201,23 @@ def test_rollback_reaches_the_hub_and_the_table_shows_each_push(tmp_path, tiny_m
         wait = control.publisher.wait_idle(timeout=30)
         assert wait and control.history()[0]["hub"].startswith("failed: authentication failed (HTTP 403)")
         control.shutdown()
+
+
+def test_only_an_admin_exports_the_pairs(tmp_path, tiny_model_dir):
+    import json
+
+    import pytest
+
+    from cowest_app.config import Secrets
+    from cowest_app.loop.control import AdminError
+    from tests.cowest_app.core.test_rows import PAIR
+
+    config = AppConfig(weak_model=str(tiny_model_dir), weak_4bit=False, data_dir=tmp_path / "data",
+                       packs=("packs/general",), secrets=Secrets(admin_secret="s3cret"))
+    service = CollabService(config, ScriptedBackend(["d"]), ScriptedBackend(["ok"]), LogStore(config.db_path))
+    service.store.log_pair(PAIR)
+    control = TrainingControl(config, service, AdapterRegistry(config.pack_adapters_dir("general")), start=False)
+    with pytest.raises(AdminError, match="Wrong admin secret"):
+        control.export_pairs("guess")
+    [row] = [json.loads(line) for line in control.export_pairs("s3cret").read_text().splitlines()]
+    assert row["chosen"] == [{"role": "assistant", "content": PAIR.chosen}] and row["evaluator"] == "reference"
