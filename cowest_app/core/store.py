@@ -44,7 +44,8 @@ _SCHEMA = (
         adapter_version TEXT,
         timings TEXT NOT NULL DEFAULT '{}',
         status TEXT NOT NULL,
-        error TEXT
+        error TEXT,
+        client_id TEXT
     )""",
     "CREATE INDEX IF NOT EXISTS interactions_created ON interactions(created_at, id)",
     """CREATE TABLE IF NOT EXISTS feedback (
@@ -89,7 +90,7 @@ _SCHEMA += (
 INTERACTION_COLUMNS = (
     "id", "created_at", "session_id", "domain", "question", "weak_draft", "final_answer",
     "weak_alone", "strong_alone", "weak_model", "strong_model", "adapter_version",
-    "timings", "status", "error",
+    "timings", "status", "error", "client_id",
 )
 FEEDBACK_COLUMNS = ("id", "interaction_id", "created_at", "session_id", "rating", "best", "comment")
 
@@ -115,6 +116,7 @@ class Interaction:
     session_id: str | None = None
     id: str | None = None  # set by the store when None
     created_at: str | None = None  # set by the store when None
+    client_id: str | None = None  # a salted hash of the client's address, never the address itself
 
 
 @dataclass(frozen=True)
@@ -200,6 +202,10 @@ class LogStore:
                 raise StoreError(f"{self.path} has schema v{version}; this code knows up to v{SCHEMA_VERSION}")
             for statement in _SCHEMA:
                 conn.execute(statement)
+            # Columns added after a table first shipped: an existing log gains them, empty.
+            have = {row[1] for row in conn.execute("PRAGMA table_info(interactions)")}
+            if "client_id" not in have:
+                conn.execute("ALTER TABLE interactions ADD COLUMN client_id TEXT")
             if version < SCHEMA_VERSION:
                 conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
 
@@ -313,15 +319,22 @@ class LogStore:
 
     def sessions_of(self, interaction_ids: Iterable[str]) -> dict[str, str | None]:
         """The session that asked each known interaction (unknown ids are left out)."""
+        return self._owners_of(interaction_ids, "session_id")
+
+    def clients_of(self, interaction_ids: Iterable[str]) -> dict[str, str | None]:
+        """The client (hashed address) that asked each known interaction."""
+        return self._owners_of(interaction_ids, "client_id")
+
+    def _owners_of(self, interaction_ids: Iterable[str], column: str) -> dict[str, str | None]:
         ids = sorted(set(interaction_ids))
         out: dict[str, str | None] = {}
         with self._connect() as conn:
             for start in range(0, len(ids), 500):  # stay under SQLite's bound-variable limit
                 chunk = ids[start:start + 500]
                 rows = conn.execute(
-                    f"SELECT id, session_id FROM interactions WHERE id IN ({', '.join('?' * len(chunk))})", chunk
+                    f"SELECT id, {column} FROM interactions WHERE id IN ({', '.join('?' * len(chunk))})", chunk
                 )
-                out.update((row["id"], row["session_id"]) for row in rows)
+                out.update((row["id"], row[column]) for row in rows)
         return out
 
     def counts(self) -> dict[str, int]:

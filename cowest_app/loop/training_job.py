@@ -290,7 +290,8 @@ class TrainingJob:
         Human pairs count only while the votes that made them stand; human
         ratings beat automatic pairs on the same question; and no session may
         own more than `max_session_share` of the set, so one client flooding
-        questions or votes cannot dominate a training run.
+        questions or votes cannot dominate a training run; nor may one client address
+        (where the server knows it), however many sessions it opens.
         """
         from cowest_app.core.feedback import human_pairs, prefer_human
         from cowest_app.loop.feedback_guard import cap_session_share, live_human_pairs
@@ -300,8 +301,10 @@ class TrainingJob:
             live = {tuple(p.interaction_ids) for p in human_pairs(store.iter_records(), self.draft_prompts)}
             window = live_human_pairs(window, live)
         pairs = prefer_human(window)
-        sessions = store.sessions_of(i for p in pairs for i in p.interaction_ids)
-        return cap_session_share(pairs, sessions, self.config.max_session_share)
+        asked = [i for p in pairs for i in p.interaction_ids]
+        pairs = cap_session_share(pairs, store.sessions_of(asked), self.config.max_session_share)
+        # Again per client address: a script opening a new session per request is one client.
+        return cap_session_share(pairs, store.clients_of(asked), self.config.max_session_share)
 
     def last_trained_pair_id(self) -> int:
         trained = [v.last_pair_id for v in self.registry.versions() if v.status != "failed"]

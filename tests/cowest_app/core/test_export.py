@@ -105,7 +105,7 @@ def test_export_adds_no_extra_fields(store: LogStore, tmp_path: Path) -> None:
     assert set(record) == {
         "id", "created_at", "session_id", "domain", "question", "weak_draft", "final_answer",
         "weak_alone", "strong_alone", "weak_model", "strong_model", "adapter_version",
-        "timings", "status", "error", "feedback",
+        "timings", "status", "error", "client_id", "feedback",
     }
 
 

@@ -27,7 +27,7 @@ def test_interaction_and_feedback_rows_read_back() -> None:
     record = {"id": "a1", "created_at": "2026-12-02T10:00:00+00:00", "session_id": "s", "domain": "general",
               "question": "q?", "weak_draft": "d", "final_answer": "f", "weak_alone": None, "strong_alone": None,
               "weak_model": "w", "strong_model": "s", "adapter_version": "v2", "timings": {"weak_s": 1.5},
-              "status": "ok", "error": None}
+              "status": "ok", "error": None, "client_id": "c1"}
     row = rows.interaction_row(record)
     assert row["timings_json"] == '{"weak_s": 1.5}' and "timings" not in row
     assert rows.interaction_from_row(row) == Interaction(**{**record, "timings": {"weak_s": 1.5}})

@@ -285,3 +285,17 @@ def test_concurrent_processes(tmp_path: Path) -> None:
     questions = sorted(r["question"] for r in store.iter_records())
     assert questions == sorted(f"p{p}-{i}" for p in range(2) for i in range(40))
     assert store.counts()["feedback"] == 80
+
+
+def test_a_log_from_before_client_ids_gains_the_column(tmp_path) -> None:
+    import sqlite3
+
+    path = tmp_path / "old.sqlite3"
+    LogStore(path)
+    with sqlite3.connect(path) as conn:  # the table as it shipped before the column existed
+        conn.execute("ALTER TABLE interactions DROP COLUMN client_id")
+        conn.execute("INSERT INTO interactions (id, created_at, domain, question, status) VALUES ('a', 't', 'g', 'q?', 'ok')")
+    store = LogStore(path)
+    assert store.get_interaction("a").client_id is None
+    iid = store.log_interaction(Interaction(domain="g", question="q2?", client_id="h"))
+    assert store.clients_of(["a", iid]) == {"a": None, iid: "h"}

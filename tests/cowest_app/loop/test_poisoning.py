@@ -325,6 +325,26 @@ def test_a_flood_changes_the_training_set_by_at_most_the_cap(tmp_path: Path, tin
     assert not any(p.chosen in finally_down for p in capped if p.evaluator == "human")
 
 
+def test_one_client_opening_a_session_per_question_is_capped_as_one(tmp_path: Path, tiny) -> None:
+    service = make_service(tmp_path, tiny, max_session_share=CAP)
+    for s in HONEST:
+        for k in range(2):
+            auto_pair(service.store, s, k)
+    for k in range(30):  # every question from a fresh session, all from one address
+        question = f"scripted question {k}?"
+        iid = service.store.log_interaction(Interaction(domain="general", question=question, weak_draft="d",
+                                                        session_id=f"fresh-{k}", client_id="one-address"))
+        service.store.log_pair(PreferencePair(domain="general", question=question,
+                                              prompt=served_pack("general").weak_messages(question),
+                                              chosen=f"better {k}", rejected=f"worse {k}", margin=0.5,
+                                              evaluator="weak_judge", confidence=0.9, interaction_ids=(iid,)))
+    window = list(service.store.iter_pairs())
+    kept = build_training_set(service, tmp_path, CAP)
+    clients = service.store.clients_of(i for p in window for i in p.interaction_ids)
+    scripted = [p for p in kept if clients.get(p.interaction_ids[0]) == "one-address"]
+    assert len(scripted) / len(kept) <= CAP and len(kept) - len(scripted) == 10  # the honest pairs all stay
+
+
 def test_training_cycle_reports_held_back_pairs(tmp_path: Path, tiny) -> None:
     service = make_service(tmp_path, tiny, asks_per_minute=0, feedback_per_minute=0, train_min_pairs=1000,
                            max_session_share=CAP)
