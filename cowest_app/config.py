@@ -25,6 +25,8 @@ PROFILES: dict[str, tuple[str, str]] = {
 }
 
 STRONG_BACKENDS = ("transformers", "inference-client")
+WEAK_BACKENDS = ("transformers", "lora-server")
+WEAK_ENGINES = ("vllm", "tgi")
 STRONG_DTYPES = ("auto", "float32", "bfloat16", "float16")
 STRONG_ASSIST_MODES = ("auto", "off", "weak", "prompt-lookup")
 FEEDBACK_EVALUATORS = ("weak_judge", "strong_judge")
@@ -37,6 +39,7 @@ class ConfigError(ValueError):
 @dataclass(frozen=True)
 class Secrets:
     strong_api_token: str | None = field(default=None, repr=False)
+    weak_api_token: str | None = field(default=None, repr=False)
     hf_token: str | None = field(default=None, repr=False)
     admin_secret: str | None = field(default=None, repr=False)
 
@@ -58,6 +61,9 @@ class AppConfig:
     weak_model: str = WEAK_DEFAULT
     weak_adapter: str | None = None
     weak_4bit: bool = True
+    weak_backend: str = "transformers"
+    weak_base_url: str | None = None
+    weak_engine: str = "vllm"
     strong_backend: str = "transformers"
     strong_model: str = STRONG_DEFAULT
     strong_base_url: str | None = None
@@ -126,6 +132,9 @@ ENV_VARS: dict[str, tuple[str, str]] = {
     "COWEST_WEAK_MODEL": ("weak_model", "weak model: Hub repo id, local directory or `packaged:NAME`; overrides the profile"),
     "COWEST_WEAK_ADAPTER": ("weak_adapter", "LoRA adapter for the first pack's weak drafts instead of its registry's active version: local directory or Hub repo id"),
     "COWEST_WEAK_4BIT": ("weak_4bit", "load the weak model in 4-bit NF4 with bitsandbytes (`1`/`0`)"),
+    "COWEST_WEAK_BACKEND": ("weak_backend", "`transformers` (in this process) or `lora-server` (an OpenAI-compatible server that serves each pack's LoRA adapter per request: vLLM or TGI)"),
+    "COWEST_WEAK_BASE_URL": ("weak_base_url", "URL of the weak model's server for `lora-server`, e.g. `http://vllm:8000/v1`; `COWEST_WEAK_MODEL` is the base model's name there"),
+    "COWEST_WEAK_ENGINE": ("weak_engine", "`vllm` (adapters loaded at run time, `VLLM_ALLOW_RUNTIME_LORA_UPDATING=True`) or `tgi` (adapters given at launch in `LORA_ADAPTERS` as `<pack>-<version>`)"),
     "COWEST_STRONG_BACKEND": ("strong_backend", "`transformers` (local weights) or `inference-client` (black-box chat endpoint)"),
     "COWEST_STRONG_MODEL": ("strong_model", "strong model: repo id / directory / `packaged:NAME`, or the model name sent to the endpoint"),
     "COWEST_STRONG_BASE_URL": ("strong_base_url", "endpoint URL for `inference-client` (TGI, vLLM, any OpenAI-compatible server, or Inference Providers)"),
@@ -172,6 +181,7 @@ ENV_VARS: dict[str, tuple[str, str]] = {
 # Secrets: env var -> Secrets field. Read here only.
 SECRET_VARS: dict[str, tuple[str, str]] = {
     "COWEST_STRONG_API_TOKEN": ("strong_api_token", "token for the strong endpoint (falls back to `HF_TOKEN`)"),
+    "COWEST_WEAK_API_TOKEN": ("weak_api_token", "token for the weak model's server (`lora-server`)"),
     "HF_TOKEN": ("hf_token", "Hugging Face token, for private models and adapter pushes"),
     "COWEST_ADMIN_SECRET": ("admin_secret", "secret that unlocks admin actions"),
 }
@@ -293,6 +303,12 @@ def env_setting(var: str, env: Mapping[str, str] | None = None) -> object:
 
 
 def validate(config: AppConfig) -> None:
+    if config.weak_backend not in WEAK_BACKENDS:
+        raise ConfigError(f"COWEST_WEAK_BACKEND={config.weak_backend!r}: expected one of {WEAK_BACKENDS}")
+    if config.weak_engine not in WEAK_ENGINES:
+        raise ConfigError(f"COWEST_WEAK_ENGINE={config.weak_engine!r}: expected one of {WEAK_ENGINES}")
+    if config.weak_backend == "lora-server" and not config.weak_base_url:
+        raise ConfigError("COWEST_WEAK_BACKEND=lora-server needs COWEST_WEAK_BASE_URL (the server's URL)")
     if config.strong_backend not in STRONG_BACKENDS:
         raise ConfigError(f"COWEST_STRONG_BACKEND={config.strong_backend!r}: expected one of {STRONG_BACKENDS}")
     if config.strong_backend == "inference-client" and not (config.strong_base_url or config.strong_model):

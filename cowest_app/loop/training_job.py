@@ -35,6 +35,7 @@ from cowest_app.files import write_atomic
 from cowest_app.loop.registry import AdapterRegistry, AdapterVersion, RegistryError
 
 log = logging.getLogger(__name__)
+CANDIDATE_SLOT = "candidate"  # where a served weak model on a LoRA server holds the adapter under test
 
 ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_EVAL_FILE = Path(__file__).resolve().parents[1] / "data" / "heldout_general.jsonl"
@@ -444,17 +445,27 @@ class TrainingJob:
         `scoring.OptionLikelihood`; otherwise generated text and the metric).
         """
         from cowest_app.models.local import TransformersBackend
+        from cowest_app.models.lora_server import LoraServerBackend
 
         items = self.held_out_items()[: self.config.eval_max_items]
         if not items:
             raise JobError("no held-out questions with references to judge a candidate on")
         weak = self.service.weak
-        contender = TransformersBackend(self.config.weak_model, cache_dir=self.config.cache_dir, load_4bit=self.config.weak_4bit,
-                                        adapter=str(self.registry.path(candidate.version)), adapter_version=candidate.version,
-                                        device=getattr(weak, "device", None))
-        # The served weak model drafts in this pack's slot; the candidate, built alone, in its default one.
-        scores = {"candidate_score": self.gate_score(contender, None, items, "candidate"),
-                  "active_score": self.gate_score(weak, self.pack.name, items, "active adapter")}
+        path = str(self.registry.path(candidate.version))
+        if isinstance(weak, LoraServerBackend):  # the server loads the candidate beside the served adapters
+            weak.swap_adapter(path, candidate.version, CANDIDATE_SLOT)
+            contender, slot = weak, CANDIDATE_SLOT
+        else:  # built alone, so serving keeps its model untouched; it drafts in its default slot
+            contender, slot = TransformersBackend(self.config.weak_model, cache_dir=self.config.cache_dir,
+                                                  load_4bit=self.config.weak_4bit, adapter=path,
+                                                  adapter_version=candidate.version,
+                                                  device=getattr(weak, "device", None)), None
+        try:
+            scores = {"candidate_score": self.gate_score(contender, slot, items, "candidate"),
+                      "active_score": self.gate_score(weak, self.pack.name, items, "active adapter")}
+        finally:
+            if slot is not None:
+                weak.swap_adapter(None, candidate.version, CANDIDATE_SLOT)
         return scores | {"eval_items": len(items)}
 
     def passes(self, scores: dict[str, float]) -> bool:
@@ -465,10 +476,11 @@ class TrainingJob:
         """Mean score of the collaboration with `weak` drafting (in adapter `slot`) on `items`."""
         from cowest_app.core.collaboration import BatchDrafter, StreamingAnswerer, StreamingDrafter, collaborate, relay, run
         from cowest_app.models.local import TransformersBackend
+        from cowest_app.models.lora_server import LoraServerBackend
         from cowest_app.core.scoring import CHOICE_TASKS, OptionLikelihood
 
         draft_opts = GenerationOptions(max_new_tokens=self.config.weak_max_new_tokens, temperature=0.0, adapter=slot)
-        drafter = (BatchDrafter(weak, draft_opts) if isinstance(weak, TransformersBackend)
+        drafter = (BatchDrafter(weak, draft_opts) if isinstance(weak, (TransformersBackend, LoraServerBackend))
                    else StreamingDrafter(weak, draft_opts, draft_opts))
         strong = self.service.strong
         if isinstance(strong, TransformersBackend) and self.pack.task_type in CHOICE_TASKS and self.config.eval_file is None:

@@ -60,6 +60,10 @@ class GenerationOptions:
         return {f.name: getattr(self, f.name) for f in fields(self)}
 
 
+BASE_VERSION = "base"  # the version name shown when no adapter is active
+DEFAULT_SLOT = "default"  # the adapter slot of a backend built with one `adapter`
+
+
 @dataclass(frozen=True)
 class AdapterSlot:
     """The LoRA adapter a weak model serves for one slot (a domain pack)."""
@@ -70,6 +74,10 @@ class AdapterSlot:
 
 class BackendError(RuntimeError):
     """A generation failure with a message that can be shown to users as is."""
+
+
+class AdapterError(BackendError):
+    """An adapter that cannot be loaded; the model that was active stays active."""
 
 
 class Backend(Protocol):
@@ -112,7 +120,7 @@ def register_backend(name: str) -> Callable[[BackendFactory], BackendFactory]:
 
 def create_backend(name: str, **kwargs: Any) -> Backend:
     # Importing the modules registers their backends.
-    from cowest_app.models import local, remote  # noqa: F401
+    from cowest_app.models import local, lora_server, remote  # noqa: F401
 
     if name not in _REGISTRY:
         raise ValueError(f"unknown backend {name!r}; known: {sorted(_REGISTRY)}")

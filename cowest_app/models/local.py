@@ -37,6 +37,9 @@ from transformers import (
 
 from cowest_app.models import refs
 from cowest_app.models.base import (
+    BASE_VERSION,
+    DEFAULT_SLOT,
+    AdapterError,
     AdapterSlot,
     BackendError,
     GenerationOptions,
@@ -49,8 +52,6 @@ from cowest_app.models.base import (
 )
 
 log = logging.getLogger(__name__)
-
-BASE_VERSION = "base"  # the version name shown when no adapter is active
 
 
 def default_device() -> str:
@@ -164,10 +165,6 @@ def reply_logits_processors(options: GenerationOptions, prompt_len: int) -> list
     return processors
 
 
-class AdapterError(BackendError):
-    """An adapter that cannot be loaded; the model that was active stays active."""
-
-
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")
 
@@ -247,7 +244,6 @@ class TextStream:
         self._cancel.set()
 
 
-DEFAULT_SLOT = "default"  # the adapter slot of a backend built with one `adapter`
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,7 @@ from cowest_app.models.base import (
     GenerationOptions,
     Message,
     apply_stop_rules,
+    cut_at_stop,
     options_from,
     register_backend,
 )
@@ -142,6 +143,24 @@ class InferenceClientBackend:
                 f"strong endpoint {self._endpoint_label()} ended the stream after {chunks} chunks "
                 "without finishing the reply (connection dropped?)"
             )
+
+    def complete(self, messages: list[Message], n: int = 1, **opts: Any) -> list[str]:
+        """`n` whole replies in one non-streamed request (`n` choices); servers that return fewer
+        choices (TGI ignores `n`) are asked again until there are `n`."""
+        options = options_from(opts)
+        replies: list[str] = []
+        with self._make_client() as client:
+            while len(replies) < n:
+                try:
+                    out = client.chat_completion(messages, model=self._model, n=n - len(replies),
+                                                 **_sampling_params(options))
+                except Exception as err:  # noqa: BLE001 - every failure must reach users as BackendError
+                    raise self._to_backend_error(err, 0) from None
+                texts = [choice.message.content or "" for choice in out.choices or []]
+                if not texts:
+                    raise BackendError(f"strong endpoint {self._endpoint_label()} returned no choices")
+                replies.extend(cut_at_stop(text, options) for text in texts)
+        return replies[:n]
 
     def _make_client(self) -> InferenceClient:
         if self._base_url is None:

@@ -108,10 +108,14 @@ def adapter_slots(config: AppConfig, packs: Mapping[str, DomainPack]) -> dict[st
 
 def build_weak(config: AppConfig, packs: Mapping[str, DomainPack]) -> Backend:
     """The weak model with every served pack's active adapter, one slot per pack."""
-    from cowest_app.models.local import AdapterError
+    from cowest_app.models.base import AdapterError
 
-    weak = partial(create_backend, "transformers", model=config.weak_model, cache_dir=config.cache_dir,
-                   load_4bit=config.weak_4bit)
+    if config.weak_backend == "lora-server":  # the adapters are loaded on the server, by name
+        weak = partial(create_backend, "lora-server", model=config.weak_model, base_url=config.weak_base_url,
+                       engine=config.weak_engine, token=config.secrets.weak_api_token)
+    else:
+        weak = partial(create_backend, "transformers", model=config.weak_model, cache_dir=config.cache_dir,
+                       load_4bit=config.weak_4bit)
     slots = adapter_slots(config, packs)
     try:
         return weak(adapters=slots)

@@ -7,9 +7,14 @@ Usage:
         server.requests[0].body["messages"]
 
 It speaks just enough of the protocol for real clients (InferenceClient, openai):
-POST /v1/chat/completions (or /chat/completions), JSON replies, and streamed
-`text/event-stream` replies with `data: {chunk}` events, a final chunk with a
+POST /v1/chat/completions (or /chat/completions), JSON replies (`n` choices), and
+streamed `text/event-stream` replies with `data: {chunk}` events, a final chunk with a
 finish_reason and `data: [DONE]`.
+
+With `serve_loras=True` it also plays a vLLM server started with `--enable-lora`:
+`GET /v1/models` lists the base model and the loaded adapters,
+`POST /v1/load_lora_adapter` / `unload_lora_adapter` change them (or are refused, with
+`refuse_adapters`), and a chat request naming an unknown model gets vLLM's 404.
 """
 
 from __future__ import annotations
@@ -47,6 +52,9 @@ class FakeOpenAIServer:
     delay_s: float = 0.0  # wait before sending the response headers
     chunked: bool = True  # chunked transfer encoding; False gives a close-delimited body
     model: str = "fake-model"
+    serve_loras: bool = False  # behave as vLLM with --enable-lora (see the module docstring)
+    loras: dict[str, str] = field(default_factory=dict)  # adapter name -> the path it was loaded from
+    refuse_adapters: bool = False
     requests: list[RecordedRequest] = field(default_factory=list)
 
     _httpd: ThreadingHTTPServer | None = field(default=None, init=False, repr=False)
@@ -116,6 +124,15 @@ class _ChatHandler(BaseHTTPRequestHandler):
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
         pass  # keep test output clean
 
+    def do_GET(self) -> None:  # noqa: N802 - stdlib naming
+        self.close_connection = True
+        self.fake.requests.append(RecordedRequest(self.path, {k.lower(): v for k, v in self.headers.items()}, {}))
+        if self.path.split("?")[0] == "/v1/models" and self.fake.serve_loras:
+            names = [self.fake.model, *self.fake.loras]
+            self._send_json(200, {"object": "list", "data": [{"id": name, "object": "model"} for name in names]})
+        else:
+            self._send_json(404, {"error": {"message": f"no route {self.path}", "type": "not_found"}})
+
     def do_POST(self) -> None:  # noqa: N802 - stdlib naming
         # One request per connection: pooled keep-alive sockets to a stopped
         # server (or a reused port) would otherwise leak between tests.
@@ -136,7 +153,13 @@ class _ChatHandler(BaseHTTPRequestHandler):
             pass  # client timed out or closed early; nothing to tell it
 
     def _respond(self, body: dict[str, Any]) -> None:
-        if self.path.split("?")[0] not in _PATHS:
+        path = self.path.split("?")[0]
+        if self.fake.serve_loras and path in ("/v1/load_lora_adapter", "/v1/unload_lora_adapter"):
+            return self._lora(path, body)
+        if self.fake.serve_loras and path in _PATHS and body.get("model") not in (self.fake.model, *self.fake.loras):
+            message = f"The model `{body.get('model')}` does not exist."
+            return self._send_json(404, {"error": {"message": message, "type": "NotFoundError", "code": 404}})
+        if path not in _PATHS:
             self._send_json(404, {"error": {"message": f"no route {self.path}", "type": "not_found"}})
         elif self.fake.fail_with_status is not None:
             error = {"message": self.fake.error_message, "type": "server_error", "code": self.fake.fail_with_status}
@@ -153,11 +176,30 @@ class _ChatHandler(BaseHTTPRequestHandler):
             return words[:limit], "length"  # one "token" per word
         return words, "stop"
 
+    def _lora(self, path: str, body: dict[str, Any]) -> None:
+        """vLLM's runtime adapter endpoints (plain-text answers, as vLLM gives)."""
+        name = body.get("lora_name", "")
+        if path.endswith("/unload_lora_adapter"):
+            if self.fake.loras.pop(name, None) is None:
+                return self._send_json(404, {"error": {"message": f"The lora adapter '{name}' cannot be found."}})
+            return self._send_json(200, {"message": f"Success: LoRA adapter '{name}' removed successfully."})
+        if self.fake.refuse_adapters:
+            message = f"Loading lora {name} failed: No adapter found for {body.get('lora_path')}"
+            return self._send_json(400, {"error": {"message": message, "type": "BadRequestError"}})
+        if name in self.fake.loras:
+            return self._send_json(400, {"error": {"message": f"The lora adapter '{name}' has already been loaded."}})
+        self.fake.loras[name] = body.get("lora_path", "")
+        return self._send_json(200, {"message": f"Success: LoRA adapter '{name}' added successfully."})
+
     def _completion(self, body: dict[str, Any]) -> dict[str, Any]:
-        words, reason = self._words(body)
-        choice = {"index": 0, "message": {"role": "assistant", "content": "".join(words)}, "finish_reason": reason}
-        usage = {"prompt_tokens": 1, "completion_tokens": len(words), "total_tokens": 1 + len(words)}
-        return {**self._envelope("chat.completion"), "choices": [choice], "usage": usage}
+        choices, tokens = [], 0
+        for index in range(int(body.get("n") or 1)):  # each choice asks `reply` again: a callable may vary
+            words, reason = self._words(body)
+            tokens += len(words)
+            choices.append({"index": index, "message": {"role": "assistant", "content": "".join(words)},
+                            "finish_reason": reason})
+        usage = {"prompt_tokens": 1, "completion_tokens": tokens, "total_tokens": 1 + tokens}
+        return {**self._envelope("chat.completion"), "choices": choices, "usage": usage}
 
     def _stream(self, body: dict[str, Any]) -> None:
         self.send_response(200)
