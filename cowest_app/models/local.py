@@ -131,8 +131,10 @@ def load_causal_lm(path: str, load_4bit: bool, device: str, dtype: torch.dtype |
 class _Cancelled(StoppingCriteria):
     def __init__(self, event: threading.Event) -> None:
         self.event = event
+        self.fired = False  # whether it ended the generation (the event is also set after a normal end)
 
     def __call__(self, input_ids, scores, **kwargs) -> torch.BoolTensor:
+        self.fired = self.fired or self.event.is_set()
         # On the ids' device: generate combines it with its own flags there (a CPU tensor breaks CUDA runs).
         return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device)
 
@@ -510,16 +512,17 @@ class TransformersBackend:
             try:
                 if options.seed is not None:
                     torch.manual_seed(options.seed)
+                cancelled = _Cancelled(cancel)
                 with torch.inference_mode(), active.selected(options.adapter) as model:
                     out = model.generate(
                         **inputs,
                         **self.generation_kwargs(options, prompt_len),
                         **self.assist_kwargs(options),
                         streamer=streamer,
-                        stopping_criteria=self.stopping_criteria(options, prompt_len, _Cancelled(cancel)),
+                        stopping_criteria=self.stopping_criteria(options, prompt_len, cancelled),
                     )
                 # Set before the consumer's join returns: the UI says when a reply was cut short.
-                stream.info.update(finish_reason(out[0, prompt_len:], options.max_new_tokens, cancel.is_set(),
+                stream.info.update(finish_reason(out[0, prompt_len:], options.max_new_tokens, cancelled.fired,
                                                  self.tokenizer.eos_token_id))
             except BaseException as exc:  # reported to the consumer, never lost in the thread
                 stream._errors.append(exc)

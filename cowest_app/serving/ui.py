@@ -189,16 +189,18 @@ CSS = """
 HEAD = """<script>
 (() => {
   const asks = {"question": "ask", "arena-question": "arena-ask"};
+  const questionBox = (e) => e.key === "Enter" && !e.isComposing && e.target.closest
+    && e.target.closest("#question, #arena-question");
   document.addEventListener("keydown", (e) => {
-    if (e.key !== "Enter" || e.isComposing) return;
-    const box = e.target.closest && e.target.closest("#question, #arena-question");
-    if (!box) return;
-    e.stopPropagation();  // Gradio's own handler would submit on Shift+Enter
-    if (e.shiftKey) return;  // the browser writes the newline
-    e.preventDefault();
+    const box = questionBox(e);
+    if (!box || e.shiftKey) return;  // Shift+Enter: the browser writes the newline
+    e.preventDefault();  // also suppresses the keypress
+    e.stopPropagation();
     const button = document.getElementById(asks[box.id]);
     if (button) button.click();
   }, true);
+  // Gradio's own keypress handler submits on Shift+Enter and blocks the newline: keep it out.
+  document.addEventListener("keypress", (e) => { if (questionBox(e)) e.stopPropagation(); }, true);
   document.addEventListener("input", (e) => {
     if (!(e.target.closest && e.target.closest("#question"))) return;
     const counter = document.querySelector("#question-count [data-limit]");
@@ -232,7 +234,7 @@ def history_table(rows: list[dict[str, Any]]) -> list[list[str]]:
              r["status"], r["rating"], r["best"]] for r in rows]
 
 
-def _preview(text: str, limit: int = 120) -> str:
+def _preview(text: str, limit: int = 80) -> str:
     text = " ".join(text.split())
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
@@ -254,7 +256,8 @@ def build_ui(service: CollabService, control: "TrainingControl | None" = None) -
                 arena_tab(service, arena)
             with gr.Tab("History", id="history-tab") as history_tab_block:
                 gr.Markdown("Your questions in this browser session, newest first. Click a row to ask it again.")
-                history = gr.Dataframe(headers=HISTORY_HEADERS, interactive=False, wrap=True, elem_id="history")
+                history = gr.Dataframe(headers=HISTORY_HEADERS, interactive=False, wrap=True, elem_id="history",
+                                       column_widths=["13%", "12%", "27%", "30%", "8%", "5%", "5%"])
                 history_rows = gr.State([])
             with gr.Tab("Log & export", id="log-tab"):
                 counts_md = log_tab(service, control)
