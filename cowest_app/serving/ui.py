@@ -180,7 +180,9 @@ CSS = """
   .answers { flex-direction: column !important; }
   .answers > * { min-width: 100% !important; }
 }
-.answer-box { min-height: 8em; }
+.answer-title { margin-bottom: -0.5em; }
+#stage-table { overflow-x: auto; }
+#stage-table table { min-width: 560px; }
 #question-count .over { color: #b91c1c; font-weight: 600; }
 """
 
@@ -292,7 +294,7 @@ def ask_tab(service: CollabService) -> AskParts:
             with gr.Row():
                 ask_btn = gr.Button("Ask", variant="primary", elem_id="ask")
                 stop_btn = gr.Button("Stop", variant="stop", elem_id="stop")
-    gr.Examples(pack_examples(service), [question, domain])
+    gr.Examples(pack_examples(service), [question, domain], examples_per_page=4)
     with gr.Row(elem_classes="answers"):
         weak_md = _answer_box(STAGE_TITLES[WEAK], "weak-draft")
         final_md = _answer_box(STAGE_TITLES[COLLAB], "final-answer")
@@ -320,8 +322,11 @@ def ask_tab(service: CollabService) -> AskParts:
 
 
 def _answer_box(label: str, elem_id: str) -> gr.Markdown:
-    return gr.Markdown(label=label, show_label=True, container=True, elem_id=elem_id, buttons=["copy"],
-                       elem_classes="answer-box", min_height=160)
+    # A Markdown block shows no label of its own: the title is a line above it.
+    with gr.Column(min_width=0):
+        gr.Markdown(f"**{label}**", elem_classes="answer-title")
+        return gr.Markdown(container=True, elem_id=elem_id, buttons=["copy"], elem_classes="answer-box",
+                           min_height=160)
 
 
 def wire_ask(service: CollabService, p: AskParts, counts_md: gr.Markdown) -> None:
@@ -501,8 +506,8 @@ def arena_tab(service: CollabService, arena: Arena) -> None:
                                  elem_id="arena-domain")
             ask_btn = gr.Button("Compare", variant="primary", elem_id="arena-ask")
     with gr.Row(elem_classes="answers"):
-        answer_a = gr.Markdown(label="Answer A", show_label=True, container=True, elem_id="arena-a", min_height=160)
-        answer_b = gr.Markdown(label="Answer B", show_label=True, container=True, elem_id="arena-b", min_height=160)
+        answer_a = _answer_box("Answer A", "arena-a")
+        answer_b = _answer_box("Answer B", "arena-b")
     status_md = gr.Markdown(elem_id="arena-status")
     with gr.Row():
         vote_a = gr.Button("A is better", elem_id="arena-vote-a")

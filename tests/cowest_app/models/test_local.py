@@ -205,3 +205,21 @@ def test_one_base_serves_one_adapter_per_pack(tiny_model_dir: Path, tiny_adapter
     assert text(backend, "pack-b")[1] == "v2" and backend.describe()["adapters"] == {"pack-b": "v2", "pack-a": "v7"}
     backend.swap_adapter(None, "base", "pack-b")
     assert text(backend, "pack-b") == (text(plain)[0], BASE_VERSION)
+
+
+def test_a_reply_says_why_it_ended(tiny_model_dir: Path):
+    """Cut at the token limit, stopped by its consumer, or ended by itself: the UI labels the first two."""
+    from cowest_app.models.local import finish_reason
+
+    backend = TransformersBackend(str(tiny_model_dir))
+    _, info = greedy(backend, n=6)  # a random tiny model never ends by itself within 6 tokens
+    assert (info["finish_reason"], info["max_new_tokens"]) == ("length", 6)
+    stream = backend.generate(MESSAGES, max_new_tokens=2000)
+    chunks = iter(stream)
+    next(chunks)
+    stream.close()  # what Stop does
+    rest = list(chunks)
+    assert stream.info["finish_reason"] == "cancelled" and len(rest) < 1000
+    eos = backend.tokenizer.eos_token_id
+    assert finish_reason(torch.tensor([5, eos]), 2, False, eos)["finish_reason"] == "stop"
+    assert finish_reason(torch.tensor([5, 6]), 2, False, [eos])["finish_reason"] == "length"
