@@ -173,12 +173,12 @@ def log_counts(service: CollabService) -> str:
 
 
 # -- page style and keys ------------------------------------------------------------
-# Answer boxes side by side on wide screens, stacked below ~700 px.
+# Answer boxes (and other side-by-side rows) stack below ~700 px.
 CSS = """
-.answers { flex-wrap: wrap; }
+.stack-on-phone { flex-wrap: wrap; }
 @media (max-width: 700px) {
-  .answers { flex-direction: column !important; }
-  .answers > * { min-width: 100% !important; }
+  .stack-on-phone { flex-direction: column !important; }
+  .stack-on-phone > * { min-width: 100% !important; }
 }
 .answer-title { margin-bottom: -0.5em; }
 #stage-table { overflow-x: auto; }
@@ -265,8 +265,8 @@ def build_ui(service: CollabService, control: "TrainingControl | None" = None) -
                 counts_md = log_tab(service, control)
             build_evaluation_tab(service.config.data_dir)
             if control is not None:
-                with gr.Tab("Training", id="training-tab"):
-                    training_tab(service, control)
+                with gr.Tab("Training", id="training-tab") as training_block:
+                    training_tab(service, control, training_block)
         wire_ask(service, ask_parts, counts_md)
         wire_history(service, ask_parts, tabs, history_tab_block, history, history_rows)
         demo.load(lambda: (models_banner(service), log_counts(service)), None, [banner, counts_md],
@@ -295,10 +295,10 @@ def ask_tab(service: CollabService) -> AskParts:
                 ask_btn = gr.Button("Ask", variant="primary", elem_id="ask")
                 stop_btn = gr.Button("Stop", variant="stop", elem_id="stop")
     gr.Examples(pack_examples(service), [question, domain], examples_per_page=4)
-    with gr.Row(elem_classes="answers"):
+    with gr.Row(elem_classes="stack-on-phone"):
         weak_md = _answer_box(STAGE_TITLES[WEAK], "weak-draft")
         final_md = _answer_box(STAGE_TITLES[COLLAB], "final-answer")
-    with gr.Row(visible=False, elem_classes="answers") as alone_row:
+    with gr.Row(visible=False, elem_classes="stack-on-phone") as alone_row:
         weak_alone_md = _answer_box(STAGE_TITLES[WEAK_ALONE], "weak-alone")
         strong_alone_md = _answer_box(STAGE_TITLES[STRONG_ALONE], "strong-alone")
     stages_md = gr.Markdown(elem_id="stage-table")
@@ -505,7 +505,7 @@ def arena_tab(service: CollabService, arena: Arena) -> None:
             domain = gr.Dropdown(pack_choices(service), value=service.default_pack, label="Domain",
                                  elem_id="arena-domain")
             ask_btn = gr.Button("Compare", variant="primary", elem_id="arena-ask")
-    with gr.Row(elem_classes="answers"):
+    with gr.Row(elem_classes="stack-on-phone"):
         answer_a = _answer_box("Answer A", "arena-a")
         answer_b = _answer_box("Answer B", "arena-b")
     status_md = gr.Markdown(elem_id="arena-status")
@@ -659,7 +659,7 @@ def push_md(status: dict[str, Any]) -> str:
     return text
 
 
-def training_tab(service: CollabService, control: "TrainingControl") -> None:
+def training_tab(service: CollabService, control: "TrainingControl", tab: gr.Tab) -> None:
     import pandas as pd
 
     from cowest_app.loop.control import AdminError
@@ -673,7 +673,7 @@ def training_tab(service: CollabService, control: "TrainingControl") -> None:
                 + admin_hint(control), elem_id="training-admin-hint")
     state_md = gr.Markdown(elem_id="training-state")
     next_md = gr.Markdown(elem_id="training-next")
-    with gr.Row():
+    with gr.Row(elem_classes="stack-on-phone"):
         pairs_md = gr.Markdown(elem_id="training-pairs")
         active_md = gr.Markdown(elem_id="training-active")
     curve_empty = gr.Markdown(NO_CURVE, elem_id="training-curve-empty")
@@ -716,6 +716,7 @@ def training_tab(service: CollabService, control: "TrainingControl") -> None:
     outputs = [state_md, next_md, pairs_md, active_md, curve_empty, plot, hub_md, history, version_pick]
     gr.Timer(2.0).tick(refresh, [pack_pick, version_pick], outputs, api_visibility="private", show_progress="hidden")
     pack_pick.change(refresh, [pack_pick, version_pick], outputs, api_visibility="private", show_progress="hidden")
+    tab.select(refresh, [pack_pick, version_pick], outputs, api_visibility="private", show_progress="hidden")
 
     def admin(action):
         def run(*args):

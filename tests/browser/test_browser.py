@@ -404,6 +404,8 @@ def test_every_tab_at_desktop_and_phone_width(browser, app_url: str, artifacts_d
                 page.locator(".overflow-menu button, button.overflow-menu").first.click()
                 tab = page.get_by_role("tab", name=name).or_(page.get_by_role("button", name=name)).first
             tab.click()
+            if name == "Training":
+                expect(page.locator("#training-state")).to_contain_text("State:", timeout=15_000)
             page.wait_for_timeout(500)
             slug = re.sub(r"\W+", "-", name.lower()).strip("-")
             page.screenshot(path=artifacts_dir / f"tab-{slug}-{width}.png", full_page=True)
