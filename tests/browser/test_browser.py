@@ -334,6 +334,8 @@ def test_user_errors_are_a_toast_without_error_badges(page: Page, app_data: Path
     log = (app_data / "server.log").read_text()
     assert "refused: Please type a question first." in log
     assert "Traceback" not in log
+    # Quiet start: bitsandbytes' note on its optional kernel package (CPUs with AVX512-BF16 only) is one INFO line.
+    assert "WARNING bitsandbytes" not in log and "No module named 'kernels'" not in log
 
 
 def test_history_lists_my_questions_newest_first_and_asks_again(page: Page, app_data: Path):
@@ -425,6 +427,7 @@ def test_stop_ends_both_stages_within_a_second_and_logs_cancelled(browser, tmp_p
             expect(final_row).to_contain_text("stopped", timeout=10_000)
             elapsed = time.monotonic() - started
             # ~1 s is the goal; the shared 2-core test machine gets slack.
+            print(f"Stop to 'stopped' on screen: {elapsed:.2f} s")
             assert elapsed < 3.0, f"Stop took {elapsed:.1f} s"
             expect(page.locator("#feedback-message")).to_contain_text("logged as cancelled")
             [row] = db_rows(data_dir, "SELECT status, final_answer FROM interactions")

@@ -223,3 +223,17 @@ def test_a_reply_says_why_it_ended(tiny_model_dir: Path):
     eos = backend.tokenizer.eos_token_id
     assert finish_reason(torch.tensor([5, eos]), 2, False, eos)["finish_reason"] == "stop"
     assert finish_reason(torch.tensor([5, 6]), 2, False, [eos])["finish_reason"] == "length"
+
+
+def test_the_missing_optional_kernels_package_is_one_calm_info_line(caplog):
+    """bitsandbytes warns on import when `kernels` is missing; the app says it in one INFO line."""
+    import logging
+
+    import cowest_app.models.local  # noqa: F401 - installs the filter
+
+    logger = logging.getLogger("bitsandbytes.backends.cpu.ops")
+    with caplog.at_level(logging.INFO, logger="bitsandbytes.backends.cpu.ops"):
+        logger.warning("Failed to load CPU gemm_4bit_forward from kernels-community: %s. Please make sure ...",
+                       ModuleNotFoundError("No module named 'kernels'"))
+    [record] = [r for r in caplog.records if r.name == "bitsandbytes.backends.cpu.ops"]
+    assert record.levelname == "INFO" and "optional package `kernels` not installed" in record.getMessage()

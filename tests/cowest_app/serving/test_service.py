@@ -183,20 +183,24 @@ def test_packs_that_cannot_be_served_stop_the_start_with_a_clear_error(tmp_path:
         load_served_packs(AppConfig(packs=("packs/general",), train_pack="medicine"))
 
 
-def test_stop_ends_both_stages_fast_and_logs_the_run_as_cancelled(tmp_path: Path, tiny):
-    """Stop comes from another request (thread) while the run waits on the model."""
+@pytest.mark.parametrize("stop_in", ["weak_draft", "final_answer"])
+def test_stop_ends_both_stages_fast_and_logs_the_run_as_cancelled(tmp_path: Path, tiny, stop_in: str):
+    """Stop comes from another request (thread) while the run waits on the model; stopping the
+    draft also means the strong stage never starts."""
     import threading
     import time
 
     from cowest_app.serving.pipeline import COLLAB, WEAK
 
-    config = AppConfig(data_dir=tmp_path, weak_max_new_tokens=8, strong_max_new_tokens=3000)
+    # The stage to stop gets a budget of several seconds; the other a short one.
+    budget = {WEAK: "weak_max_new_tokens", COLLAB: "strong_max_new_tokens"}[stop_in]
+    config = AppConfig(data_dir=tmp_path, **{"weak_max_new_tokens": 8, "strong_max_new_tokens": 8, budget: 3000})
     service = CollabService(config, tiny, tiny, LogStore(config.db_path))
     updates = []
     consumer = threading.Thread(target=lambda: updates.extend(service.ask("Tell me all.", "general", session_id="s1")))
     consumer.start()
     deadline = time.monotonic() + 60
-    while not (updates and updates[-1].snapshot.stages[COLLAB].text) and time.monotonic() < deadline:
+    while not (updates and updates[-1].snapshot.stages[stop_in].text) and time.monotonic() < deadline:
         time.sleep(0.01)
     started = time.monotonic()
     assert service.stop("s1")
@@ -204,9 +208,14 @@ def test_stop_ends_both_stages_fast_and_logs_the_run_as_cancelled(tmp_path: Path
     assert not consumer.is_alive() and time.monotonic() - started < 1.5
     last = updates[-1]
     assert last.stopped and last.interaction_id
-    assert last.snapshot.stages[COLLAB].status == "stopped" and last.snapshot.stages[WEAK].status == "done"
+    stages = last.snapshot.stages
+    assert stages[stop_in].status == "stopped"
+    if stop_in == WEAK:
+        assert stages[COLLAB].status == "stopped" and stages[COLLAB].text == ""  # never started
+    else:
+        assert stages[WEAK].status == "done"
     row = service.store.get_interaction(last.interaction_id)
-    assert row.status == "cancelled" and row.final_answer == last.snapshot.stages[COLLAB].text
+    assert row.status == "cancelled" and row.final_answer == stages[COLLAB].text
     assert not service.stop("s1")  # nothing left running
     assert not service.stop(None)
 
