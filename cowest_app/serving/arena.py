@@ -1,5 +1,8 @@
 """Compare versions (the arena): two weak-model versions answer one question side by side.
 
+The two are a pack's active adapter version and either its previous version
+(loaded into a slot of its own on first use) or the bare base model.
+
 Each side drafts with its own adapter version and the same strong model refines
 its draft, so the two final answers differ only by the weak model's version.
 The sides are shown as "A" and "B" in random order; which version wrote which
@@ -29,6 +32,8 @@ log = logging.getLogger(__name__)
 
 SIDES = ("A", "B")
 BASE = "base"
+PREVIOUS = "previous"  # what a round compares the active version with: its previous version, or the base
+OPPONENTS = (PREVIOUS, BASE)
 # A slot no weak model has: drafting with it runs the bare base model, no adapter.
 BASE_SLOT = "__arena_base__"
 MAX_OPEN_ROUNDS = 1000  # rounds waiting for a vote, oldest dropped first (memory stays bounded)
@@ -78,20 +83,47 @@ class Arena:
         self._rounds: dict[str, Round] = {}
         self._lock = threading.Lock()
 
-    def contenders(self, pack: str) -> tuple[Contender, Contender]:
-        """The pack's active adapter version against the bare base model."""
+    def contenders(self, pack: str, against: str = PREVIOUS) -> tuple[Contender, Contender]:
+        """The pack's active adapter version against its previous version (`against="previous"`,
+        when there is one) or the bare base model."""
+        if against not in OPPONENTS:
+            raise prompts.InputError(f"Compare against {' or '.join(OPPONENTS)}, not {prompts.shown(against)}.")
         active = (self.service.weak.describe().get("adapters") or {}).get(pack)
         if not active:
             raise prompts.InputError(f"The {pack} pack has no trained adapter yet, so there is only the base model: "
                                      "nothing to compare. Rate answers on the Ask tab to train one.")
-        return Contender(active, pack), Contender(BASE, BASE_SLOT)
+        previous = self._previous(pack, active) if against == PREVIOUS else None
+        return Contender(active, pack), previous or Contender(BASE, BASE_SLOT)
 
-    def run(self, question: Any, pack_name: Any, session_id: str | None = None) -> Iterator[ArenaUpdate]:
+    def _previous(self, pack: str, active: str) -> Contender | None:
+        """The newest usable version older than the active one, loaded into its own slot on first use."""
+        from cowest_app.loop.registry import AdapterRegistry, RegistryError, version_number
+
+        registry = AdapterRegistry(self.service.config.pack_adapters_dir(pack))
+        try:
+            older = [v for v in registry.versions() if v.status != "failed" and v.number < version_number(active)]
+        except (RegistryError, ValueError):  # an adapter not from the registry (COWEST_WEAK_ADAPTER)
+            return None
+        swap = getattr(self.service.weak, "swap_adapter", None)
+        if not older or swap is None:
+            return None
+        version = older[-1].version
+        slot = f"{pack}@{version}"
+        if slot not in (self.service.weak.describe().get("adapters") or {}):
+            try:  # once per version: the weak model is rebuilt with one more adapter slot
+                swap(str(registry.verified_path(version)), version, slot)
+            except Exception as exc:  # a damaged old version must not break the comparison
+                log.error("arena: cannot load %s of %s, comparing with the base model: %s", version, pack, exc)
+                return None
+        return Contender(version, slot)
+
+    def run(self, question: Any, pack_name: Any, session_id: str | None = None,
+            against: str = PREVIOUS) -> Iterator[ArenaUpdate]:
         """Both sides, A then B, streamed; the last update carries the round id to vote on."""
         service = self.service
         pack = service.get_pack(pack_name)
         text = prompts.validate_question(question, service.config.max_question_chars)
-        pair = list(self.contenders(pack.name))
+        pair = list(self.contenders(pack.name, against))
         service._throttle(service.ask_limit, session_id, "questions")
         self.rng.shuffle(pair)  # anonymised: the order says nothing about which is which
         prompt_set = pack.prompt_set(grounded=pack.retrieval_passages > 0)

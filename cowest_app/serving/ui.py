@@ -495,15 +495,19 @@ def log_tab(service: CollabService, control: "TrainingControl | None") -> gr.Mar
 
 def arena_tab(service: CollabService, arena: Arena) -> None:
     gr.Markdown(
-        "Two versions of the weak model — the domain's active adapter and the bare base model — each draft an "
-        "answer that the same strong model refines. You see them as **A** and **B** in random order; which is "
-        "which is revealed after your vote. Your vote is stored as a human preference pair for training.")
+        "Two versions of the weak model — the domain's active adapter and its previous version (or the bare base "
+        "model) — each draft an answer that the same strong model refines. You see them as **A** and **B** in "
+        "random order; which is which is revealed after your vote. Your vote is stored as a human preference "
+        "pair for training.")
     with gr.Row():
         question = gr.Textbox(label="Question", lines=2, scale=4, elem_id="arena-question",
                               placeholder="Ask a domain question… (Enter compares)")
         with gr.Column(scale=1, min_width=220):
             domain = gr.Dropdown(pack_choices(service), value=service.default_pack, label="Domain",
                                  elem_id="arena-domain")
+            against = gr.Radio([("its previous version", "previous"), ("the base model", "base")], value="previous",
+                               label="Compare the active version with", elem_id="arena-against",
+                               info="No previous version yet: the base model.")
             ask_btn = gr.Button("Compare", variant="primary", elem_id="arena-ask")
     with gr.Row(elem_classes="stack-on-phone"):
         answer_a = _answer_box("Answer A", "arena-a")
@@ -515,9 +519,9 @@ def arena_tab(service: CollabService, arena: Arena) -> None:
     reveal_md = gr.Markdown(elem_id="arena-reveal")
     round_id = gr.State(None)
 
-    def on_compare(q: str, d: str, request: gr.Request):
+    def on_compare(q: str, d: str, vs: str, request: gr.Request):
         try:
-            for update in arena.run(q, d, session_id=_session(request)):
+            for update in arena.run(q, d, session_id=_session(request), against=vs):
                 a, b = (update.snapshots.get(side) for side in ("A", "B"))
                 status = "Both done: which answer is better?" if update.round_id else "Answering…"
                 yield (answer_markdown(a.stages[COLLAB].text) if a else "",
@@ -539,7 +543,7 @@ def arena_tab(service: CollabService, arena: Arena) -> None:
 
         return handler
 
-    ask_btn.click(on_compare, [question, domain], [answer_a, answer_b, status_md, reveal_md, round_id],
+    ask_btn.click(on_compare, [question, domain, against], [answer_a, answer_b, status_md, reveal_md, round_id],
                   api_visibility="private")
     vote_a.click(on_vote("A"), round_id, [reveal_md, round_id], api_visibility="private")
     vote_b.click(on_vote("B"), round_id, [reveal_md, round_id], api_visibility="private")

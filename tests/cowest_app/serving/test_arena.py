@@ -14,6 +14,7 @@ from cowest_app.models.base import AdapterSlot
 from cowest_app.models.local import TransformersBackend
 from cowest_app.serving.arena import BASE, Arena
 from cowest_app.serving.service import CollabService
+from tests.conftest import make_lora_adapter
 
 
 @pytest.fixture(scope="module")
@@ -75,3 +76,29 @@ def test_a_pack_without_an_adapter_has_nothing_to_compare(service: CollabService
     with pytest.raises(InputError, match="type a question"):
         list(Arena(service).run("  ", "general"))
     assert list(service.store.iter_records()) == []  # refused before any work
+
+
+def test_the_active_version_meets_its_previous_one(tmp_path: Path, tiny_model_dir: Path):
+    """With v1 and v2 registered and v2 active, a round compares v2 with v1 (loaded on first use)."""
+    from cowest_app.loop.registry import AdapterRegistry, AdapterVersion
+
+    config = AppConfig(data_dir=tmp_path, weak_max_new_tokens=8, strong_max_new_tokens=8)
+    registry = AdapterRegistry(config.pack_adapters_dir("general"))
+    for seed, version in enumerate(("v1", "v2"), start=1):
+        staged = make_lora_adapter(tiny_model_dir, registry.staging_dir(version), seed=seed)
+        registry.register(staged, AdapterVersion(version=version, status="candidate", base_model=str(tiny_model_dir)))
+    registry.promote("v2")
+    weak = TransformersBackend(str(tiny_model_dir),
+                               adapters={"general": AdapterSlot(str(registry.verified_path("v2")), "v2")})
+    service = CollabService(config, weak, weak, LogStore(config.db_path))
+    arena = Arena(service, random.Random(1))
+    assert [c.version for c in arena.contenders("general")] == ["v2", "v1"]
+    assert weak.adapter_versions()["general@v1"] == "v1"
+    assert [c.version for c in arena.contenders("general", "base")] == ["v2", BASE]
+    last = play(arena)
+    assert sorted(s.stages["weak_draft"].info["adapter_version"] for s in last.snapshots.values()) == ["v1", "v2"]
+    verdict = arena.vote(last.round_id, "A", session_id="s1")
+    [pair] = list(service.store.iter_pairs(trainable_only=False))
+    assert {pair.details["winner_version"], pair.details["loser_version"]} == {"v1", "v2"} == set(verdict.versions.values())
+    with pytest.raises(InputError, match="Compare against"):
+        arena.contenders("general", "v0")
