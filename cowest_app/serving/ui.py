@@ -507,7 +507,7 @@ def arena_tab(service: CollabService, arena: Arena) -> None:
                                  elem_id="arena-domain")
             against = gr.Radio([("its previous version", "previous"), ("the base model", "base")], value="previous",
                                label="Compare the active version with", elem_id="arena-against",
-                               info="No previous version yet: the base model.")
+                               info="With no previous version, the base model.")
             ask_btn = gr.Button("Compare", variant="primary", elem_id="arena-ask")
     with gr.Row(elem_classes="stack-on-phone"):
         answer_a = _answer_box("Answer A", "arena-a")
