@@ -377,6 +377,9 @@ def _rating_target(question: str, interaction_id: str, stopped: bool) -> str:
 def wire_rating(service: CollabService, p: AskParts, counts_md: gr.Markdown) -> None:
     def rate_with(rating: str | None):
         def handler(iid: str, choice: str | None, text: str, request: gr.Request):
+            if not iid:  # the id is cleared while an answer is still being written
+                refuse(prompts.InputError("Nothing to rate yet: ask a question, and rate once its answer is done."))
+                return gr.skip(), gr.skip()
             try:
                 message = rate(service, rating, iid, choice, text, request)
             except prompts.InputError as exc:

@@ -322,7 +322,8 @@ def test_user_errors_are_a_toast_without_error_badges(page: Page, app_data: Path
     page.locator("#ask").click()  # empty question
     expect(page.get_by_text("Please type a question first.")).to_be_visible(timeout=15_000)
     page.locator("#rate-up").click()  # nothing to rate yet
-    expect(page.get_by_text("Ask a question first, then rate its answer.")).to_be_visible(timeout=15_000)
+    expect(page.get_by_text("Nothing to rate yet: ask a question, and rate once its answer is done.")).to_be_visible(
+        timeout=15_000)
     box = page.locator("#question textarea")
     box.fill("x" * 2001)
     assert len(box.input_value()) == 2001  # kept whole, not cut silently
