@@ -40,7 +40,9 @@ from cowest_app.core.store import answered
 from cowest_app.serving.service import CollabService, build_weak, load_served_packs
 from cowest_app.core.store import LogStore, storable as store_clean
 from cowest_app.loop.training_job import JobError, TrainingJob
-from cowest_app.serving.ui import _escape, answer_markdown, build_ui, job_state_md, stage_table, user_error
+from cowest_app.serving.text import _escape, user_error
+from cowest_app.serving.training_view import job_state_md
+from cowest_app.serving.ui import answer_markdown, build_ui, stage_table
 from tests.fakes.openai_server import serve_openai
 from tests.served import SERVED_NAMES
 

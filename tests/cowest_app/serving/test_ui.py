@@ -1,18 +1,10 @@
-"""The UI's text builders: the model banner, the rating choices, the Training tab's explanations."""
+"""The UI's text builders: the model banner, the rating choices, history rows, answer escaping."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from cowest_app.serving.ui import (
-    NO_CURVE,
-    answer_markdown,
-    best_choices,
-    history_table,
-    model_card,
-    model_line,
-    pair_counts_md,
-)
+from cowest_app.serving.ui import answer_markdown, best_choices, history_table, model_card, model_line
 
 
 def test_model_cards_link_to_the_hub_and_local_models_do_not():
@@ -37,15 +29,6 @@ def test_the_banner_line_says_role_name_kind_size_and_quantisation(tiny_model_di
 def test_best_offers_exactly_the_answers_shown():
     assert [key for _, key in best_choices(False)] == ["collab", "weak"]
     assert [key for _, key in best_choices(True)] == ["collab", "weak", "strong"]
-
-
-def test_pair_counts_say_how_far_the_next_run_is():
-    counts = {"human": {"total": 3, "trainable": 2}, "reference": {"total": 0, "trainable": 0}}
-    text = pair_counts_md(counts, waiting=2, needed=32)
-    assert text.startswith("**2 of 32** new trainable pairs needed for the next run.")
-    assert "| human | 3 | 2 |" in text and "Ratings become pairs when a run starts" in text
-    assert "enough" in pair_counts_md(counts, waiting=40, needed=32)
-    assert "training run" in NO_CURVE
 
 
 def test_history_rows_are_short_and_answer_markdown_keeps_tags_inert():
