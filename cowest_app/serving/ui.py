@@ -21,7 +21,7 @@ from cowest_app.serving.eval_view import build_evaluation_tab
 from cowest_app.models import refs
 from cowest_app.serving.arena import Arena
 from cowest_app.serving.pipeline import COLLAB, NOTE, STRONG_ALONE, WEAK, WEAK_ALONE, Snapshot, truncated_at
-from cowest_app.serving.service import CollabService
+from cowest_app.serving.service import AskUpdate, CollabService
 from cowest_app.serving.text import _escape, refuse, user_error
 from cowest_app.serving.training_view import training_tab
 from cowest_app.core.store import BEST_CHOICES as BEST_KEYS
@@ -309,21 +309,10 @@ def wire_ask(service: CollabService, p: AskParts, counts_md: gr.Markdown) -> Non
     form = [p.rating_for, p.best, p.comment, p.feedback_md]
 
     def on_ask(q: str, d: str, cmp: bool, request: gr.Request):
-        session = _session(request)
-        first = True
         try:
-            for update in service.ask(q, d, bool(cmp), session_id=session):
-                rendered = _render(update.snapshot, update.interaction_id, markdown=True)
-                if first:  # a new question: the rating form starts empty, offering the answers now shown
-                    reset = ("Rating: wait for the answer to finish.", gr.Radio(choices=best_choices(bool(cmp)),
-                             value=None), "", "")
-                    first = False
-                else:
-                    reset = (gr.skip(),) * len(form)
-                if update.interaction_id:
-                    reset = (_rating_target(q, update.interaction_id, update.stopped),) + reset[1:3] + (
-                        "Stopped: what was written so far is kept, logged as cancelled." if update.stopped else reset[3],)
-                yield rendered + reset
+            for n, update in enumerate(service.ask(q, d, bool(cmp), session_id=_session(request))):
+                yield _render(update.snapshot, update.interaction_id, markdown=True) + rating_form(
+                    update, q, bool(cmp), first=n == 0)
         except prompts.InputError as exc:
             refuse(exc)
             yield (gr.skip(),) * (len(answer_outputs) + len(form))
@@ -340,6 +329,19 @@ def wire_ask(service: CollabService, p: AskParts, counts_md: gr.Markdown) -> Non
     p.compare.change(lambda c: gr.Row(visible=bool(c)), p.compare, p.alone_row, api_visibility="private")
     wire_rating(service, p, counts_md)
     wire_ask_api(service, p)
+
+
+def rating_form(update: AskUpdate, question: str, compare: bool, first: bool) -> tuple[Any, ...]:
+    """The rating form (target line, best, comment, message) for one update of a question."""
+    target, best, comment, message = (gr.skip(),) * 4
+    if first:  # a new question: nothing chosen, no comment, no old "recorded"; the answers now shown
+        target, comment, message = "Rating: wait for the answer to finish.", "", ""
+        best = gr.Radio(choices=best_choices(compare), value=None)
+    if update.interaction_id:  # logged: votes from now on go to this interaction, and say so
+        target = _rating_target(question, update.interaction_id, update.stopped)
+        if update.stopped:
+            message = "Stopped: what was written so far is kept, logged as cancelled."
+    return target, best, comment, message
 
 
 def _rating_target(question: str, interaction_id: str, stopped: bool) -> str:
