@@ -317,15 +317,15 @@ def wire_ask(service: CollabService, p: AskParts, counts_md: gr.Markdown) -> Non
             refuse(exc)
             yield (gr.skip(),) * (len(answer_outputs) + len(form))
 
-    def on_stop(request: gr.Request) -> None:
-        if not service.stop(_session(request)):
-            gr.Info("Nothing is running.", duration=3)
+    def on_stop(request: gr.Request) -> Any:
+        # Outside the queue there are no toasts: the answer goes to the message line.
+        return gr.skip() if service.stop(_session(request)) else "Nothing is running: nothing to stop."
 
     ask_event = dict(fn=on_ask, inputs=[p.question, p.domain, p.compare], outputs=answer_outputs + form,
                      api_visibility="private")
     p.ask_btn.click(**ask_event).then(lambda: log_counts(service), None, counts_md, api_visibility="private")
-    # Stop runs beside the question it stops: outside its concurrency limit, with no queue wait.
-    p.stop_btn.click(on_stop, None, None, concurrency_limit=None, api_visibility="private", show_progress="hidden")
+    # Stop runs beside the question it stops: outside the queue, so it never waits behind a question.
+    p.stop_btn.click(on_stop, None, p.feedback_md, queue=False, api_visibility="private", show_progress="hidden")
     p.compare.change(lambda c: gr.Row(visible=bool(c)), p.compare, p.alone_row, api_visibility="private")
     wire_rating(service, p, counts_md)
     wire_ask_api(service, p)

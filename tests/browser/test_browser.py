@@ -319,6 +319,8 @@ def test_a_truncated_answer_says_so_in_its_stage_row(page: Page):
 
 
 def test_user_errors_are_a_toast_without_error_badges(page: Page, app_data: Path):
+    page.locator("#stop").click()  # nothing running
+    expect(page.locator("#feedback-message")).to_contain_text("Nothing is running", timeout=15_000)
     page.locator("#ask").click()  # empty question
     expect(page.get_by_text("Please type a question first.")).to_be_visible(timeout=15_000)
     page.locator("#rate-up").click()  # nothing to rate yet
