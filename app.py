@@ -13,7 +13,7 @@ def main() -> None:
     from cowest_app.loop.control import build_control
     from cowest_app.loop.restore import restore_from_hub
     from cowest_app.serving.service import CollabService
-    from cowest_app.serving.ui import build_ui
+    from cowest_app.serving.ui import CSS, HEAD, build_ui
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     config = from_env()
@@ -25,7 +25,7 @@ def main() -> None:
     # Bounded: under overload a request is refused ("Queue is full") instead of piling up in memory.
     demo.queue(default_concurrency_limit=config.concurrency, max_size=config.queue_max_size)
     try:
-        demo.launch(server_name=config.host, server_port=config.port, show_error=True)
+        demo.launch(server_name=config.host, server_port=config.port, show_error=True, css=CSS, head=HEAD)
     finally:
         control.shutdown()
 

@@ -22,6 +22,23 @@ from pathlib import Path
 from typing import Any, Iterator, Mapping
 
 import torch
+
+
+class _OptionalKernelNote(logging.Filter):
+    """bitsandbytes warns on import when the optional `kernels` package (a faster 4-bit CPU
+    matmul) is missing. Nothing is wrong: its built-in kernel is used. Say that in one calm line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if "No module named 'kernels'" in record.getMessage():
+            record.msg, record.args = ("optional package `kernels` not installed: bitsandbytes uses its built-in "
+                                       "4-bit CPU kernel (fine; `pip install kernels` may be faster)"), ()
+            record.levelno, record.levelname = logging.INFO, "INFO"
+        return True
+
+
+# Before transformers can import bitsandbytes, which logs on import.
+logging.getLogger("bitsandbytes.backends.cpu.ops").addFilter(_OptionalKernelNote())
+
 from transformers import (
     AutoModelForCausalLM,
     AutoTokenizer,
@@ -115,10 +132,25 @@ def load_causal_lm(path: str, load_4bit: bool, device: str, dtype: torch.dtype |
 class _Cancelled(StoppingCriteria):
     def __init__(self, event: threading.Event) -> None:
         self.event = event
+        self.fired = False  # whether it ended the generation (the event is also set after a normal end)
 
     def __call__(self, input_ids, scores, **kwargs) -> torch.BoolTensor:
+        self.fired = self.fired or self.event.is_set()
         # On the ids' device: generate combines it with its own flags there (a CPU tensor breaks CUDA runs).
         return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device)
+
+
+def finish_reason(new_tokens: torch.Tensor, max_new_tokens: int, cancelled: bool,
+                  eos_token_id: int | list[int] | None) -> dict[str, Any]:
+    """Why a generation ended, for the stage table and the log: "cancelled" (the user
+    stopped it), "length" (cut at the token limit), or "stop" (it ended by itself)."""
+    if cancelled:
+        reason = "cancelled"
+    else:
+        eos = {eos_token_id} if isinstance(eos_token_id, int) else set(eos_token_id or ())
+        ended = len(new_tokens) > 0 and int(new_tokens[-1]) in eos
+        reason = "length" if len(new_tokens) >= max_new_tokens and not ended else "stop"
+    return {"finish_reason": reason, "max_new_tokens": max_new_tokens}
 
 
 class _StopRules(StoppingCriteria):
@@ -476,14 +508,18 @@ class TransformersBackend:
             try:
                 if options.seed is not None:
                     torch.manual_seed(options.seed)
+                cancelled = _Cancelled(cancel)
                 with torch.inference_mode(), active.selected(options.adapter) as model:
-                    model.generate(
+                    out = model.generate(
                         **inputs,
                         **self.generation_kwargs(options, prompt_len),
                         **self.assist_kwargs(options),
                         streamer=streamer,
-                        stopping_criteria=self.stopping_criteria(options, prompt_len, _Cancelled(cancel)),
+                        stopping_criteria=self.stopping_criteria(options, prompt_len, cancelled),
                     )
+                # Set before the consumer's join returns: the UI says when a reply was cut short.
+                stream.info.update(finish_reason(out[0, prompt_len:], options.max_new_tokens, cancelled.fired,
+                                                 self.tokenizer.eos_token_id))
             except BaseException as exc:  # reported to the consumer, never lost in the thread
                 stream._errors.append(exc)
                 streamer.end()

@@ -138,3 +138,26 @@ class CollaborationPipeline:
                     snap = snap.with_stage(key, stage)
                     yield snap
         yield Snapshot(snap.stages, done=True)
+
+
+# Why a stage's generation ended, as backends report it in `Stage.info` (see models.local.finish_reason).
+FINISH_REASON = "finish_reason"
+CUT_AT_LIMIT = "length"
+CANCELLED = "cancelled"
+
+
+def stopped_snapshot(snap: Snapshot) -> Snapshot:
+    """The run as the user stopped it: the stage being written and those not yet started say "stopped"."""
+    def stop(stage: Stage) -> Stage:
+        if stage.status in ("pending", "running") or stage.info.get(FINISH_REASON) == CANCELLED:
+            return replace(stage, status="stopped")
+        return stage
+
+    return Snapshot({key: stop(stage) for key, stage in snap.stages.items()}, done=True)
+
+
+def truncated_at(stage: Stage) -> int | None:
+    """The token limit a finished stage was cut at, or None when it ended by itself."""
+    if stage.status == "done" and stage.info.get(FINISH_REASON) == CUT_AT_LIMIT:
+        return stage.info.get("max_new_tokens")
+    return None

@@ -7,9 +7,11 @@ and every finished, failed or abandoned question is logged.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, replace
 from functools import partial
@@ -32,6 +34,7 @@ from cowest_app.serving.pipeline import (
     CollaborationPipeline,
     Snapshot,
     draft_options,
+    stopped_snapshot,
 )
 from cowest_app.serving.ratelimit import RateLimiter, retry_text
 from cowest_app.loop.registry import AdapterRegistry, RegistryError
@@ -40,6 +43,7 @@ from cowest_app.core.store import BEST_CHOICES, Feedback, Interaction, LogStore,
 log = logging.getLogger(__name__)
 
 RATINGS = {"up": 1, "down": -1}
+HISTORY_LIMIT = 50  # the History tab shows this many of a session's newest questions
 MAX_ID_CHARS = 64  # interaction ids are 32 hex digits; anything longer is not one
 # Drafts grounded in retrieved passages copy them; only repeats this long are loops there.
 GROUNDED_NO_REPEAT_NGRAM = 12
@@ -53,6 +57,60 @@ class RateLimited(prompts.InputError):
 class AskUpdate:
     snapshot: Snapshot
     interaction_id: str | None = None  # set on the last update, once logged
+    stopped: bool = False  # the user pressed Stop: the run was logged as "cancelled"
+
+
+class RunControl:
+    """One running question: `stop` ends its live generations and tells the run to end.
+
+    Gradio runs the Stop click in its own request while the ask generator waits
+    on the model, so stopping must reach the generation thread directly: every
+    stream the run opens is tracked and closed (a local stream stops at its next
+    token), and the run checks `stopped` at every update.
+    """
+
+    def __init__(self) -> None:
+        self.stopped = threading.Event()
+        self._streams: list[Any] = []
+        self._lock = threading.Lock()
+
+    def track(self, stream: Any) -> Any:
+        with self._lock:
+            self._streams.append(stream)
+        if self.stopped.is_set():
+            _close(stream)
+        return stream
+
+    def stop(self) -> None:
+        self.stopped.set()
+        with self._lock:
+            streams = list(self._streams)
+        for stream in streams:
+            _close(stream)
+
+
+def _close(stream: Any) -> None:
+    close = getattr(stream, "close", None)
+    if close is None:
+        return
+    try:
+        close()
+    except ValueError:  # a generator running in the ask thread: the run's own check ends it
+        pass
+
+
+@dataclass(frozen=True)
+class StoppableBackend:
+    """A backend whose generations one `RunControl` can stop (one per run, never shared)."""
+
+    backend: Backend
+    run: RunControl
+
+    def generate(self, messages: list[Any], **opts: Any) -> Any:
+        return self.run.track(self.backend.generate(messages, **opts))
+
+    def describe(self) -> dict[str, Any]:
+        return self.backend.describe()
 
 
 def load_served_packs(config: AppConfig) -> dict[str, DomainPack]:
@@ -191,6 +249,8 @@ class CollabService:
         # per-session limits, not past these.
         self.global_ask_limit = RateLimiter(config.global_asks_per_minute)
         self.global_feedback_limit = RateLimiter(config.global_feedback_per_minute)
+        self._runs: dict[str, RunControl] = {}  # each session's running question, for Stop
+        self._runs_lock = threading.Lock()
         self.pipeline = CollaborationPipeline(
             weak,
             strong,
@@ -234,21 +294,55 @@ class CollabService:
         pack = self.get_pack(pack_name)
         text = prompts.validate_question(question, self.config.max_question_chars)
         self._throttle(self.ask_limit, self.global_ask_limit, session_id, "questions")
+        run = self._start_run(session_id)
+        pipeline = replace(self.pipeline, weak=StoppableBackend(self.weak, run), strong=StoppableBackend(self.strong, run))
         snap: Snapshot | None = None
         logged = False
+        steps = pipeline.run(pack.prompt_set(grounded=pack.retrieval_passages > 0), text, compare,
+                             adapter=pack.name, weak_opts=self.weak_options(pack))
         try:
-            for snap in self.pipeline.run(pack.prompt_set(grounded=pack.retrieval_passages > 0), text, compare,
-                                          adapter=pack.name, weak_opts=self.weak_options(pack)):
-                if snap.done:
-                    interaction_id = self._log(pack.name, text, snap, session_id, "ok")
-                    logged = True
-                    yield AskUpdate(snap, interaction_id)
-                else:
-                    yield AskUpdate(snap)
+            with contextlib.closing(steps):  # closing the stages' generators ends their generations
+                for snap in steps:
+                    if run.stopped.is_set():
+                        snap = stopped_snapshot(snap)
+                        interaction_id = self._log(pack.name, text, snap, session_id, "cancelled")
+                        logged = True
+                        log.info("question stopped by the user; logged as cancelled (%s)", interaction_id)
+                        yield AskUpdate(snap, interaction_id, stopped=True)
+                        return
+                    if snap.done:
+                        interaction_id = self._log(pack.name, text, snap, session_id, "ok")
+                        logged = True
+                        yield AskUpdate(snap, interaction_id)
+                    else:
+                        yield AskUpdate(snap)
         finally:
+            self._end_run(session_id, run)
             # The user left (or something broke) mid-answer: keep what exists.
             if snap is not None and not logged:
                 self._log(pack.name, text, snap, session_id, "cancelled")
+
+    # -- stopping --------------------------------------------------------
+    def _start_run(self, session_id: str | None) -> RunControl:
+        run = RunControl()
+        if session_id is not None:
+            with self._runs_lock:
+                self._runs[session_id] = run
+        return run
+
+    def _end_run(self, session_id: str | None, run: RunControl) -> None:
+        with self._runs_lock:
+            if session_id is not None and self._runs.get(session_id) is run:
+                del self._runs[session_id]
+
+    def stop(self, session_id: str | None) -> bool:
+        """Stop the session's running question (both stages); False when nothing was running."""
+        with self._runs_lock:
+            run = self._runs.get(session_id) if session_id is not None else None
+        if run is None:
+            return False
+        run.stop()
+        return True
 
     def _log(self, domain: str, question: str, snap: Snapshot, session_id: str | None, status: str) -> str:
         stages = snap.stages
@@ -336,6 +430,14 @@ class CollabService:
             raise RateLimited(f"The app is receiving too many {what} from all users right now "
                               f"(at most {shared.max_events} a minute). {retry_text(wait)}")
 
+    # -- history ---------------------------------------------------------
+    def history(self, session_id: str | None, limit: int = HISTORY_LIMIT) -> list[dict[str, Any]]:
+        """The session's own questions, newest first, each with its latest rating and choice."""
+        if session_id is None:
+            return []
+        records = list(self.store.iter_records(session_id=session_id))[-limit:]
+        return [_history_row(r) for r in reversed(records)]
+
     # -- export and facts ------------------------------------------------
     def export(self, fmt: str, session_id: str | None = None) -> Path:
         """The log as a file: one visitor's session (`session_id`), or everyone's (None: admins, the CLI)."""
@@ -346,3 +448,16 @@ class CollabService:
 
     def models_summary(self) -> dict[str, Any]:
         return {"weak": self.weak.describe(), "strong": self.strong.describe()}
+
+
+
+def _history_row(record: Mapping[str, Any]) -> dict[str, Any]:
+    # Feedback is append-only: the newest rating and choice are the ones that stand.
+    feedback = record.get("feedback") or []
+    rating = next((fb["rating"] for fb in reversed(feedback) if fb.get("rating") is not None), None)
+    best = next((fb["best"] for fb in reversed(feedback) if fb.get("best")), None)
+    return {
+        "id": record["id"], "created_at": record["created_at"], "domain": record["domain"],
+        "question": record["question"], "final_answer": record.get("final_answer") or "",
+        "status": record["status"], "rating": {1: "👍", -1: "👎"}.get(rating, ""), "best": best or "",
+    }

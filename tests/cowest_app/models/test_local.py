@@ -205,3 +205,35 @@ def test_one_base_serves_one_adapter_per_pack(tiny_model_dir: Path, tiny_adapter
     assert text(backend, "pack-b")[1] == "v2" and backend.describe()["adapters"] == {"pack-b": "v2", "pack-a": "v7"}
     backend.swap_adapter(None, "base", "pack-b")
     assert text(backend, "pack-b") == (text(plain)[0], BASE_VERSION)
+
+
+def test_a_reply_says_why_it_ended(tiny_model_dir: Path):
+    """Cut at the token limit, stopped by its consumer, or ended by itself: the UI labels the first two."""
+    from cowest_app.models.local import finish_reason
+
+    backend = TransformersBackend(str(tiny_model_dir))
+    _, info = greedy(backend, n=6)  # a random tiny model never ends by itself within 6 tokens
+    assert (info["finish_reason"], info["max_new_tokens"]) == ("length", 6)
+    stream = backend.generate(MESSAGES, max_new_tokens=2000)
+    chunks = iter(stream)
+    next(chunks)
+    stream.close()  # what Stop does
+    rest = list(chunks)
+    assert stream.info["finish_reason"] == "cancelled" and len(rest) < 1000
+    eos = backend.tokenizer.eos_token_id
+    assert finish_reason(torch.tensor([5, eos]), 2, False, eos)["finish_reason"] == "stop"
+    assert finish_reason(torch.tensor([5, 6]), 2, False, [eos])["finish_reason"] == "length"
+
+
+def test_the_missing_optional_kernels_package_is_one_calm_info_line(caplog):
+    """bitsandbytes warns on import when `kernels` is missing; the app says it in one INFO line."""
+    import logging
+
+    import cowest_app.models.local  # noqa: F401 - installs the filter
+
+    logger = logging.getLogger("bitsandbytes.backends.cpu.ops")
+    with caplog.at_level(logging.INFO, logger="bitsandbytes.backends.cpu.ops"):
+        logger.warning("Failed to load CPU gemm_4bit_forward from kernels-community: %s. Please make sure ...",
+                       ModuleNotFoundError("No module named 'kernels'"))
+    [record] = [r for r in caplog.records if r.name == "bitsandbytes.backends.cpu.ops"]
+    assert record.levelname == "INFO" and "optional package `kernels` not installed" in record.getMessage()

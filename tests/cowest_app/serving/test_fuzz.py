@@ -40,7 +40,9 @@ from cowest_app.core.store import answered
 from cowest_app.serving.service import CollabService, build_weak, load_served_packs
 from cowest_app.core.store import LogStore, storable as store_clean
 from cowest_app.loop.training_job import JobError, TrainingJob
-from cowest_app.serving.ui import _escape, build_ui, job_state_md, stage_table, user_error
+from cowest_app.serving.text import _escape, user_error
+from cowest_app.serving.training_view import job_state_md
+from cowest_app.serving.ui import answer_markdown, build_ui, stage_table
 from tests.fakes.openai_server import serve_openai
 from tests.served import SERVED_NAMES
 
@@ -261,18 +263,21 @@ def test_errors_and_job_state_are_escaped() -> None:
     assert "<script" not in job_state_md(state) and "\\[a\\]\\(b\\)" in job_state_md(state)
 
 
-def test_answers_and_questions_are_shown_in_text_boxes(env) -> None:
-    """Text boxes show their value as text: a '<script>' answer is displayed, never run.
-    The one Markdown output (the stage table) is built by `stage_table`, tested above."""
+def test_answers_render_as_markdown_but_markup_stays_text(env) -> None:
+    """The page renders answers as Markdown with every tag escaped first (and Gradio's
+    sanitizer on); the API's /ask keeps returning plain text in text boxes."""
     service, _, _, _ = env
     demo = build_ui(service)
-    [ask] = [fn for fn in demo.fns.values() if fn.api_name == "ask"]
-    kinds = [type(component).__name__ for component in ask.outputs]
-    assert kinds == ["Textbox", "Textbox", "Textbox", "Textbox", "Markdown", "Textbox"]
-    assert ask.outputs[4].sanitize_html  # Gradio's own sanitizer stays on behind our escaping
-    [question] = [fn.inputs[0] for fn in demo.fns.values() if fn.api_name == "ask"]
-    assert type(question).__name__ == "Textbox"
-    assert ask.outputs[1].postprocess("<script>alert(1)</script>") == "<script>alert(1)</script>"
+    [api_ask] = [fn for fn in demo.fns.values() if fn.api_name == "ask"]
+    assert [type(c).__name__ for c in api_ask.outputs] == ["Textbox"] * 6
+    page_ask = [fn for fn in demo.fns.values() if fn.api_visibility == "private"
+                and [getattr(c, "elem_id", None) for c in fn.outputs][:2] == ["weak-draft", "final-answer"]]
+    assert page_ask, "the Ask button's event renders into the two answer boxes"
+    boxes = page_ask[0].outputs[:4]
+    assert all(type(c).__name__ == "Markdown" and c.sanitize_html for c in boxes)
+    shown = answer_markdown('**bold** <script>alert(1)</script> <img src=x onerror=alert(2)> `a<b`')
+    assert "<script" not in shown and "<img" not in shown and "&lt;script>" in shown
+    assert "**bold**" in shown and "`a<b`" in shown  # Markdown and code spans are left as written
 
 
 # -- damaged adapter files -----------------------------------------------------------

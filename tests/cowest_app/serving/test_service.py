@@ -181,3 +181,62 @@ def test_packs_that_cannot_be_served_stop_the_start_with_a_clear_error(tmp_path:
         load_served_packs(AppConfig(packs=("packs/general", "packs/general")))
     with pytest.raises(ConfigError, match="COWEST_TRAIN_PACK='medicine' is not served"):
         load_served_packs(AppConfig(packs=("packs/general",), train_pack="medicine"))
+
+
+@pytest.mark.parametrize("stop_in", ["weak_draft", "final_answer"])
+def test_stop_ends_both_stages_fast_and_logs_the_run_as_cancelled(tmp_path: Path, tiny, stop_in: str):
+    """Stop comes from another request (thread) while the run waits on the model; stopping the
+    draft also means the strong stage never starts."""
+    import threading
+    import time
+
+    from cowest_app.serving.pipeline import COLLAB, WEAK
+
+    # The stage to stop gets a budget of several seconds; the other a short one.
+    budget = {WEAK: "weak_max_new_tokens", COLLAB: "strong_max_new_tokens"}[stop_in]
+    config = AppConfig(data_dir=tmp_path, **{"weak_max_new_tokens": 8, "strong_max_new_tokens": 8, budget: 3000})
+    service = CollabService(config, tiny, tiny, LogStore(config.db_path))
+    updates = []
+    consumer = threading.Thread(target=lambda: updates.extend(service.ask("Tell me all.", "general", session_id="s1")))
+    consumer.start()
+    deadline = time.monotonic() + 60
+    while not (updates and updates[-1].snapshot.stages[stop_in].text) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    started = time.monotonic()
+    assert service.stop("s1")
+    consumer.join(timeout=10)
+    assert not consumer.is_alive() and time.monotonic() - started < 1.5
+    last = updates[-1]
+    assert last.stopped and last.interaction_id
+    stages = last.snapshot.stages
+    assert stages[stop_in].status == "stopped"
+    if stop_in == WEAK:
+        assert stages[COLLAB].status == "stopped" and stages[COLLAB].text == ""  # never started
+    else:
+        assert stages[WEAK].status == "done"
+    row = service.store.get_interaction(last.interaction_id)
+    assert row.status == "cancelled" and row.final_answer == stages[COLLAB].text
+    assert not service.stop("s1")  # nothing left running
+    assert not service.stop(None)
+
+
+def test_a_truncated_stage_names_its_token_limit(service: CollabService):
+    from cowest_app.serving.pipeline import COLLAB, truncated_at
+    from cowest_app.serving.ui import stage_table
+
+    last = list(service.ask("Name every NSAID.", "general"))[-1]
+    assert truncated_at(last.snapshot.stages[COLLAB]) == 8
+    assert "stopped at the 8-token limit" in stage_table(last.snapshot)
+
+
+def test_history_is_the_sessions_own_newest_first_with_ratings(service: CollabService):
+    first = list(service.ask("First?", "general", session_id="mine"))[-1].interaction_id
+    list(service.ask("Someone else's?", "general", session_id="theirs"))
+    second = list(service.ask("Second?", "ethics", session_id="mine"))[-1].interaction_id
+    service.rate(first, rating="up", session_id="mine")
+    service.rate(first, rating="down", best="strong", session_id="mine")  # a changed vote: the newest stands
+    rows = service.history("mine")
+    assert [(r["id"], r["question"], r["domain"]) for r in rows] == [(second, "Second?", "ethics"),
+                                                                     (first, "First?", "general")]
+    assert (rows[1]["rating"], rows[1]["best"], rows[0]["rating"]) == ("👎", "strong", "")
+    assert service.history(None) == [] and service.history("nobody") == []
