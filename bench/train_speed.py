@@ -299,19 +299,19 @@ def main() -> None:
 
         base_model = tiny_llama(layers=2, hidden=64)
     plan = [("sft", v) for v in args.sft.split(",") if v] + [("dpo", v) for v in args.dpo.split(",") if v]
-    results = []
+    data = {"machine": machine(), "steps": args.steps, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+            "tiny": args.tiny, "command": " ".join(sys.argv[1:]), "results": []}
     for round_ in range(1, args.rounds + 1):
         for kind, name in plan if round_ % 2 else reversed(plan):  # alternate the order between rounds
             result = spawn(kind, name, args.steps, base_model)
-            results.append({"round": round_, **result})
-            print(f"# {kind} {name}: {result['tokens_per_second']:.1f} tokens/s, last loss {result['last_loss']:.4f}",
+            data["results"].append({"round": round_, **result})
+            data["results"].sort(key=lambda r: (r["kind"] != "sft", r["round"], plan.index((r["kind"], r["variant"]))))
+            print(f"# {kind} {name}: {result['tokens_per_second']:.1f} tokens/s, "
+                  f"{result['tokens_per_cpu_second']:.1f} per CPU-s, last loss {result['last_loss']:.4f}",
                   file=sys.stderr, flush=True)
-    results.sort(key=lambda r: (r["kind"] != "sft", r["round"], plan.index((r["kind"], r["variant"]))))
-    data = {"machine": machine(), "steps": args.steps, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-            "tiny": args.tiny, "command": " ".join(sys.argv), "results": results}
-    if not args.tiny:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(data, indent=1) + "\n")
+            if not args.tiny:  # after every variant: a run cut short keeps what it measured
+                args.json.parent.mkdir(parents=True, exist_ok=True)
+                args.json.write_text(json.dumps(data, indent=1) + "\n")
     print(report(data))
 
 

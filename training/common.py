@@ -319,8 +319,9 @@ def load_base_model(ref: str, load_4bit: bool, cache_dir: str | Path | None, dev
     `compute_dtype` (None: the app's default for the device) is the dtype the
     frozen base computes in: its weights', or NF4's compute dtype; `auto` is
     bfloat16 where it runs in hardware (GPUs, CPUs with AVX512-BF16 or AMX) and
-    float32 elsewhere. LoRA adapters stay float32 either way (peft keeps them
-    so; see upcast_adapter).
+    float32 elsewhere, and for NF4 on CPU always float32: bitsandbytes' CPU
+    NF4 layers trained 2x slower in bf16 (bench/README.md, training throughput).
+    LoRA adapters stay float32 either way (peft keeps them so; see upcast_adapter).
     """
     from transformers import AutoTokenizer
 
@@ -331,6 +332,8 @@ def load_base_model(ref: str, load_4bit: bool, cache_dir: str | Path | None, dev
     cache = Path(cache_dir).expanduser() if cache_dir else refs.default_cache_dir()
     path = refs.resolve(ref, cache)
     device = device or default_device()
+    if compute_dtype == "auto" and load_4bit and device == "cpu":
+        compute_dtype = None  # the app's CPU default for NF4: float32
     model = load_causal_lm(path, load_4bit, device, resolve_dtype(compute_dtype, device) if compute_dtype else None)
     tokenizer = AutoTokenizer.from_pretrained(path)
     if tokenizer.pad_token is None:

@@ -64,7 +64,8 @@ def test_default_recipes_point_at_shipped_data(path: Path, monkeypatch: pytest.M
     monkeypatch.chdir(ROOT)  # recipe paths are relative to the repo root
     config = load_recipe(recipe_class(path), path)
     assert config.base_model == "packaged:smollm2-135m-instruct"
-    assert config.load_4bit is True
+    # A full-precision base computing in bf16 where that is native: 2-3x the NF4 base's training speed on AMX.
+    assert config.load_4bit is False and config.compute_dtype == "auto" and config.lm_head_labels_only
     if isinstance(config, DPORecipe):
         assert len(load_pairs(config.dataset)) >= 5
     else:
