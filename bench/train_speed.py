@@ -15,13 +15,15 @@ the pipeline's memory run used (max_length 320, learning rate 3e-4, all linear
 layers), on the pipeline's own SFT data for the shipped pack (corpus chunks and
 one drafting chat per train question), a seeded sample. `old` is the recipe's
 speed settings before issue 15 (NF4 base computing in fp32, padded batches of
-4, TRL's LM head on every position), `new` the recipe as it is; the ablations
-add one change at a time to `old`. Tokens are the examples' non-padding tokens
+4, TRL's LM head on every position), `new` the recipe as it is (the kept main
+run measured a candidate on a bf16 base, now `new on a bf16 base`); the
+ablations add one change at a time to `old`. Tokens are the examples' non-padding tokens
 (prompt and reply; only reply tokens carry a loss).
 
 DPO: `plain` is TRL's DPOTrainer with its defaults (bench/dpo.py's baseline:
 batches of 2 x 2, bf16 autocast, activation checkpointing, the NF4 base);
-`old` is `training/recipes/dpo.yaml` before issue 15, `new` as it is. Tokens
+`old` is `training/recipes/dpo.yaml` before issue 15, `new` as it is (= `old +
+labels-only LM head`; the kept main run's `new` was a bf16-base candidate). Tokens
 are each pair's prompt + chosen and prompt + rejected, without padding.
 
 tokens/s is all tokens over the wall time of `trainer.train()` (the first,
@@ -66,7 +68,8 @@ SFT_VARIANTS = {
     "old + bf16 autocast": OLD_SFT + ["bf16=true"],
     "old + bf16 base": OLD_SFT + ["load_4bit=false", "compute_dtype=bfloat16"],
     "new": [],
-    "new on the NF4 base": ["load_4bit=true"],
+    "new on the NF4 base": ["load_4bit=true"],  # = new since the recipe went back to NF4
+    "new on a bf16 base": ["load_4bit=false", "compute_dtype=auto"],
     "new without bf16 autocast": ["bf16=false"],
     "new + micro-batch 2 x 2": ["per_device_train_batch_size=2", "gradient_accumulation_steps=2"],
     "new + micro-batch 1 x 4": ["per_device_train_batch_size=1", "gradient_accumulation_steps=4"],
@@ -78,7 +81,10 @@ DPO_VARIANTS = {
     "old + labels-only LM head": OLD_DPO + ["lm_head_labels_only=true"],
     "old + bf16 base": OLD_DPO + ["load_4bit=false", "compute_dtype=bfloat16"],
     "new": [],
-    "new on the NF4 base": ["load_4bit=true"],
+    "new on the NF4 base": ["load_4bit=true"],  # = new since the recipe went back to NF4
+    "new on a bf16 base": ["load_4bit=false", "compute_dtype=auto"],
+    # The kept run's candidate DPO recipe (bf16 base, computing in bf16), without autocast:
+    "new without bf16 autocast": ["load_4bit=false", "compute_dtype=auto", "bf16=false"],
     "new + torch.compile": ["torch_compile=true"],
 }
 
@@ -248,11 +254,18 @@ def table(results: list[dict[str, Any]], kind: str, baseline: str) -> str:
         gap = max(abs(a - b) for a, b in zip(r["losses"], base["losses"]))
         name = f"{r['variant']} (baseline)" if r is base else r["variant"]
         lines.append(f"| {r['round']} | {name} | {r['settings']} | {r['tokens_per_second']:.1f} | "
-                     f"{r['tokens_per_second'] / base['tokens_per_second']:.2f}x | {r['tokens_per_cpu_second']:.1f} | "
-                     f"{r['tokens_per_cpu_second'] / base['tokens_per_cpu_second']:.2f}x | {r['step_seconds_median']:.2f} | "
+                     f"{r['tokens_per_second'] / base['tokens_per_second']:.2f}x | {cpu_rate(r, base)} | "
+                     f"{r['step_seconds_median']:.2f} | "
                      f"{r['load_seconds']:.1f} | {r['peak_rss_mib']} | {r['first_loss']:.4f} | {r['last_loss']:.4f} | "
                      f"{r['mean_loss']:.4f} | {gap:.4f} |")
     return "\n".join(lines)
+
+
+def cpu_rate(r: dict[str, Any], base: dict[str, Any]) -> str:
+    """Tokens per CPU-second and its ratio; "–" for files recorded before the bench measured CPU time."""
+    if "tokens_per_cpu_second" not in r or "tokens_per_cpu_second" not in base:
+        return "– | –"
+    return f"{r['tokens_per_cpu_second']:.1f} | {r['tokens_per_cpu_second'] / base['tokens_per_cpu_second']:.2f}x"
 
 
 def report(data: dict[str, Any]) -> str:

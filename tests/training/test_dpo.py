@@ -256,11 +256,10 @@ def step_losses(config: DPORecipe) -> list[float]:
 def test_fast_settings_train_like_the_plain_path(tmp_path: Path, tiny_model_dir: Path) -> None:
     """The shipped speed setting (one pair per micro-batch, four accumulated: no padding
     between pairs of different lengths) sees the same pairs per optimizer step as one
-    batch of four, on a 4-bit base (the app trains its NF4 weak model): the losses must
-    agree step by step."""
+    batch of four, on the shipped 4-bit base: the losses must agree step by step."""
     shipped = load_recipe(DPORecipe, ROOT / "training" / "recipes" / "dpo.yaml")
     assert shipped.per_device_train_batch_size == 1 and shipped.gradient_accumulation_steps == 4
-    assert not shipped.precompute_ref_log_probs
+    assert shipped.load_4bit and not shipped.precompute_ref_log_probs
     # Pairs of different lengths, so a batch of four really pads.
     pairs = [dict(p, chosen=[{"role": "assistant", "content": "yes " * (1 + 3 * i)}]) for i, p in enumerate(toy_pairs(8))]
     plain = dataclasses.replace(
