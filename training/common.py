@@ -111,8 +111,8 @@ class ProjectFields:
 def native_bf16() -> bool:
     """bf16 runs in hardware here: a GPU that supports it, or (without a GPU) a CPU with AVX512-BF16 / AMX.
 
-    On such a CPU, bf16 autocast roughly doubles training throughput (bench/README.md,
-    "Training throughput"); elsewhere torch emulates bf16, slower than fp32.
+    On such a CPU, bf16 autocast alone made the old SFT recipe 1.5x faster (bench/README.md,
+    section 7); elsewhere torch emulates bf16, slower than fp32.
     """
     if torch.cuda.is_available():
         return torch.cuda.is_bf16_supported()
@@ -320,7 +320,7 @@ def load_base_model(ref: str, load_4bit: bool, cache_dir: str | Path | None, dev
     frozen base computes in: its weights', or NF4's compute dtype; `auto` is
     bfloat16 where it runs in hardware (GPUs, CPUs with AVX512-BF16 or AMX) and
     float32 elsewhere, and for NF4 on CPU always float32: bitsandbytes' CPU
-    NF4 layers trained 2x slower in bf16 (bench/README.md, training throughput).
+    NF4 layers trained slower in bf16 than in fp32 (bench/README.md, section 7).
     LoRA adapters stay float32 either way (peft keeps them so; see upcast_adapter).
     """
     from transformers import AutoTokenizer
@@ -406,7 +406,7 @@ def lm_head_on_labels(enabled: bool = True) -> Iterator[None]:
     that compiled Neuron graphs keep one shape. On CPU that runs the 49k-word
     projection, its softmax statistics and their backward for every prompt and
     padding token as well: more time than the whole model body (bench/README.md,
-    "Training throughput"). Unlabelled positions come out as zeros either way,
+    section 7). Unlabelled positions come out as zeros either way,
     so this changes the work, not the result
     (tests/training/test_throughput.py). TRL picks the path per forward call
     through its module's `_use_triton`, which this swaps for the duration.
