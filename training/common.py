@@ -82,7 +82,8 @@ class ProjectFields:
     lora_alpha: int = 32
     lora_dropout: float = 0.05
     target_modules: list[str] = dataclasses.field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
-    compute_dtype: str | None = None  # the frozen base's dtype; null: float32 on CPU, bfloat16 on GPUs
+    compute_dtype: str | None = None  # the frozen base's dtype; null: float32 on CPU, bfloat16 on GPUs; auto: see load_base_model
+    lm_head_labels_only: bool = True  # TRL's fused LM head skips prompt/padding positions on CPU too (lm_head_on_labels)
     torch_threads: int = 0  # 0: torch's default
     cache_dir: str | None = None  # model cache; None: $COWEST_CACHE_DIR or ~/.cache/cowest
 
@@ -94,7 +95,7 @@ class ProjectFields:
             if isinstance(value, str) and value.strip().lower() in _NULLS:
                 setattr(self, name, None)
         if self.bf16 is None:  # TRL's default would be bf16 autocast everywhere, slow on CPUs without AMX
-            self.bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+            self.bf16 = native_bf16()
         # transformers refuses bf16 autocast on a machine without a bf16 GPU unless told the run is on CPU.
         self.use_cpu = self.use_cpu or not torch.cuda.is_available()
 
@@ -105,6 +106,19 @@ class ProjectFields:
         if not self.target_modules:
             raise RecipeError("target_modules must name at least one module")
         check_compute_dtype(self.compute_dtype)
+
+
+def native_bf16() -> bool:
+    """bf16 runs in hardware here: a GPU that supports it, or (without a GPU) a CPU with AVX512-BF16 / AMX.
+
+    On such a CPU, bf16 autocast alone made the old SFT recipe 1.5x faster (bench/README.md,
+    section 7); elsewhere torch emulates bf16, slower than fp32.
+    """
+    if torch.cuda.is_available():
+        return torch.cuda.is_bf16_supported()
+    from cowest_app.models.local import cpu_has_native_bf16
+
+    return cpu_has_native_bf16()
 
 
 def project_field_names() -> list[str]:
@@ -278,7 +292,7 @@ def torch_threads(n: int | None) -> Iterator[None]:
         torch.set_num_threads(previous)
 
 
-COMPUTE_DTYPES = ("float32", "bfloat16")
+COMPUTE_DTYPES = ("auto", "float32", "bfloat16")
 
 
 def check_messages(value: Any, where: str, assistant_only: bool) -> list[dict[str, str]]:
@@ -303,18 +317,24 @@ def load_base_model(ref: str, load_4bit: bool, cache_dir: str | Path | None, dev
     """Load (model, tokenizer) the way the app does: packaged names, directories or Hub ids.
 
     `compute_dtype` (None: the app's default for the device) is the dtype the
-    frozen base computes in: its weights', or NF4's compute dtype. LoRA adapters
-    stay float32 either way (peft keeps them so; see upcast_adapter).
+    frozen base computes in: its weights', or NF4's compute dtype; `auto` is
+    bfloat16 where it runs in hardware (GPUs, CPUs with AVX512-BF16 or AMX) and
+    float32 elsewhere, and for NF4 on CPU always float32: bitsandbytes' CPU
+    NF4 layers trained slower in bf16 than in fp32 (bench/README.md, section 7).
+    LoRA adapters stay float32 either way (peft keeps them so; see upcast_adapter).
     """
     from transformers import AutoTokenizer
 
     from cowest_app.models import refs
-    from cowest_app.models.local import DTYPES, default_device, load_causal_lm
+    from cowest_app.models.local import default_device, load_causal_lm, resolve_dtype
 
     check_compute_dtype(compute_dtype)
     cache = Path(cache_dir).expanduser() if cache_dir else refs.default_cache_dir()
     path = refs.resolve(ref, cache)
-    model = load_causal_lm(path, load_4bit, device or default_device(), DTYPES[compute_dtype] if compute_dtype else None)
+    device = device or default_device()
+    if compute_dtype == "auto" and load_4bit and device == "cpu":
+        compute_dtype = None  # the app's CPU default for NF4: float32
+    model = load_causal_lm(path, load_4bit, device, resolve_dtype(compute_dtype, device) if compute_dtype else None)
     tokenizer = AutoTokenizer.from_pretrained(path)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
@@ -375,6 +395,41 @@ def upcast_adapter(model: Any, snapshot: dict[str, torch.Tensor] | None = None) 
         if param.requires_grad and param.dtype == torch.bfloat16:
             original = snapshot.get(name)
             param.data = original if original is not None and original.dtype == torch.float32 else param.data.float()
+
+
+@contextlib.contextmanager
+def lm_head_on_labels(enabled: bool = True) -> Iterator[None]:
+    """While active, TRL's fused LM head projects only positions that have a label, on every device.
+
+    TRL 1.16 (`trl.trainer.utils.add_fused_lm_head`) scores only labelled
+    positions where Triton runs (CUDA, XPU) and every position elsewhere, so
+    that compiled Neuron graphs keep one shape. On CPU that runs the 49k-word
+    projection, its softmax statistics and their backward for every prompt and
+    padding token as well: more time than the whole model body (bench/README.md,
+    section 7). Unlabelled positions come out as zeros either way,
+    so this changes the work, not the result
+    (tests/training/test_throughput.py). TRL picks the path per forward call
+    through its module's `_use_triton`, which this swaps for the duration.
+    """
+    import trl.trainer.utils as trl_utils
+
+    original = getattr(trl_utils, "_use_triton", None)
+    if not enabled or original is None:  # a TRL without the switch: leave it alone
+        if enabled:
+            log.warning("this TRL has no trl.trainer.utils._use_triton; the LM head scores every position")
+        yield
+        return
+    trl_utils._use_triton = lambda device: True  # only the "compact" choice reads this binding
+    try:
+        yield
+    finally:
+        trl_utils._use_triton = original
+
+
+def train(trainer: Any, config: Any) -> Any:
+    """trainer.train() with the recipe's speed switches that act at run time."""
+    with lm_head_on_labels(getattr(config, "lm_head_labels_only", False)):
+        return trainer.train()
 
 
 def save_adapter(model: Any, out_dir: Path) -> None:

@@ -47,6 +47,7 @@ from training.common import (
     save_adapter,
     start_run,
     torch_threads,
+    train,
     trainable_snapshot,
     upcast_adapter,
     write_json,
@@ -76,7 +77,7 @@ class DPORecipe(DPOConfig, ProjectFields):
     report_to: None | str | list[str] = "none"  # no experiment trackers
     save_strategy: str = "no"  # only the final adapter is saved, by training.dpo
     gradient_checkpointing: bool | None = None  # TRL's default (True) slows a 135M model for no memory need
-    bf16: bool | None = None  # None: bf16 autocast on GPUs that support it, fp32 on CPU (ProjectFields)
+    bf16: bool | None = None  # None: bf16 autocast where bf16 runs in hardware (GPUs, AMX CPUs; ProjectFields)
 
     def __post_init__(self) -> None:
         self.resolve_project_fields()
@@ -195,7 +196,7 @@ def _run(config: DPORecipe) -> dict[str, Any]:
     pairs = load_pairs(config.dataset)  # fail on bad data before loading any model
     trainer = build_trainer(config, pairs)
     train_started = time.perf_counter()
-    result = trainer.train()
+    result = train(trainer, config)
     seconds = time.perf_counter() - train_started
     save_adapter(trainer.model, out)
 

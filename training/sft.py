@@ -42,6 +42,7 @@ from training.common import (
     save_adapter,
     start_run,
     torch_threads,
+    train,
     trainable_snapshot,
     upcast_adapter,
     write_json,
@@ -71,7 +72,7 @@ class SFTRecipe(SFTConfig, ProjectFields):
     report_to: None | str | list[str] = "none"  # no experiment trackers
     save_strategy: str = "no"  # only the final adapter is saved, by training.sft
     gradient_checkpointing: bool | None = None  # TRL's default (True) slows a 135M model for no memory need
-    bf16: bool | None = None  # None: bf16 autocast on GPUs that support it, fp32 on CPU (ProjectFields)
+    bf16: bool | None = None  # None: bf16 autocast where bf16 runs in hardware (GPUs, AMX CPUs; ProjectFields)
 
     def __post_init__(self) -> None:
         self.resolve_project_fields()
@@ -200,16 +201,8 @@ def main(config: SFTRecipe) -> dict[str, Any]:
         return _run(config)
 
 
-def _run(config: SFTRecipe) -> dict[str, Any]:
-    from datasets import Dataset
-    from transformers import set_seed
-    from trl import SFTTrainer
-
-    started = time.perf_counter()
-    out = start_run(config, config.output_dir)  # first: a dashboard must not read a stale run's files
-    documents = load_corpus(config.corpus)  # fail on a bad corpus before loading any model
-
-    set_seed(config.seed)  # the trainer seeds itself only after LoRA's random init
+def load_examples(config: SFTRecipe, documents: list[Document]) -> tuple[Any, Any, list[dict[str, list[int]]], int]:
+    """(model, tokenizer, examples, chats skipped): the base model and the corpus as training examples."""
     model, tokenizer = load_base_model(config.base_model, config.load_4bit, config.cache_dir,
                                        compute_dtype=config.compute_dtype)
     examples, skipped = training_examples(documents, tokenizer, config.max_length)
@@ -217,6 +210,16 @@ def _run(config: SFTRecipe) -> dict[str, Any]:
         log.warning("%d chats skipped: their prompt alone is max_length (%d) tokens or more", skipped, config.max_length)
     if not examples:
         raise RecipeError(f"nothing to train on: every chat's prompt is longer than max_length={config.max_length}")
+    return model, tokenizer, examples, skipped
+
+
+def build_trainer(config: SFTRecipe, model: Any, tokenizer: Any, examples: list[dict[str, list[int]]]):
+    """The SFTTrainer for `examples` (bench/train_speed.py builds the same one)."""
+    from datasets import Dataset
+    from transformers import set_seed
+    from trl import SFTTrainer
+
+    set_seed(config.seed)  # the trainer seeds itself only after LoRA's random init
     new_lora = lora_config(config.lora_r, config.lora_alpha, config.lora_dropout, config.target_modules)
     model, peft_config = prepare_policy(
         model, config.load_4bit, config.init_adapter, config.activation_checkpointing, new_lora
@@ -229,12 +232,21 @@ def _run(config: SFTRecipe) -> dict[str, Any]:
         train_dataset=Dataset.from_list(examples),
         processing_class=tokenizer,
         peft_config=peft_config,
-        callbacks=[JsonlProgress(out)],
+        callbacks=[JsonlProgress(config.output_dir)],
     )
     upcast_adapter(trainer.model, before)
+    return trainer
+
+
+def _run(config: SFTRecipe) -> dict[str, Any]:
+    started = time.perf_counter()
+    out = start_run(config, config.output_dir)  # first: a dashboard must not read a stale run's files
+    documents = load_corpus(config.corpus)  # fail on a bad corpus before loading any model
+    model, tokenizer, examples, skipped = load_examples(config, documents)
+    trainer = build_trainer(config, model, tokenizer, examples)
 
     train_started = time.perf_counter()
-    result = trainer.train()
+    result = train(trainer, config)
     seconds = time.perf_counter() - train_started
     save_adapter(trainer.model, out)
 
