@@ -33,7 +33,7 @@ from cowest_app.models.base import (
     options_from,
     register_backend,
 )
-from cowest_app.models.remote import InferenceClientBackend
+from cowest_app.models.remote import InferenceClientBackend, _short
 
 log = logging.getLogger(__name__)
 ENGINES = ("vllm", "tgi")
@@ -174,7 +174,3 @@ class LoraServerBackend:
             "quantization": None,  # whatever the server runs; not known here
         }
 
-
-def _short(text: str, limit: int = 200) -> str:
-    line = " ".join(text.split())
-    return line if len(line) <= limit else line[: limit - 1] + "…"
