@@ -160,6 +160,7 @@ class TrainingControl:
     def history(self, pack: str | None = None) -> list[dict[str, Any]]:
         """A pack's adapter versions, newest first (the trained pack's by default)."""
         rows = []
+        pushes = self.publisher.status() if self.publisher is not None else {}  # once for the whole table
         for meta in reversed(self.job.registry_for(pack).versions()):
             m = meta.metrics
             rows.append({
@@ -172,24 +173,10 @@ class TrainingControl:
                 "held-out (candidate)": _fmt(m.get("candidate_score")),
                 "held-out (previous)": _fmt(m.get("active_score")),
                 "created": meta.created_at,
-                "hub": self.hub_state(pack or self.job.pack.name, meta),
+                "hub": hub_state(pushes, pack or self.job.pack.name, meta),
                 "error": (meta.error or "")[:120],
             })
         return rows
-
-    def hub_state(self, pack: str, meta: Any) -> str:
-        """pushed (with its tag) / pending / failed, for a version's row in the table."""
-        from cowest_app.hub.publish import hub_tag
-
-        label = hub_tag(pack, meta.version)
-        status = self.publisher.status() if self.publisher is not None else {}
-        for state in ("pending", "failed"):
-            job = next((j for j in status.get(state, []) if j.get("kind", "push") == "push" and j.get("label") == label), None)
-            if job is not None:
-                return f"{state}: {job['last_error']}" if state == "failed" else state
-        if meta.hub.get("state") == "pushed":
-            return f"pushed as {meta.hub['tag']}"
-        return ""
 
     def push_status(self) -> dict[str, Any]:
         status = self.publisher.status() if self.publisher is not None else {}
@@ -224,6 +211,21 @@ def build_control(config: AppConfig, service: Any, restored: str | None = None) 
     publisher = build_publisher(config)
     registry = AdapterRegistry(config.pack_adapters_dir(config.train_pack or service.default_pack))
     return TrainingControl(config, service, registry, publisher, restored=restored)
+
+
+def hub_state(pushes: Mapping[str, Any], pack: str, meta: Any) -> str:
+    """pushed (with its tag) / pending / failed, for a version's row in the table; `pushes` is
+    the publisher's `status()`."""
+    from cowest_app.hub.publish import hub_tag
+
+    label = hub_tag(pack, meta.version)
+    for state in ("pending", "failed"):
+        job = next((j for j in pushes.get(state, []) if j.get("kind", "push") == "push" and j.get("label") == label), None)
+        if job is not None:
+            return f"{state}: {job['last_error']}" if state == "failed" else state
+    if meta.hub.get("state") == "pushed":
+        return f"pushed as {meta.hub['tag']}"
+    return ""
 
 
 def build_publisher(config: AppConfig):  # -> HubPublisher | None
