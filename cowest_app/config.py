@@ -24,7 +24,7 @@ PROFILES: dict[str, tuple[str, str]] = {
     "fast": (WEAK_DEFAULT, WEAK_DEFAULT),
 }
 
-STRONG_BACKENDS = ("transformers", "inference-client")
+STRONG_BACKENDS = ("auto", "llama-cpp", "transformers", "inference-client")
 WEAK_BACKENDS = ("transformers", "lora-server")
 WEAK_ENGINES = ("vllm", "tgi")
 STRONG_DTYPES = ("auto", "float32", "bfloat16", "float16")
@@ -64,7 +64,7 @@ class AppConfig:
     weak_backend: str = "transformers"
     weak_base_url: str | None = None
     weak_engine: str = "vllm"
-    strong_backend: str = "transformers"
+    strong_backend: str = "auto"
     strong_model: str = STRONG_DEFAULT
     strong_base_url: str | None = None
     strong_timeout_s: float = 120.0
@@ -135,7 +135,7 @@ ENV_VARS: dict[str, tuple[str, str]] = {
     "COWEST_WEAK_BACKEND": ("weak_backend", "`transformers` (in this process) or `lora-server` (an OpenAI-compatible server that serves each pack's LoRA adapter per request: vLLM or TGI)"),
     "COWEST_WEAK_BASE_URL": ("weak_base_url", "URL of the weak model's server for `lora-server`, e.g. `http://vllm:8000/v1`; `COWEST_WEAK_MODEL` is the base model's name there"),
     "COWEST_WEAK_ENGINE": ("weak_engine", "`vllm` (adapters loaded at run time, `VLLM_ALLOW_RUNTIME_LORA_UPDATING=True`) or `tgi` (adapters given at launch in `LORA_ADAPTERS` as `<pack>-<version>`)"),
-    "COWEST_STRONG_BACKEND": ("strong_backend", "`transformers` (local weights) or `inference-client` (black-box chat endpoint)"),
+    "COWEST_STRONG_BACKEND": ("strong_backend", "`auto` (`llama-cpp` on a CPU when llama-cpp-python is installed and the strong model is a GGUF, else `transformers`), `llama-cpp` (the GGUF file read by llama.cpp), `transformers` (local weights) or `inference-client` (black-box chat endpoint)"),
     "COWEST_STRONG_MODEL": ("strong_model", "strong model: repo id / directory / `packaged:NAME`, or the model name sent to the endpoint"),
     "COWEST_STRONG_BASE_URL": ("strong_base_url", "endpoint URL for `inference-client` (TGI, vLLM, any OpenAI-compatible server, or Inference Providers)"),
     "COWEST_STRONG_TIMEOUT_S": ("strong_timeout_s", "request timeout for the remote strong model, seconds"),

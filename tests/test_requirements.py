@@ -56,7 +56,10 @@ def test_the_space_front_matter_matches_the_pins() -> None:
     # The Hub fallbacks of the packaged models (cowest_app/models/refs.py), so a Space can preload them.
     from cowest_app.models import refs
 
-    assert set(front["models"]) == set(front["preload_from_hub"]) == {ref.hub_id for ref in refs.PACKAGED.values()}
+    assert set(front["models"]) == {ref.hub_id for ref in refs.PACKAGED.values()}
+    # ... and the strong model's GGUF that llama.cpp reads on a CPU Space ("repo file").
+    ggufs = {f"{ref.gguf_hub_id} {ref.gguf_name}" for ref in refs.PACKAGED.values() if ref.gguf_hub_id}
+    assert set(front["preload_from_hub"]) == set(front["models"]) | ggufs
 
 
 def test_a_cpu_space_gets_the_cpu_torch_wheel_of_the_pinned_version() -> None:

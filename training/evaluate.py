@@ -44,7 +44,7 @@ from cowest_app.core.collaboration import DRAFT, Ask, BatchAnswerer, BatchDrafte
 from cowest_app.files import write_atomic
 from cowest_app.models.base import GenerationOptions, Message
 from cowest_app.core.prompts import PromptSet
-from cowest_app.core.scoring import CHOICE_TASKS, OptionLikelihood
+from cowest_app.core.scoring import CHOICE_TASKS, OptionLikelihood, prompt_tokens
 from cowest_app.core.results import RESULTS_JSON, RESULTS_MD, RESULTS_PNG, render_chart, render_table
 from cowest_app.domains.retrieval import render_context
 
@@ -155,7 +155,7 @@ def run_system(
     answers = [c.answers[0].text for c in done]
     drafts = [c.drafts[0].text if c.drafts else None for c in done]
     scores = [float(pack.score(a, item)) for a, item in zip(answers, items)]
-    tokens = [int(answerer.encode(c.answer_prompts[0])["input_ids"].shape[-1]) for c in done]
+    tokens = [prompt_tokens(answerer, c.answer_prompts[0]) for c in done]
     over = sum(t > PROMPT_TOKEN_BUDGET for t in tokens)
     if over:  # e.g. retrieval units that are not bounded: every prompt then carries far more than intended
         log.warning("%s: %d of %d prompts exceed %d tokens (longest %d)", label, over, len(tokens),
@@ -195,7 +195,7 @@ def evaluate(
     limit: int | None = None, out: str | Path | None = None,
     settings: Settings = Settings(), load_4bit: bool = False, device: str | None = None,
     cache_dir: str | None = None, strong_dtype: str | None = None, only: Sequence[str] | None = None,
-    drafts_only: bool = False, split: str = "test",
+    drafts_only: bool = False, split: str = "test", strong_backend: str = "transformers",
 ) -> dict[str, Any]:
     """Score every system on the test split; write the result files to `out` when given.
 
@@ -217,12 +217,17 @@ def evaluate(
         raise ValueError(f"unknown systems {sorted(unknown)}; known: {', '.join(SYSTEMS)}")
     started = time.perf_counter()
     weak = TransformersBackend(weak_ref, cache_dir=cache_dir, load_4bit=load_4bit, device=device)
-    strong_model: list[TransformersBackend] = []  # loaded on first use: a drafts-only run never needs it
+    strong_model: list[Any] = []  # loaded on first use: a drafts-only run never needs it
 
-    def strong() -> TransformersBackend:
+    def strong() -> Any:
         if not strong_model:
-            strong_model.append(TransformersBackend(strong_ref, cache_dir=cache_dir, load_4bit=load_4bit,
-                                                    device=device, dtype=strong_dtype))  # it resolves dtype names
+            if strong_backend == "llama-cpp":  # the GGUF as llama.cpp reads it: same scoring rule, other kernels
+                from cowest_app.models.llama_cpp import LlamaCppBackend
+
+                strong_model.append(LlamaCppBackend(strong_ref, cache_dir=cache_dir))
+            else:
+                strong_model.append(TransformersBackend(strong_ref, cache_dir=cache_dir, load_4bit=load_4bit,
+                                                        device=device, dtype=strong_dtype))  # it resolves dtype names
         return strong_model[0]
 
     def with_direct(direct: Callable[[str], list[Message]]) -> PromptSet:
@@ -275,7 +280,7 @@ def evaluate(
             "grounded_dpo_adapter": grounded_dpo_adapter and str(grounded_dpo_adapter),
             "retrieval_passages": pack.retrieval_passages if grounded else None,
             "split": split, "limit": limit, "load_4bit": load_4bit, "notes": pack.notes,
-            "strong_dtype": strong_dtype or "default",
+            "strong_dtype": strong_dtype or "default", "strong_backend": strong_backend,
             "rag_k": settings.rag_k, "draft_tokens": settings.draft_tokens,
             "answer_tokens": settings.answer_tokens, "batch_size": settings.batch_size,
             "bootstrap": {"resamples": 1000, "seed": 0, "level": 0.95}, "only": list(only) if only else None,
@@ -303,8 +308,8 @@ def write_results(results: dict[str, Any], out: str | Path) -> Path:
 
 
 # Settings two result sets must share for their rows to stand in one table (paired by item).
-MERGE_KEYS = ("weak", "strong", "split", "limit", "load_4bit", "strong_dtype", "rag_k", "draft_tokens", "answer_tokens",
-              "batch_size")
+MERGE_KEYS = ("weak", "strong", "split", "limit", "load_4bit", "strong_dtype", "strong_backend", "rag_k", "draft_tokens",
+              "answer_tokens", "batch_size")
 
 
 def merge_results(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
@@ -312,7 +317,7 @@ def merge_results(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]
     adapter trained after the first evaluation, without rescoring the others."""
     if base["pack_fingerprint"] != extra["pack_fingerprint"]:
         raise ValueError("the result sets are of different pack versions (pack_fingerprint differs)")
-    older = {"split": "test"}  # result sets written before the key existed
+    older = {"split": "test", "strong_backend": "transformers"}  # result sets written before the key existed
     differ = [k for k in MERGE_KEYS
               if base["config"].get(k, older.get(k)) != extra["config"].get(k, older.get(k))]
     if differ:
@@ -356,6 +361,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch-size", type=int, default=Settings.batch_size)
     parser.add_argument("--strong-dtype", choices=("auto", "float32", "bfloat16"), default="auto",
                         help="strong model dtype (auto: bfloat16 where the device has it natively, else float32)")
+    parser.add_argument("--strong-backend", choices=("transformers", "llama-cpp"), default="transformers",
+                        help="llama-cpp: the strong GGUF read by llama.cpp (CPU), scored by the same option likelihoods")
     parser.add_argument("--load-4bit", action="store_true", help="load both models in NF4")
     parser.add_argument("--device", help="cpu, cuda, ... (default: cuda when available)")
     parser.add_argument("--cache-dir", help="model cache (default: $COWEST_CACHE_DIR or ~/.cache/cowest)")
@@ -388,7 +395,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         pack, ns.weak, ns.strong, sft_adapter=ns.sft_adapter, dpo_adapter=ns.dpo_adapter,
         grounded_dpo_adapter=ns.grounded_dpo_adapter, grounded=ns.grounded,
         limit=ns.limit, out=ns.out, settings=settings_from(ns), load_4bit=ns.load_4bit, device=ns.device,
-        cache_dir=ns.cache_dir, strong_dtype=ns.strong_dtype,
+        cache_dir=ns.cache_dir, strong_dtype=ns.strong_dtype, strong_backend=ns.strong_backend,
         only=ns.systems.split(",") if ns.systems else None, drafts_only=ns.drafts_only, split=ns.split,
     )
     if ns.drafts_only:

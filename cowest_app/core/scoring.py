@@ -21,6 +21,7 @@ from cowest_app.models.base import Message
 from cowest_app.models.batching import left_pad
 
 if TYPE_CHECKING:
+    from cowest_app.models.llama_cpp import LlamaCppBackend
     from cowest_app.models.local import TransformersBackend
 
 ANSWER_PREFIX = "Answer:"  # the answering model's reply opens with it; options are scored after it
@@ -79,15 +80,31 @@ def answer_prompt_ids(backend: TransformersBackend, messages: list[Message]) -> 
 
 
 def option_logprobs(
-    backend: TransformersBackend, conversations: Sequence[list[Message]], candidates: Sequence[Sequence[str]],
-    batch_size: int = 8, progress: Progress | None = None,
+    backend: TransformersBackend | LlamaCppBackend, conversations: Sequence[list[Message]],
+    candidates: Sequence[Sequence[str]], batch_size: int = 8, progress: Progress | None = None,
 ) -> list[list[float]]:
     """Per conversation, the model's log-likelihood of replying "Answer: <candidate>" for each candidate."""
+    # A leading space: after "Answer:" the letter is a separate word, tokenised as in running text.
+    if _is_llama_cpp(backend):
+        prompts = [backend.prompt_ids(m) + backend.tokenize(ANSWER_PREFIX) for m in conversations]
+        return backend.continuation_logprobs(prompts, [[f" {c}" for c in cands] for cands in candidates], progress)
     tokenizer = backend.tokenizer
     prompts = [answer_prompt_ids(backend, m) for m in conversations]
-    # A leading space: after "Answer:" the letter is a separate word, tokenised as in running text.
     conts = [[tokenizer.encode(f" {c}", add_special_tokens=False) for c in cands] for cands in candidates]
     return continuation_logprobs(backend.model, tokenizer.pad_token_id, prompts, conts, batch_size, progress)
+
+
+def prompt_tokens(backend: TransformersBackend | LlamaCppBackend, messages: list[Message]) -> int:
+    """How many tokens the model's chat prompt for `messages` has: what a system costs it."""
+    if _is_llama_cpp(backend):
+        return len(backend.prompt_ids(messages))
+    return int(backend.encode(messages)["input_ids"].shape[-1])
+
+
+def _is_llama_cpp(backend: Any) -> bool:
+    from cowest_app.models.llama_cpp import LlamaCppBackend
+
+    return isinstance(backend, LlamaCppBackend)
 
 
 def correct_index(reference: Any, candidates: Sequence[str]) -> int | None:
@@ -110,7 +127,7 @@ class OptionLikelihood(SelfAnsweringEvaluator):
     name = "option_likelihood"
     needs_reference = True
 
-    def __init__(self, backend: TransformersBackend, labels: Sequence[str] = (), batch_size: int = 8,
+    def __init__(self, backend: TransformersBackend | LlamaCppBackend, labels: Sequence[str] = (), batch_size: int = 8,
                  progress: Progress | None = None) -> None:
         self.backend = backend
         self.labels = tuple(labels)  # label tasks: the candidates; multiple choice: letters per question

@@ -134,6 +134,9 @@ class DomainPack:
     # What the strong model reads of a draft: all of it, or (`background`) the facts without the
     # weak model's own answer, which a strong model tends to copy even when it is wrong.
     notes: str = "draft"
+    # The final answer's token budget in the app for this domain (None: the app's own
+    # COWEST_STRONG_MAX_NEW_TOKENS); the smaller of the two applies.
+    answer_tokens: int | None = None
 
     def split(self, name: str) -> tuple[PackItem, ...]:
         if name not in SPLITS + DERIVED_SPLITS:
@@ -355,6 +358,7 @@ class _Meta:
     title: str
     examples: tuple[str, ...]
     notes: str
+    answer_tokens: int | None
 
 
 def _read_text(path: Path, errors: _Errors, blobs: dict[str, bytes], root: Path) -> str | None:
@@ -420,7 +424,7 @@ def _load_meta(path: Path, errors: _Errors, blobs: dict[str, bytes], root: Path)
     loaded = {kind: t or defaults.get(kind) for kind, t in templates.items()}
     prompts = {kind: t for kind, t in loaded.items() if t is not None}
     return _Meta(name, description, task_type, metric, labels, prompts, _retrieval_passages(data, bad),
-                 _title(data, bad), _examples(data, bad), _notes(data, bad))
+                 _title(data, bad), _examples(data, bad), _notes(data, bad), _answer_tokens(data, bad))
 
 
 NOTES = ("draft", "background")
@@ -434,6 +438,17 @@ def _notes(data: dict[str, Any], bad: _Report) -> str:
         bad("notes", f"'notes' must be one of {', '.join(NOTES)}")
         return "draft"
     return notes
+
+
+def _answer_tokens(data: dict[str, Any], bad: _Report) -> int | None:
+    """`answer_tokens: N`: how long a final answer in this domain needs to be (16 to 4096 tokens)."""
+    value = data.get("answer_tokens")
+    if value is None:
+        return None
+    if not isinstance(value, int) or isinstance(value, bool) or not 16 <= value <= 4096:
+        bad("answer_tokens", "'answer_tokens' must be a whole number of tokens from 16 to 4096")
+        return None
+    return value
 
 
 def _title(data: dict[str, Any], bad: _Report) -> str:
@@ -615,5 +630,6 @@ def load_pack(path: str | Path) -> DomainPack:
         name=meta.name, description=meta.description, task_type=meta.task_type, metric=meta.metric,
         labels=meta.labels, prompts=meta.prompts, corpus_paths=corpus, train=train, test=test, root=root,
         digest=_digest(blobs), retrieval_passages=meta.retrieval_passages, notes=meta.notes,
+        answer_tokens=meta.answer_tokens,
         title=meta.title or meta.name, examples=meta.examples,
     )

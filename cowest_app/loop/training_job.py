@@ -475,6 +475,7 @@ class TrainingJob:
     def gate_score(self, weak: WeakModel, slot: str | None, items: list[GateItem], who: str) -> float:
         """Mean score of the collaboration with `weak` drafting (in adapter `slot`) on `items`."""
         from cowest_app.core.collaboration import BatchDrafter, StreamingAnswerer, StreamingDrafter, collaborate, relay, run
+        from cowest_app.models.llama_cpp import LlamaCppBackend
         from cowest_app.models.local import TransformersBackend
         from cowest_app.models.lora_server import LoraServerBackend
         from cowest_app.core.scoring import CHOICE_TASKS, OptionLikelihood
@@ -483,7 +484,8 @@ class TrainingJob:
         drafter = (BatchDrafter(weak, draft_opts) if isinstance(weak, (TransformersBackend, LoraServerBackend))
                    else StreamingDrafter(weak, draft_opts, draft_opts))
         strong = self.service.strong
-        if isinstance(strong, TransformersBackend) and self.pack.task_type in CHOICE_TASKS and self.config.eval_file is None:
+        scores_options = isinstance(strong, (TransformersBackend, LlamaCppBackend))  # both read option log-probabilities
+        if scores_options and self.pack.task_type in CHOICE_TASKS and self.config.eval_file is None:
             answerer: Any = OptionLikelihood(strong, labels=self.pack.labels)
         else:
             answerer = StreamingAnswerer(strong, GenerationOptions(max_new_tokens=self.config.strong_max_new_tokens),

@@ -120,7 +120,7 @@ def register_backend(name: str) -> Callable[[BackendFactory], BackendFactory]:
 
 def create_backend(name: str, **kwargs: Any) -> Backend:
     # Importing the modules registers their backends.
-    from cowest_app.models import local, lora_server, remote  # noqa: F401
+    from cowest_app.models import llama_cpp, local, lora_server, remote  # noqa: F401
 
     if name not in _REGISTRY:
         raise ValueError(f"unknown backend {name!r}; known: {sorted(_REGISTRY)}")

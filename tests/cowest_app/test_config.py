@@ -11,7 +11,7 @@ def test_defaults_use_the_embedded_models():
     c = cfg.from_env({})
     assert c.weak_model == "packaged:smollm2-135m-instruct"
     assert c.strong_model == "packaged:qwen2.5-coder-1.5b-instruct"
-    assert c.weak_4bit is True and c.strong_backend == "transformers"
+    assert c.weak_4bit is True and c.strong_backend == "auto"
     assert c.db_path == Path("data") / "cowest.sqlite3"
 
 

@@ -187,6 +187,8 @@ BROKEN_YAML = "name: tiny\ndescription: d\ntask_type: [multiple_choice\nmetric: 
     (DOMAIN_YAML + "retrieval: {passages: 50}\n", "domain.yaml:11:",
      "'retrieval' must be true, false or {passages: N} with N from 1 to 20"),
     (DOMAIN_YAML + "examples: [ok, '']\n", "domain.yaml:11:", "'examples' must be a list of non-empty question strings"),
+    (DOMAIN_YAML + "answer_tokens: 5\n", "domain.yaml:11:", "'answer_tokens' must be a whole number of tokens from 16 to 4096"),
+    (DOMAIN_YAML + "answer_tokens: lots\n", "domain.yaml:11:", "'answer_tokens' must be a whole number of tokens from 16 to 4096"),
     ("- just\n- a list\n", "domain.yaml:", "expected a mapping"),
 ])
 def test_domain_yaml_errors(tmp_path, yaml_text, where, message):
@@ -348,3 +350,8 @@ def test_notes_background_hides_the_weak_answer_from_the_strong_model(tmp_path):
     assert "(no notes)" in hidden.strong_messages("Which drug?", "Draft answer: C")[1]["content"]
     with pytest.raises(PackError, match="'notes' must be one of draft, background"):
         load_pack(write_pack(tmp_path / "bad", DOMAIN_YAML + "notes: everything\n"))
+
+
+def test_answer_tokens_is_the_packs_answer_budget(tmp_path):
+    assert load_pack(write_pack(tmp_path / "plain")).answer_tokens is None
+    assert load_pack(write_pack(tmp_path / "short", DOMAIN_YAML + "answer_tokens: 120\n")).answer_tokens == 120

@@ -240,3 +240,13 @@ def test_history_is_the_sessions_own_newest_first_with_ratings(service: CollabSe
                                                                      (first, "First?", "general")]
     assert (rows[1]["rating"], rows[1]["best"], rows[0]["rating"]) == ("👎", "strong", "")
     assert service.history(None) == [] and service.history("nobody") == []
+
+
+@pytest.mark.parametrize(("app_budget", "expected"), [(300, 160), (100, 100)])
+def test_a_packs_answer_budget_applies_where_it_is_shorter(tmp_path: Path, tiny, app_budget, expected):
+    config = AppConfig(data_dir=tmp_path, strong_max_new_tokens=app_budget)
+    service = CollabService(config, tiny, tiny, LogStore(config.db_path))
+    general = service.get_pack("general")
+    assert general.answer_tokens == 160
+    assert service.strong_options(general).max_new_tokens == expected
+    assert service.strong_options(service.get_pack("medicine")).max_new_tokens == app_budget  # no budget of its own
