@@ -150,7 +150,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--prompts", type=int, default=6)
     parser.add_argument("--tokens", type=int, default=96)
-    parser.add_argument("--limit", type=int, default=100, help="test items for the accuracy part (0: skip it)")
+    parser.add_argument("--limit", type=int, default=60, help="test items for the accuracy part")
+    parser.add_argument("--parts", default="speed,accuracy",
+                        help="which parts to run; the others are kept from an existing --out")
     parser.add_argument("--out", type=Path, default=ROOT / "bench/results/strong_backends.json")
     parser.add_argument("--child", choices=BACKENDS, help=argparse.SUPPRESS)
     parser.add_argument("--table", action="store_true", help="print the table of --out and exit")
@@ -161,12 +163,16 @@ def main(argv: list[str] | None = None) -> int:
     if ns.table:
         print(table(json.loads(ns.out.read_text())))
         return 0
-    result: dict[str, Any] = {"prompts": ns.prompts, "tokens": ns.tokens, "speed": {}}
-    for name in BACKENDS:
-        run = speed(name, ns.prompts, ns.tokens)
-        result["speed"][name] = run | {"summary": summary(run)}
-        print(name, result["speed"][name]["summary"], flush=True)
-    if ns.limit:
+    parts = set(ns.parts.split(","))
+    result: dict[str, Any] = json.loads(ns.out.read_text()) if ns.out.exists() else {}
+    if "speed" in parts:
+        result.update(prompts=ns.prompts, tokens=ns.tokens, speed={})
+        for name in BACKENDS:
+            run = speed(name, ns.prompts, ns.tokens)
+            result["speed"][name] = run | {"summary": summary(run)}
+            print(name, result["speed"][name]["summary"], flush=True)
+    if "accuracy" in parts:
+        result["limit"] = ns.limit
         result["accuracy"] = accuracy(ns.limit)
         result["paired"] = {system: paired(result["accuracy"]["llama-cpp"][system]["items"],
                                            result["accuracy"]["transformers"][system]["items"])

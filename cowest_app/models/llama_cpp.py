@@ -131,6 +131,14 @@ class LlamaCppBackend:
                                          eos_token=self._token_text(self._llm.token_eos()),
                                          bos_token=self._token_text(self._llm.token_bos()))
 
+        self._warm_up()
+
+    def _warm_up(self) -> None:
+        """One short decode at load: the first request otherwise pays for paging in the
+        weights and starting the thread pool (about 13 s for the 1.5B model here)."""
+        self._llm.create_chat_completion([{"role": "user", "content": "Hi"}], max_tokens=1, temperature=0.0)
+        self._llm.reset()
+
     def _token_text(self, token: int) -> str:
         return self._llm.detokenize([token], special=True).decode("utf-8", "replace") if token >= 0 else ""
 

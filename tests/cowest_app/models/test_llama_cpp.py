@@ -118,3 +118,32 @@ def test_auto_picks_llama_cpp_for_a_gguf_strong_model_on_cpu_and_transformers_ot
     assert strong_backend_name(from_env({"COWEST_STRONG_MODEL": "Qwen/Qwen2.5-1.5B-Instruct"})) == "transformers"
     assert strong_backend_name(from_env({"COWEST_STRONG_ASSIST": "weak"})) == "transformers"
     assert strong_backend_name(from_env({"COWEST_STRONG_BACKEND": "transformers"})) == "transformers"
+
+
+CHOICES = [
+    [{"role": "user", "content": "Which one is a colour? A) red B) dog C) car. Reply with the letter."}],
+    [{"role": "system", "content": "You answer arithmetic."}, {"role": "user", "content": "2 + 2 = ? A) 3 B) 4 C) 5"}],
+]
+
+
+def test_prompts_and_option_scores_match_transformers_on_the_same_weights(llama, smollm2_dir):
+    from cowest_app.core.scoring import option_logprobs, prompt_tokens
+    from cowest_app.models.local import TransformersBackend
+
+    dense = TransformersBackend(str(smollm2_dir))
+    for messages in CHOICES:  # the GGUF's chat template renders exactly the tokens transformers does
+        assert llama.prompt_ids(messages) == dense.encode(messages)["input_ids"][0].tolist()
+        assert prompt_tokens(llama, messages) == prompt_tokens(dense, messages)
+    letters = [["A", "B", "C"]] * len(CHOICES)
+    quantised, reference = option_logprobs(llama, CHOICES, letters), option_logprobs(dense, CHOICES, letters)
+    for got, want in zip(quantised, reference):
+        # Same 4-bit weights; llama.cpp also rounds activations to 8 bits in its matrix products.
+        assert got == pytest.approx(want, abs=0.35)
+        assert max(range(3), key=got.__getitem__) == max(range(3), key=want.__getitem__)
+
+
+def test_a_multi_token_continuation_is_scored_token_by_token(llama):
+    from cowest_app.core.scoring import option_logprobs
+
+    [[yes, long]] = option_logprobs(llama, CHOICES[:1], [["A", "A red thing"]])
+    assert long < yes < 0  # more tokens, each with probability below one
