@@ -132,3 +132,8 @@ def test_a_job_submitted_from_the_command_line_reports_its_failure(monkeypatch, 
     assert job.spec["flavor"] == "a100x4" and job.spec["secrets"] == {"HF_TOKEN": "hf_cli_token"}
     assert job.spec["command"][5:10] == [RECIPE, "--backend", "accelerate", "--num-processes", "4"]
     assert job.namespace == "me" and job.spec["timeoutSeconds"] == 60
+
+
+def test_the_readme_shows_the_current_help(monkeypatch) -> None:
+    monkeypatch.setenv("COLUMNS", "100")  # the width the README's copy was printed at
+    assert launch.parser().format_help().rstrip("\n") in (ROOT / "README.md").read_text()
