@@ -25,9 +25,7 @@ from cowest_app.files import write_atomic
 log = logging.getLogger(__name__)
 WATERMARKS = ".watermarks.json"
 CARD = "README.md"
-# What the CommitScheduler pushes and a restore downloads: the tables and the card, never the
-# watermarks, nor the training inputs that hf-jobs runs commit to the same repo (cowest_app/hub/jobs.py).
-MIRRORED = [*(f"{table}/*.jsonl" for table in rows.TABLES), CARD]
+MIRRORED = ["*.jsonl", CARD]  # what the CommitScheduler pushes; never the watermarks
 
 
 def write_log_shards(store: LogStore, folder: Path) -> list[Path]:

@@ -20,7 +20,7 @@ from cowest_app.loop.registry import AdapterRegistry, AdapterVersion
 from cowest_app.loop.training_job import TrainingJob
 from tests.conftest import make_lora_adapter
 from tests.cowest_app.loop.test_training_job import setup  # noqa: F401 - the shared fixture
-from tests.fakes.hub_server import FakeHub, serve_hub
+from tests.fakes.hub_server import serve_hub
 
 ROOT = Path(__file__).parents[3]
 TOKEN = "hf_tok_never_shown"  # the setup fixture's HF token
