@@ -30,6 +30,7 @@ WEAK_ENGINES = ("vllm", "tgi")
 STRONG_DTYPES = ("auto", "float32", "bfloat16", "float16")
 STRONG_ASSIST_MODES = ("auto", "off", "weak", "prompt-lookup")
 FEEDBACK_EVALUATORS = ("weak_judge", "strong_judge")
+TRAIN_BACKENDS = ("local", "hf-jobs")
 
 
 class ConfigError(ValueError):
@@ -102,6 +103,11 @@ class AppConfig:
     train_recipe: Path = Path("training/recipes/dpo.yaml")
     train_threads: int = 1
     train_nice: int = 19  # the training child yields the CPU to answering (bench/serving.py)
+    train_backend: str = "local"  # "hf-jobs": each DPO run is a Hugging Face Job (cowest_app/hub/jobs.py)
+    job_image: str | None = None  # on a Space: the Space's own image (see from_env)
+    job_flavor: str = "a10g-small"
+    job_processes: int = 1
+    job_timeout_minutes: float = 120.0
     hub_repo: str | None = None
     hub_public: bool = False  # the adapter repo is created private unless this is set
     hub_log_repo: str | None = None
@@ -172,6 +178,11 @@ ENV_VARS: dict[str, tuple[str, str]] = {
     "COWEST_TRAIN_RECIPE": ("train_recipe", "DPO recipe YAML used by the job"),
     "COWEST_TRAIN_THREADS": ("train_threads", "torch threads of the training child process (the app keeps the rest)"),
     "COWEST_TRAIN_NICE": ("train_nice", "niceness of the training child (0-19; 19: it only gets CPU time answering leaves)"),
+    "COWEST_TRAIN_BACKEND": ("train_backend", "where the scheduled job trains: `local` (a child process of the app) or `hf-jobs` (a Hugging Face Job that reads the pairs from `COWEST_HUB_LOG_REPO` at a pinned commit and pushes a candidate branch to `COWEST_HUB_REPO`; needs `HF_TOKEN`)"),
+    "COWEST_JOB_IMAGE": ("job_image", "Docker image of an `hf-jobs` run; it must hold this project and its requirements (unset = the Space's own image, `hf.co/spaces/$SPACE_ID`, on a Space)"),
+    "COWEST_JOB_FLAVOR": ("job_flavor", "hardware of an `hf-jobs` run, e.g. `a10g-small`, `l4x4`, `a100-large`"),
+    "COWEST_JOB_PROCESSES": ("job_processes", "training processes in an `hf-jobs` run: `1` runs the recipe in one process; N runs `accelerate launch` data-parallel, one process per GPU (pick an N-GPU flavor)"),
+    "COWEST_JOB_TIMEOUT_MINUTES": ("job_timeout_minutes", "an `hf-jobs` run still going after this long is cancelled and the cycle reports it"),
     "COWEST_HUB_REPO": ("hub_repo", "model repo the adapters are pushed to (one commit per version, in the pack's folder, tagged `<pack>-vN`); unset = no push"),
     "COWEST_HUB_PUBLIC": ("hub_public", "create the adapter repo public (`1`); by default it is private"),
     "COWEST_HUB_LOG_REPO": ("hub_log_repo", "dataset repo the feedback log is synced to; unset = no sync"),
@@ -242,6 +253,8 @@ _FIELD_KINDS: dict[str, type] = {
     "train_recipe": Path,
     "train_threads": int,
     "train_nice": int,
+    "job_processes": int,
+    "job_timeout_minutes": float,
     "max_comment_chars": int,
     "weak_max_new_tokens": int,
     "strong_max_new_tokens": int,
@@ -277,6 +290,8 @@ def from_env(env: Mapping[str, str] | None = None, space_storage: Path = SPACE_S
         values.setdefault("max_session_share", 0.2)
         values.setdefault("global_asks_per_minute", 60)
         values.setdefault("global_feedback_per_minute", 240)
+        # The Space's own image holds this project and its requirements: a training job runs it.
+        values.setdefault("job_image", f"hf.co/spaces/{env['SPACE_ID']}")
         if space_storage.is_dir() and os.access(space_storage, os.W_OK):
             # Persistent storage survives restarts: the log, adapters and the converted models live there.
             values.setdefault("data_dir", space_storage / "cowest")
@@ -327,6 +342,7 @@ def validate(config: AppConfig) -> None:
     for name in ("train_min_pairs", "collect_max_questions", "eval_max_items", "train_threads"):
         if getattr(config, name) < 1:
             raise ConfigError(f"{name} must be at least 1")
+    _validate_train_backend(config)
     if not 0 <= config.train_nice <= 19:
         raise ConfigError(f"COWEST_TRAIN_NICE must be in 0..19, got {config.train_nice}")
     for name in ("asks_per_minute", "feedback_per_minute", "global_asks_per_minute", "global_feedback_per_minute"):
@@ -340,6 +356,24 @@ def validate(config: AppConfig) -> None:
         raise ConfigError("temperature must be >= 0")
     if not 0 < config.port < 65536:
         raise ConfigError(f"port {config.port} out of range")
+
+
+def _validate_train_backend(config: AppConfig) -> None:
+    if config.train_backend not in TRAIN_BACKENDS:
+        raise ConfigError(f"COWEST_TRAIN_BACKEND={config.train_backend!r}: expected one of {TRAIN_BACKENDS}")
+    if config.job_processes < 1:
+        raise ConfigError(f"COWEST_JOB_PROCESSES must be at least 1, got {config.job_processes}")
+    if config.job_timeout_minutes <= 0:
+        raise ConfigError(f"COWEST_JOB_TIMEOUT_MINUTES must be positive, got {config.job_timeout_minutes}")
+    if config.train_backend != "hf-jobs":
+        return
+    needed = {"COWEST_HUB_REPO (the job pushes its candidate there)": config.hub_repo,
+              "COWEST_HUB_LOG_REPO (the job reads its pairs from there)": config.hub_log_repo,
+              "COWEST_JOB_IMAGE (an image holding this project; set by default on a Space)": config.job_image,
+              "HF_TOKEN (to submit the job and for the job to read and push)": config.secrets.hf_token}
+    missing = [name for name, value in needed.items() if not value]
+    if missing:
+        raise ConfigError("COWEST_TRAIN_BACKEND=hf-jobs needs " + ", ".join(missing))
 
 
 def env_table() -> str:

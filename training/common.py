@@ -263,10 +263,26 @@ def start_run(config: Any, out_dir: str | Path) -> Path:
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    if not is_main_process():  # data-parallel: rank 0 alone owns the output files
+        return out
     (out / METRICS_FILE).unlink(missing_ok=True)
     (out / PROGRESS_FILE).unlink(missing_ok=True)
     save_resolved_config(config, out)
     return out
+
+
+def is_main_process() -> bool:
+    """Rank 0 of a data-parallel run (`accelerate launch` sets RANK), or a single-process run."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def training_device() -> str:
+    """This process's device: under `accelerate launch` on GPUs, the one GPU of its local rank."""
+    from cowest_app.models.local import default_device
+
+    device = default_device()
+    local_rank = os.environ.get("LOCAL_RANK")
+    return f"cuda:{int(local_rank)}" if device == "cuda" and local_rank is not None else device
 
 
 def write_json(path: Path, data: dict[str, Any], sort_keys: bool = True) -> None:
@@ -326,12 +342,12 @@ def load_base_model(ref: str, load_4bit: bool, cache_dir: str | Path | None, dev
     from transformers import AutoTokenizer
 
     from cowest_app.models import refs
-    from cowest_app.models.local import default_device, load_causal_lm, resolve_dtype
+    from cowest_app.models.local import load_causal_lm, resolve_dtype
 
     check_compute_dtype(compute_dtype)
     cache = Path(cache_dir).expanduser() if cache_dir else refs.default_cache_dir()
     path = refs.resolve(ref, cache)
-    device = device or default_device()
+    device = device or training_device()
     if compute_dtype == "auto" and load_4bit and device == "cpu":
         compute_dtype = None  # the app's CPU default for NF4: float32
     model = load_causal_lm(path, load_4bit, device, resolve_dtype(compute_dtype, device) if compute_dtype else None)
@@ -433,12 +449,13 @@ def train(trainer: Any, config: Any) -> Any:
 
 
 def save_adapter(model: Any, out_dir: Path) -> None:
-    """Save only the trained LoRA adapter.
+    """Save only the trained LoRA adapter (rank 0 only: the ranks hold the same weights).
 
     For a continued adapter TRL adds a frozen copy named "ref" as the DPO
     reference; `selected_adapters` keeps it out of the saved directory.
     """
-    model.save_pretrained(str(out_dir), selected_adapters=["default"])
+    if is_main_process():
+        model.save_pretrained(str(out_dir), selected_adapters=["default"])
 
 
 def lora_shape(model: Any) -> dict[str, Any]:

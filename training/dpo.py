@@ -37,6 +37,7 @@ from training.common import (
     ProjectFields,
     RecipeError,
     check_messages,
+    is_main_process,
     last_logged,
     library_versions,
     load_base_model,
@@ -223,7 +224,8 @@ def _run(config: DPORecipe) -> dict[str, Any]:
         "load_4bit": config.load_4bit,
         "versions": library_versions(),
     }
-    write_json(out / METRICS_FILE, metrics)
+    if is_main_process():  # the ranks of a data-parallel run would race on one file
+        write_json(out / METRICS_FILE, metrics)
     log.info("DPO done: %d steps on %d pairs in %.1fs, adapter in %s", metrics["steps"], n_pairs, seconds, out)
     return metrics
 

@@ -32,6 +32,7 @@ from training.common import (
     ProjectFields,
     RecipeError,
     check_messages,
+    is_main_process,
     last_logged,
     library_versions,
     load_base_model,
@@ -275,7 +276,8 @@ def _run(config: SFTRecipe) -> dict[str, Any]:
         "load_4bit": config.load_4bit,
         "versions": library_versions(),
     }
-    write_json(out / METRICS_FILE, metrics)
+    if is_main_process():  # the ranks of a data-parallel run would race on one file
+        write_json(out / METRICS_FILE, metrics)
     log.info("SFT done: %d steps on %d examples in %.1fs, adapter in %s", metrics["steps"], len(examples), seconds, out)
     return metrics
 

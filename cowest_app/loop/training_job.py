@@ -111,6 +111,7 @@ class TrainingJob:
     registry: AdapterRegistry
     publisher: Any | None = None  # cowest_app.hub.publish.HubPublisher
     python: str = sys.executable
+    job_poll_s: float = 5.0  # how often a Hugging Face Job's stage and logs are read
     state: JobState = field(default_factory=JobState)
 
     @property
@@ -392,6 +393,9 @@ class TrainingJob:
         write_atomic(self._marks_path(), json.dumps(marks, indent=2))
 
     def train(self, staging: Path, dataset: Path, parent: AdapterVersion | None) -> None:
+        """Train the candidate into `staging`: here in a child process, or as a Hugging Face Job."""
+        if self.config.train_backend == "hf-jobs":
+            return self.train_on_hub(staging, dataset, parent)
         overrides = {
             "base_model": self.config.weak_model,
             "load_4bit": str(self.config.weak_4bit).lower(),
@@ -430,6 +434,81 @@ class TrainingJob:
             tail = log_path.read_text(errors="replace")[-1500:]
             reason = f"killed by signal {-code}" if code < 0 else f"exit code {code}"
             raise JobError(f"training process failed ({reason}):\n{tail}")
+
+    # -- training as a Hugging Face Job ---------------------------------------
+    def train_on_hub(self, staging: Path, dataset: Path, parent: AdapterVersion | None) -> None:
+        """Commit the pairs (and the parent adapter) to the log dataset, run the DPO stage as a
+        Hugging Face Job on that pinned commit, follow it, and download its candidate into `staging`."""
+        from huggingface_hub import HfApi
+
+        from cowest_app.hub import jobs
+
+        api = HfApi(endpoint=self.config.hub_endpoint, token=self.config.secrets.hf_token, library_name="cowest")
+        plan = self._job_plan(api, dataset, parent)
+        runner = jobs.HubJobs(api, self._job_settings(), endpoint=self.config.hub_endpoint)
+        job_id = runner.submit(plan, self.config.secrets.hf_token)
+        self._set(detail=f"HF Job {job_id} submitted ({self.config.job_flavor})")
+        with (staging / "train.log").open("w") as log_file:
+            outcome = runner.follow(job_id, runner.namespace(plan), partial(self._job_line, staging, log_file),
+                                    partial(self._job_stage, job_id), self._stop)
+        if outcome.stopped:
+            raise Stopped("stopped by admin")
+        if not outcome.ok:
+            tail = "\n".join(outcome.log_tail[-15:])
+            raise JobError(f"HF Job {job_id} ended {outcome.stage}: {outcome.message or 'no message'}\n{tail}")
+        jobs.download(api, jobs.HubRef(plan.push_repo, plan.push_branch, plan.push_folder, "model"), staging)
+        write_atomic(staging / "job.json", json.dumps({"job_id": job_id, "url": outcome.url, "inputs": plan.data.revision,
+                                                       "branch": plan.push_branch, "repo": plan.push_repo}, indent=2))
+
+    def _job_plan(self, api: Any, dataset: Path, parent: AdapterVersion | None) -> Any:
+        from cowest_app.hub import jobs
+        from cowest_app.hub.publish import WEIGHT_FILES
+
+        pack, version = self.pack.name, self.state.version
+        run = f"{pack}-{version}-{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}"
+        files = {"train.jsonl": dataset}
+        if parent is not None:  # pinned with the pairs, so a push still in the queue cannot leave the job without it
+            parent_dir = self.registry.verified_path(parent.version)
+            files |= {f"init_adapter/{name}": parent_dir / name for name in WEIGHT_FILES}
+        folder = f"training-inputs/{run}"
+        sha = jobs.upload_inputs(api, self.config.hub_log_repo, folder, files, f"Training inputs of {pack} {version}")
+        overrides = (f"base_model={self.config.weak_model}", f"load_4bit={str(self.config.weak_4bit).lower()}")
+        return jobs.LaunchPlan(
+            stage="dpo", recipe=self._recipe_in_project(), data=jobs.HubRef(self.config.hub_log_repo, sha, f"{folder}/train.jsonl"),
+            init_adapter=jobs.HubRef(self.config.hub_log_repo, sha, f"{folder}/init_adapter") if parent else None,
+            push_repo=self.config.hub_repo, push_branch=f"candidate-{run}", push_folder=f"candidates/{pack}-{version}",
+            overrides=overrides, num_processes=self.config.job_processes)
+
+    def _recipe_in_project(self) -> str:
+        """The recipe's path as the job's image holds it: relative to the project root."""
+        recipe = Path(self.config.train_recipe)
+        resolved = (ROOT / recipe).resolve() if not recipe.is_absolute() else recipe.resolve()
+        if not resolved.is_relative_to(ROOT):
+            raise JobError(f"COWEST_TRAIN_RECIPE={recipe}: an hf-jobs run needs a recipe inside the project, "
+                           "where the job's image has it")
+        return resolved.relative_to(ROOT).as_posix()
+
+    def _job_settings(self) -> Any:
+        from cowest_app.hub.jobs import JobSettings
+
+        return JobSettings(image=self.config.job_image, flavor=self.config.job_flavor,
+                           timeout_s=self.config.job_timeout_minutes * 60, poll_s=self.job_poll_s)
+
+    def _job_line(self, staging: Path, log_file: Any, line: str) -> None:
+        """One job log line: a progress event goes to progress.jsonl (the Training tab follows it), the rest to train.log."""
+        from cowest_app.hub.jobs import parse_progress
+
+        event = parse_progress(line)
+        if event is None:
+            log_file.write(line.rstrip("\n") + "\n")
+            log_file.flush()
+            return
+        with (staging / "progress.jsonl").open("a", encoding="utf-8") as progress:
+            progress.write(json.dumps(event) + "\n")
+        self._follow_progress(staging / "progress.jsonl")
+
+    def _job_stage(self, job_id: str, stage: str) -> None:
+        self._set(detail=f"HF Job {job_id}: {stage.lower()} on {self.config.job_flavor}")
 
     def _follow_progress(self, path: Path) -> None:
         last = _last_json_line(path)

@@ -85,3 +85,22 @@ def test_a_space_with_persistent_storage_keeps_its_data_there(tmp_path):
     assert (on_space.data_dir, on_space.cache_dir) == (storage / "cowest", storage / "cowest-cache")
     assert cfg.from_env({"SPACE_ID": "me/cowest", "COWEST_DATA_DIR": "/elsewhere"}, space_storage=storage).data_dir == Path("/elsewhere")
     assert cfg.from_env({}, space_storage=storage).data_dir == Path("data")  # a local run ignores it
+
+
+def test_hf_jobs_backend_needs_its_repos_image_and_token():
+    with pytest.raises(cfg.ConfigError, match="COWEST_TRAIN_BACKEND='cloud'"):
+        cfg.from_env({"COWEST_TRAIN_BACKEND": "cloud"})
+    with pytest.raises(cfg.ConfigError) as missing:
+        cfg.from_env({"COWEST_TRAIN_BACKEND": "hf-jobs", "COWEST_HUB_REPO": "me/adapter"})
+    text = str(missing.value)
+    assert "COWEST_HUB_LOG_REPO" in text and "COWEST_JOB_IMAGE" in text and "HF_TOKEN" in text
+    assert "COWEST_HUB_REPO" not in text.replace("COWEST_HUB_REPO (", "")  # only what is missing is named
+    full = {"COWEST_TRAIN_BACKEND": "hf-jobs", "COWEST_HUB_REPO": "me/adapter", "COWEST_HUB_LOG_REPO": "me/log",
+            "HF_TOKEN": "hf_job_token", "COWEST_JOB_PROCESSES": "4", "COWEST_JOB_TIMEOUT_MINUTES": "30"}
+    on_space = cfg.from_env({**full, "SPACE_ID": "me/cowest"})
+    assert (on_space.train_backend, on_space.job_image, on_space.job_flavor) == ("hf-jobs", "hf.co/spaces/me/cowest", "a10g-small")
+    assert (on_space.job_processes, on_space.job_timeout_minutes) == (4, 30.0)
+    assert "hf_job_token" not in repr(on_space)
+    with pytest.raises(cfg.ConfigError, match="COWEST_JOB_PROCESSES must be at least 1, got 0"):
+        cfg.from_env({**full, "COWEST_JOB_IMAGE": "img", "COWEST_JOB_PROCESSES": "0"})
+    assert cfg.from_env({}).train_backend == "local"

@@ -22,7 +22,15 @@ NDJSON commit payload and never negotiates LFS or Xet. Downloads send no Xet
 headers, so hf_hub_download falls back to a plain HTTP GET.
 
 Repos live in memory: each is a list of commits (snapshots: every commit holds
-the full file tree), a `main` branch at the last commit, and tags.
+the full file tree), branches (`main` first; create_branch adds more, and commits go
+to any of them), and tags.
+
+It also plays the Jobs API that `run_job`, `inspect_job`, `fetch_job_logs` and
+`cancel_job` call (`/api/jobs/{namespace}[/{id}[/logs|/cancel]]`). What a submitted job
+does is `job_mode`: "run" runs its command here (`python` is this interpreter, the
+working directory `job_cwd`, the job's env and secrets in its environment) and its output
+becomes the logs; "fail" ends in ERROR after a traceback; "hang" runs until cancelled.
+Every job is SCHEDULING first, then RUNNING, then COMPLETED, ERROR or CANCELED.
 """
 
 from __future__ import annotations
@@ -30,8 +38,12 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import os
 import re
+import subprocess
+import sys
 import threading
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -40,9 +52,11 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 _REPO_TYPES = {"models": "model", "datasets": "dataset", "spaces": "space"}
 # /api/{type}s/{ns}/{name}[/{action}[/{rest}]]
-_API_REPO = re.compile(r"^/api/(models|datasets|spaces)/([^/]+/[^/]+?)(?:/(preupload|commit|tag|refs|revision|tree)(?:/(.*))?)?$")
+_API_REPO = re.compile(r"^/api/(models|datasets|spaces)/([^/]+/[^/]+?)(?:/(preupload|commit|tag|refs|revision|tree|branch)(?:/(.*))?)?$")
 # /{ns}/{name}/resolve/{rev}/{path} for models, /datasets/... and /spaces/... otherwise
 _RESOLVE = re.compile(r"^/(?:(datasets|spaces)/)?([^/]+/[^/]+)/resolve/([^/]+)/(.+)$")
+_JOBS = re.compile(r"^/api/jobs/([^/]+)(?:/([^/]+)(?:/(logs|cancel))?)?$")
+JOB_MODES = ("run", "fail", "hang")
 BAD_CREDENTIALS = "Invalid credentials in Authorization header"  # the Hub's exact wording; the client keys on it
 
 
@@ -72,25 +86,61 @@ class Repo:
     repo_id: str
     repo_type: str  # "model", "dataset" or "space"
     private: bool = False
-    commits: list[Commit] = field(default_factory=list)  # oldest first; main is the last one
+    commits: list[Commit] = field(default_factory=list)  # oldest first
     tags: dict[str, str] = field(default_factory=dict)  # tag -> commit id
+    branches: dict[str, str] = field(default_factory=dict)  # branch -> commit id; `main` is there once created
 
     @property
     def head(self) -> Commit:
-        return self.commits[-1]
+        """The commit `main` points at."""
+        return self.commit(self.branches["main"])
 
     def commit(self, commit_id: str) -> Commit:
         return next(c for c in self.commits if c.id == commit_id)
 
     def resolve(self, revision: str) -> Commit | None:
-        """A branch (only `main`), a tag, a full commit id or a 7+ character prefix."""
-        if revision == "main":
-            return self.head
+        """A branch, a tag, a full commit id or a 7+ character prefix."""
+        if revision in self.branches:
+            return self.commit(self.branches[revision])
         if revision in self.tags:
             return self.commit(self.tags[revision])
         if len(revision) >= 7:
             return next((c for c in self.commits if c.id.startswith(revision)), None)
         return None
+
+
+@dataclass
+class FakeJob:
+    """One submitted job: its spec as the client sent it, its stage, its log lines."""
+
+    id: str
+    namespace: str
+    spec: dict[str, Any]
+    stage: str = "SCHEDULING"
+    message: str | None = None
+    logs: list[tuple[str, str]] = field(default_factory=list)  # (ISO timestamp, line)
+    stages: list[str] = field(default_factory=lambda: ["SCHEDULING"])  # every stage it went through
+    cancel_requested: threading.Event = field(default_factory=threading.Event)
+
+    def log(self, line: str) -> None:
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime()) + f".{int(time.time() * 1000) % 1000:03d}Z"
+        self.logs.append((stamp, line.rstrip("\n")))
+
+    def move(self, stage: str, message: str | None = None) -> None:
+        self.stage, self.message = stage, message
+        self.stages.append(stage)
+
+    def info(self) -> dict[str, Any]:
+        image = {"spaceId": self.spec["spaceId"]} if "spaceId" in self.spec else {"dockerImage": self.spec.get("dockerImage")}
+        return {
+            "id": self.id, "createdAt": "2025-01-01T00:00:00.000Z", **image,
+            "command": self.spec.get("command"), "arguments": self.spec.get("arguments", []),
+            "environment": self.spec.get("environment", {}),
+            "secrets": {name: None for name in self.spec.get("secrets") or {}},  # names only, as the Hub answers
+            "flavor": self.spec.get("flavor"), "labels": self.spec.get("labels"),
+            "status": {"stage": self.stage, "message": self.message},
+            "owner": {"id": "0" * 24, "name": self.namespace, "type": "user"},
+        }
 
 
 @dataclass
@@ -123,6 +173,9 @@ class FakeHub:
     _httpd: ThreadingHTTPServer | None = field(default=None, init=False, repr=False)
     _stopping: threading.Event = field(default_factory=threading.Event, init=False, repr=False)
     _hang: _Hang | None = field(default=None, init=False, repr=False)
+    job_mode: str = "run"  # what a submitted job does (module docstring)
+    job_cwd: str | None = None  # working directory of a "run" job (the project root: its image's WORKDIR)
+    jobs: dict[str, FakeJob] = field(default_factory=dict)
 
     # --- test-facing API -------------------------------------------------
 
@@ -175,6 +228,13 @@ class FakeHub:
         """Recorded requests whose path contains fragment (and with that method, if given)."""
         return [r for r in self.requests if fragment in r.path and (method is None or r.method == method)]
 
+    def job(self, job_id: str | None = None) -> FakeJob:
+        """A job by id, or the only one submitted so far."""
+        if job_id is None:
+            [job] = self.jobs.values()
+            return job
+        return self.jobs[job_id]
+
     def start(self) -> FakeHub:
         self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), _make_handler(self))
         self._httpd.daemon_threads = True  # a handler stuck in delay_s must not block shutdown
@@ -198,13 +258,67 @@ class FakeHub:
                     return fault.status
         return None
 
-    def _new_commit(self, repo: Repo, message: str, files: dict[str, bytes]) -> Commit:
+    def _new_commit(self, repo: Repo, message: str, files: dict[str, bytes], branch: str = "main") -> Commit:
         self._commit_counter += 1
-        parent = repo.commits[-1].id if repo.commits else None
+        parent = repo.branches.get(branch)
         seed = f"{repo.repo_type}/{repo.repo_id}/{parent}/{message}/{self._commit_counter}".encode()
         commit = Commit(hashlib.sha1(seed).hexdigest(), message, files, parent)
         repo.commits.append(commit)
+        repo.branches[branch] = commit.id
         return commit
+
+    def _submit(self, namespace: str, spec: dict[str, Any]) -> FakeJob:
+        if self.job_mode not in JOB_MODES:
+            raise ValueError(f"job_mode must be one of {JOB_MODES}")
+        with self._lock:
+            job = FakeJob(f"{len(self.jobs) + 1:024x}", namespace, spec)
+            self.jobs[job.id] = job
+        threading.Thread(target=_run_job, args=(job, self.job_mode, self.job_cwd), name=f"fake-job-{job.id[-4:]}",
+                         daemon=True).start()
+        return job
+
+
+def _run_job(job: FakeJob, mode: str, cwd: str | None) -> None:
+    """The life of a job: scheduled briefly, then what its mode says."""
+    if job.cancel_requested.wait(0.2):
+        return job.move("CANCELED", "Job was cancelled")
+    job.move("RUNNING")
+    if mode == "fail":
+        for line in ("Traceback (most recent call last):", "torch.OutOfMemoryError: CUDA out of memory."):
+            job.log(line)
+        return job.move("ERROR", "Job failed with exit code: 1")
+    if mode == "hang":
+        job.log("loading the model ...")
+        job.cancel_requested.wait()
+        return job.move("CANCELED", "Job was cancelled")
+    _execute(job, cwd)
+
+
+def _kill_on_cancel(job: FakeJob, proc: subprocess.Popen) -> None:
+    while not job.cancel_requested.wait(0.1):
+        if proc.poll() is not None:
+            return
+    try:
+        os.killpg(proc.pid, 9)  # its whole session: `accelerate launch` has children
+    except ProcessLookupError:
+        pass
+
+
+def _execute(job: FakeJob, cwd: str | None) -> None:
+    command = list(job.spec["command"])
+    command[0] = sys.executable if command[0] == "python" else command[0]  # the image's python is this one
+    # A job container is online and sees only the token it was given as a secret.
+    host = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "HF_TOKEN", "HF_ENDPOINT")}
+    env = {**host, **job.spec.get("environment", {}), **(job.spec.get("secrets") or {})}
+    proc = subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+    threading.Thread(target=_kill_on_cancel, args=(job, proc), daemon=True).start()
+    for line in proc.stdout:
+        job.log(line)
+    code = proc.wait()
+    if job.cancel_requested.is_set():
+        return job.move("CANCELED", "Job was cancelled")
+    job.move("COMPLETED" if code == 0 else "ERROR", None if code == 0 else f"Job failed with exit code: {code}")
 
 
 @contextmanager
@@ -297,6 +411,8 @@ class _HubHandler(BaseHTTPRequestHandler):
             return self._create_repo(json.loads(body))
         if self.command == "POST" and path == "/api/validate-yaml":
             return self._send_json(200, {"errors": [], "warnings": []})
+        if match := _JOBS.match(path):
+            return self._jobs_api(*match.groups(), body)
         # Match on the raw path: revisions and file paths arrive %-quoted ("refs%2Fpr%2F1").
         if match := _API_REPO.match(url.path):
             return self._repo_api(match, query, body)
@@ -353,6 +469,26 @@ class _HubHandler(BaseHTTPRequestHandler):
             return self._tag(repo, rest, json.loads(body))
         if action == "tag" and self.command == "DELETE" and rest:
             return self._delete_tag(repo, rest)
+        if action == "branch" and self.command == "POST" and rest:
+            return self._create_branch(repo, rest, json.loads(body or b"{}"))
+        raise _HubError(404, f"no route {self.command} {self.path}")
+
+    # --- jobs -----------------------------------------------------------------
+
+    def _jobs_api(self, namespace: str, job_id: str | None, action: str | None, body: bytes) -> None:
+        if job_id is None and self.command == "POST":
+            return self._send_json(200, self.fake._submit(namespace, json.loads(body)).info())
+        job = self.fake.jobs.get(job_id or "")
+        if job is None or job.namespace != namespace:
+            raise _HubError(404, f"Job {job_id} not found")
+        if action is None and self.command == "GET":
+            return self._send_json(200, job.info())
+        if action == "cancel" and self.command == "POST":
+            job.cancel_requested.set()
+            return self._send_json(200, {})
+        if action == "logs" and self.command == "GET":
+            events = "".join(f"data: {json.dumps({'timestamp': ts, 'data': line})}\n\n" for ts, line in list(job.logs))
+            return self._send(200, events.encode(), {"Content-Type": "text/event-stream"})
         raise _HubError(404, f"no route {self.command} {self.path}")
 
     def _info(self, repo: Repo, commit: Commit) -> dict[str, Any]:
@@ -369,7 +505,7 @@ class _HubHandler(BaseHTTPRequestHandler):
             return {"name": name, "ref": f"refs/{kind}/{name}", "targetCommit": target}
 
         return {
-            "branches": [ref("main", "heads", repo.head.id)],
+            "branches": [ref(name, "heads", target) for name, target in sorted(repo.branches.items())],
             "tags": [ref(name, "tags", target) for name, target in sorted(repo.tags.items())],
             "converts": [],
             "pullRequests": [],
@@ -403,23 +539,23 @@ class _HubHandler(BaseHTTPRequestHandler):
             }
             for item in payload["files"]
         ]
-        self._send_json(200, {"files": files, "commitOid": repo.head.id})
+        self._send_json(200, {"files": files, "commitOid": self._revision(repo, revision).id})
 
     def _commit(self, repo: Repo, revision: str, body: bytes) -> None:
-        if revision != "main":
-            raise _HubError(400, f"fake hub only commits to main, not {revision!r}")
+        if revision not in repo.branches:
+            raise _HubError(404, f"Invalid rev id: {revision}", "RevisionNotFound")
         lines = [json.loads(line) for line in body.decode().splitlines() if line.strip()]
         header = next((line["value"] for line in lines if line["key"] == "header"), None)
         if header is None:
             raise _HubError(400, "commit payload has no header")
         with self.fake._lock:
             parent = header.get("parentCommit")
-            if parent is not None and parent != repo.head.id:
+            if parent is not None and parent != repo.branches[revision]:
                 raise _HubError(412, "A commit has happened since. Please refresh and try again.")
-            files = dict(repo.head.files)
+            files = dict(repo.commit(repo.branches[revision]).files)
             for line in lines:
                 self._apply(files, line["key"], line["value"])
-            commit = self.fake._new_commit(repo, header["summary"], files)
+            commit = self.fake._new_commit(repo, header["summary"], files, branch=revision)
         prefix = "" if repo.repo_type == "model" else f"{repo.repo_type}s/"
         commit_url = f"{self.fake.endpoint}/{prefix}{repo.repo_id}/commit/{commit.id}"
         self._send_json(200, {"commitUrl": commit_url, "commitOid": commit.id, "pullRequestUrl": None, "success": True})
@@ -448,6 +584,14 @@ class _HubHandler(BaseHTTPRequestHandler):
             if payload["tag"] in repo.tags or payload["tag"] == "main":
                 raise _HubError(409, f"Tag {payload['tag']} already exists")
             repo.tags[payload["tag"]] = commit.id
+        self._send_json(200, {})
+
+    def _create_branch(self, repo: Repo, branch: str, payload: dict[str, Any]) -> None:
+        start = self._revision(repo, payload.get("startingPoint") or "main")
+        with self.fake._lock:
+            if branch in repo.branches:
+                raise _HubError(409, f"Reference already exists: refs/heads/{branch}")
+            repo.branches[branch] = start.id
         self._send_json(200, {})
 
     def _delete_tag(self, repo: Repo, tag: str) -> None:
