@@ -9,8 +9,8 @@ with the shipped adapter, Qwen2.5-Coder-1.5B strong), everything else as
 shipped, and records:
 
 - start: seconds from launching the process to the page answering (model
-  caches already in place; `--cold` empties the cache first, so a first start
-  with its one-off conversion is measured instead);
+  caches already in place; `--cold` gives each app an empty cache directory, so
+  a first start with its one-off conversions is measured instead);
 - per question, asked one at a time with the comparison off: time to the first
   weak token, to the first token of the final answer, and to the complete answer
   (the run logged), as the browser sees them.
@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import statistics
 import sys
 import tempfile
@@ -58,9 +57,11 @@ def page_answers(url: str) -> bool:
         return False
 
 
-def start_app(backend: str, data_dir: Path, log_path: Path) -> tuple[AppProcess, float]:
+def start_app(backend: str, data_dir: Path, log_path: Path, cache_dir: Path | None) -> tuple[AppProcess, float]:
     env = {"COWEST_STRONG_BACKEND": backend, "COWEST_DATA_DIR": str(data_dir), "COWEST_TRAIN_EVERY_MINUTES": "0",
            "COWEST_ASKS_PER_MINUTE": "0", "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1"}
+    if cache_dir is not None:
+        env["COWEST_CACHE_DIR"] = str(cache_dir)
     started = time.perf_counter()
     app = AppProcess.start(env, log_path, timeout_s=START_TIMEOUT_S)
     while not page_answers(app.url):
@@ -98,9 +99,7 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, float]:
 
 
 def run_backend(backend: str, asked: list[tuple[str, str]], work: Path, cold: bool) -> dict[str, Any]:
-    if cold:
-        shutil.rmtree(Path.home() / ".cache" / "cowest", ignore_errors=True)
-    app, start_s = start_app(backend, work / backend, work / f"{backend}.log")
+    app, start_s = start_app(backend, work / backend, work / f"{backend}.log", work / f"{backend}-cache" if cold else None)
     try:
         client = Client(app.url, verbose=False)
         timed_ask(client, "Warm-up: what is 2 + 2?", "general")  # first-request costs are not the steady state
@@ -111,17 +110,20 @@ def run_backend(backend: str, asked: list[tuple[str, str]], work: Path, cold: bo
 
 
 def table(result: dict[str, Any]) -> str:
+    """p50 / p95 per backend, over all questions and per pack (the shipped pack's drafts and answers are longer)."""
     names = list(result["backends"])
-    base = result["backends"][names[0]]
-    lines = ["| strong backend | start (s) | first weak token p50 / p95 (s) | first final token p50 / p95 (s) | "
-             "complete answer p50 / p95 (s) | complete p50 vs " + names[0] + " |", "|---|---:|---:|---:|---:|---:|"]
-    for name in names:
-        run = result["backends"][name]
-        s = run["summary"]
-        ratio = s["complete_s_p50"] / base["summary"]["complete_s_p50"]
-        lines.append(f"| {name} | {run['start_s']} | {s['first_weak_s_p50']} / {s['first_weak_s_p95']} | "
-                     f"{s['first_final_s_p50']} / {s['first_final_s_p95']} | {s['complete_s_p50']} / {s['complete_s_p95']} | "
-                     f"{ratio:.2f}x |")
+    lines = ["| strong backend | questions | start (s) | first weak token p50 / p95 (s) | first final token p50 / p95 (s) | "
+             f"complete answer p50 / p95 (s) | complete p50 vs {names[0]} |", "|---|---|---:|---:|---:|---:|---:|"]
+    for scope in ("all", *PACKS):
+        base = None
+        for name in names:
+            run = result["backends"][name]
+            rows = [row for row in run["questions"] if scope == "all" or row["pack"] == scope]
+            s = summarise(rows)
+            base = base or s
+            lines.append(f"| {name} | {scope} ({len(rows)}) | {run['start_s']} | {s['first_weak_s_p50']} / {s['first_weak_s_p95']} | "
+                         f"{s['first_final_s_p50']} / {s['first_final_s_p95']} | {s['complete_s_p50']} / {s['complete_s_p95']} | "
+                         f"{s['complete_s_p50'] / base['complete_s_p50']:.2f}x |")
     return "\n".join(lines)
 
 

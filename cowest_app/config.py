@@ -148,7 +148,7 @@ ENV_VARS: dict[str, tuple[str, str]] = {
     "COWEST_STRONG_DTYPE": ("strong_dtype", "weights of the local strong model: `auto` (bf16 on GPUs and on CPUs with native bf16, AVX512-BF16 or AMX; fp32 elsewhere), `float32`, `bfloat16` or `float16`"),
     "COWEST_STRONG_ASSIST": ("strong_assist", "assisted (speculative) greedy decoding of the local strong model: `auto` (`prompt-lookup` when the strong model runs in bf16/fp16, `off` in fp32), `off`, `weak` (the weak model proposes tokens) or `prompt-lookup` (n-grams copied from the prompt, which holds the draft); the strong model checks every proposed token (see bench/README.md)"),
     "COWEST_DATA_DIR": ("data_dir", "where the SQLite log, exports and adapters live"),
-    "COWEST_CACHE_DIR": ("cache_dir", "where packaged GGUF models are converted to safetensors, once"),
+    "COWEST_CACHE_DIR": ("cache_dir", "where packaged GGUF models are prepared once: converted to safetensors for transformers, joined into one file for llama.cpp"),
     "COWEST_MAX_QUESTION_CHARS": ("max_question_chars", "longest accepted question"),
     "COWEST_MAX_COMMENT_CHARS": ("max_comment_chars", "longest accepted feedback comment"),
     "COWEST_ASKS_PER_MINUTE": ("asks_per_minute", "questions one browser session may ask per minute; more get a \"too fast\" message and are not logged (`0` = no limit)"),

@@ -231,15 +231,14 @@ def test_settings_are_chosen_on_the_dev_split(tmp_path: Path, tiny_model_dir: Pa
     assert results["config"]["split"] == "dev" and not {i.id for i in pack.test} & {i.id for i in pack.dev}
 
 
-@pytest.mark.parametrize("task_type", ["multiple_choice", "short_answer"])
-def test_the_strong_model_can_be_the_gguf_on_llama_cpp(tmp_path: Path, tiny_model_dir: Path, task_type: str) -> None:
+def test_the_strong_model_can_be_the_gguf_on_llama_cpp(tmp_path: Path, tiny_model_dir: Path) -> None:
     from cowest_app.domains.packs import load_pack
 
-    pack = load_pack(write_pack(tmp_path / "pack", task_type))
+    pack = load_pack(write_pack(tmp_path / "pack"))
     results = evaluate(pack, str(tiny_model_dir), "packaged:smollm2-135m-instruct", limit=2, settings=FAST, device="cpu",
                        only=["strong", "collab_base"], strong_backend="llama-cpp")
     assert results["config"]["strong_backend"] == "llama-cpp"
     for system in results["systems"].values():
         assert system["n"] == 2 and all(row["prompt_tokens"] > 10 for row in system["items"])
-    if task_type == "multiple_choice":  # read from option likelihoods, as on transformers
-        assert {row["answer"] for row in results["systems"]["strong"]["items"]} <= {f"Answer: {c}" for c in "ABCD"}
+    # read from option likelihoods, as on transformers
+    assert {row["answer"] for row in results["systems"]["strong"]["items"]} <= {f"Answer: {c}" for c in "ABCD"}

@@ -37,6 +37,13 @@ def test_greedy_reply_streams_and_says_it_stopped_at_the_limit(llama):
     assert again == "".join(chunks)  # greedy is deterministic, and the reused prefix cache changes nothing
 
 
+def test_complete_batch_gives_each_conversations_whole_reply(llama):
+    opts = GenerationOptions(max_new_tokens=6)
+    batches = list(llama.complete_batch([QUESTION, QUESTION, QUESTION], opts, batch_size=2))
+    assert [len(b) for b in batches] == [2, 1]
+    assert batches[0][0] == batches[1][0] == "".join(llama.generate(QUESTION, max_new_tokens=6))
+
+
 def test_stop_string_ends_the_reply_before_it(llama):
     full = "".join(llama.generate(QUESTION, max_new_tokens=40))
     marker = next(word for word in ("3", "three", "Three", "\n") if word in full)
