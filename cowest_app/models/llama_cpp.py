@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import threading
-import time
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
@@ -120,22 +119,19 @@ class LlamaCppBackend:
         except ModelRefError as exc:
             raise BackendError(str(exc)) from exc
         self.threads = threads or cpu_threads()
-        started = time.perf_counter()
         self._llm = Llama(model_path=self.path, n_ctx=context_tokens, n_threads=self.threads,
                           n_threads_batch=self.threads, verbose=False)
-        self.load_seconds = time.perf_counter() - started
         # One llama.cpp context decodes one sequence at a time.
         self._lock = threading.Lock()
         # The GGUF's own chat template, as llama.cpp's chat completion renders it, for scoring prompts.
         self._chat = Jinja2ChatFormatter(template=self._llm.metadata.get("tokenizer.chat_template", ""),
                                          eos_token=self._token_text(self._llm.token_eos()),
                                          bos_token=self._token_text(self._llm.token_bos()))
-
         self._warm_up()
 
     def _warm_up(self) -> None:
-        """One short decode at load: the first request otherwise pays for paging in the
-        weights and starting the thread pool (about 13 s for the 1.5B model here)."""
+        """One short decode at load: otherwise the first request pays for paging in the
+        mapped weights and starting the thread pool (seconds for the 1.5B model)."""
         self._llm.create_chat_completion([{"role": "user", "content": "Hi"}], max_tokens=1, temperature=0.0)
         self._llm.reset()
 
