@@ -127,15 +127,18 @@ def summarise(truth: Sequence[bool], p_a: Sequence[float]) -> dict[str, Any]:
 class Study:
     """The study's stages over one pack; each stage's output is a JSON file under OUT/stages."""
 
-    def __init__(self, pack: Any, out: Path, pairs: list[TruthPair], eval_pairs: int, strong_pairs: int,
-                 weak: str, strong: str, adapter: Path, cache_dir: str | None, dpo_overrides: Sequence[str]) -> None:
+    def __init__(self, pack: Any, out: Path, pairs: list[TruthPair], eval_pairs: int, teacher_pairs: int,
+                 strong_pairs: int, fractions: Sequence[int], weak: str, strong: str, adapter: Path,
+                 cache_dir: str | None, dpo_overrides: Sequence[str]) -> None:
         self.pack, self.out = pack, out
         # The pool is the largest training subset (1/2 of the labelled pairs); every teacher is
         # scored on pairs after it, which none trained on.
         self.n_pairs = len(pairs)
         half = len(pairs) // min(FRACTIONS)
         self.pool, self.eval = pairs[:half], pairs[half:][:eval_pairs]
-        self.strong_pairs = strong_pairs
+        # Subsets of the evaluation pairs for the costlier labellers: always its first pairs.
+        self.teacher_eval = self.eval[:teacher_pairs]
+        self.strong_pairs, self.fractions = strong_pairs, tuple(fractions)
         self.weak, self.strong, self.adapter, self.cache_dir = weak, strong, adapter, cache_dir
         self.dpo_overrides = tuple(dpo_overrides)
         self.prompt_set = pack.prompt_set(grounded=pack.retrieval_passages > 0)  # as the drafts were written
@@ -191,23 +194,25 @@ class Study:
         backend = self.weak_backend()
         backend.swap_adapter(str(self.adapter), "shipped", self.pack.name)
         logprobs = reply_logprobs(backend, self.pack.name, *self.eval_batch(), reference=True)
-        return {"ids": [p.id for p in self.eval], "logprobs": logprobs}
+        return {"ids": [p.id for p in self.teacher_eval], "logprobs": logprobs}
 
     def eval_batch(self) -> tuple[list[Any], list[list[str]]]:
-        return [self.prompt_set.draft(p.question) for p in self.eval], [[p.a, p.b] for p in self.eval]
+        pairs = self.teacher_eval
+        return [self.prompt_set.draft(p.question) for p in pairs], [[p.a, p.b] for p in pairs]
 
     def teacher(self, adapter: Path, reference: dict[str, Any]) -> dict[str, Any]:
         """The weak_teacher's labels with `adapter` in the pack's slot: its implicit rewards
         (the evaluator's own functions), the reference pass read from the `reference` stage."""
         from cowest_app.core.evaluators import DPO_BETA, implicit_rewards, preference, reply_logprobs
 
-        if reference["ids"] != [p.id for p in self.eval]:
+        if reference["ids"] != [p.id for p in self.teacher_eval]:
             raise ValueError("the reference stage scored other evaluation pairs: delete stages/reference.json")
         backend = self.weak_backend()
         backend.swap_adapter(str(adapter), adapter.name, self.pack.name)  # a fresh copy of the base, never stacked
         policy = reply_logprobs(backend, self.pack.name, *self.eval_batch())
         rewards = [implicit_rewards(pol, ref, DPO_BETA) for pol, ref in zip(policy, reference["logprobs"], strict=True)]
-        return self.labels(self.eval, [preference(a, b) for a, b in rewards], rewards=rewards, adapter=str(adapter))
+        return self.labels(self.teacher_eval, [preference(a, b) for a, b in rewards], rewards=rewards,
+                           adapter=str(adapter))
 
     # -- DPO on the labelled pool ---------------------------------------------------------
     def train_prefix(self, start: int, stop: int, init: Path, out: Path) -> dict[str, Any]:
@@ -242,7 +247,7 @@ class Study:
             ref = self.stage("reference", self.reference)
             stages["weak_teacher@0"] = self.stage("weak_teacher@0", lambda: self.teacher(self.adapter, ref))
             init, done = self.adapter, 0
-            for fraction in FRACTIONS:
+            for fraction in self.fractions:
                 stop = self.n_pairs // fraction
                 path = self.out / "adapters" / f"dpo-1_{fraction}"
                 start, previous = done, init
@@ -261,19 +266,31 @@ LABELLERS = ("weak_judge", "strong_judge", "weak_teacher@0", "weak_teacher@1/8",
 
 
 def collect_results(out: Path, meta: dict[str, Any]) -> dict[str, Any]:
-    """Every finished stage's agreement, read back from OUT/stages (also those of earlier runs)."""
-    labellers: dict[str, Any] = {}
-    training: dict[str, Any] = {}
+    """Every finished stage's agreement, read back from OUT/stages (also those of earlier runs).
+
+    Labellers scored on more pairs than the teachers also get a row on the teachers'
+    pairs only (`… on teacher pairs`), so every teacher is compared on the same pairs.
+    """
+    stages: dict[str, dict[str, Any]] = {}
     for name in LABELLERS:
         path = out / "stages" / f"{name.replace('/', '_')}.json"
         if path.is_file():
-            stage = json.loads(path.read_text(encoding="utf-8"))
-            labellers[name] = summarise(stage["truth"], stage["p_a"]) | {"seconds": stage["seconds"]}
+            stages[name] = json.loads(path.read_text(encoding="utf-8"))
+    labellers = {name: summarise(st["truth"], st["p_a"]) | {"seconds": st["seconds"]} for name, st in stages.items()}
+    teacher_ids = stages["weak_teacher@0"]["ids"] if "weak_teacher@0" in stages else None
+    for name in ("weak_judge", "strong_judge"):
+        st = stages.get(name)
+        if st is not None and teacher_ids is not None and set(teacher_ids) < set(st["ids"]):
+            keep = [i for i, pid in enumerate(st["ids"]) if pid in set(teacher_ids)]
+            labellers[f"{name} on teacher pairs"] = summarise([st["truth"][i] for i in keep], [st["p_a"][i] for i in keep]) | {
+                "seconds": st["seconds"] * len(keep) / len(st["ids"])}
+    training = {}
     for fraction in FRACTIONS:
         path = out / "stages" / f"dpo@1_{fraction}.json"
         if path.is_file():
             training[f"1/{fraction}"] = json.loads(path.read_text(encoding="utf-8"))
-    return meta | {"labellers": labellers, "dpo": training}
+    order = [n for base in LABELLERS for n in (base, f"{base} on teacher pairs") if n in labellers]
+    return meta | {"labellers": {n: labellers[n] for n in order}, "dpo": training}
 
 
 def _pct(value: float | None) -> str:
@@ -293,7 +310,8 @@ def render_table(results: dict[str, Any]) -> str:
                                         f"{row['seconds']:.0f}"]) + " |")
     sizes = results["sizes"]
     note = (f"\nTruth: {sizes['pairs']} reference-labelled pairs ({sizes['questions']} questions); labelled pool "
-            f"{sizes['pool']}, evaluation pairs {sizes['eval']} (strong judge: the first {sizes['strong']}). "
+            f"{sizes['pool']}, evaluation pairs {sizes['eval']} (teachers: the first {sizes.get('teacher', sizes['eval'])}; "
+            f"strong judge: the first {sizes['strong']}). "
             "Agreement counts a tie as half.\n")
     return "\n".join(lines) + "\n" + note
 
@@ -328,7 +346,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--feedback", type=Path, help=f"reference-scored feedback.json (default: PACK/{DEFAULT_FEEDBACK})")
     parser.add_argument("--adapter", type=Path, help="the weak model's adapter the teachers start from (default: PACK/adapter)")
     parser.add_argument("--eval-pairs", type=int, default=40, help="evaluation pairs scored by every labeller")
+    parser.add_argument("--teacher-pairs", type=int, default=40, help="evaluation pairs the teachers score (the first ones)")
     parser.add_argument("--strong-pairs", type=int, default=20, help="evaluation pairs the strong judge scores (0: none)")
+    parser.add_argument("--fractions", default="8,4,2", help="teachers on 1/N of the labelled pairs, nested (N in 8,4,2)")
     parser.add_argument("--skip", action="append", default=[], choices=("weak_judge", "teacher", "strong_judge"))
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="DPO recipe override")
     parser.add_argument("--seed", type=int, default=0, help="shuffle and A/B order of the pairs")
@@ -354,20 +374,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"no feedback file at {feedback_path}: run training.pipeline's feedback stage first")
     if not (adapter / "adapter_config.json").is_file():
         parser.error(f"no adapter at {adapter}")
-    if ns.eval_pairs < 1 or ns.strong_pairs < 0:
-        parser.error("--eval-pairs must be >= 1 and --strong-pairs >= 0")
+    fractions = sorted({int(f) for f in ns.fractions.split(",") if f.strip()}, reverse=True)
+    if not set(fractions) <= set(FRACTIONS):
+        parser.error(f"--fractions: each must be one of {FRACTIONS}")
+    if ns.eval_pairs < 1 or ns.teacher_pairs < 1 or ns.strong_pairs < 0:
+        parser.error("--eval-pairs and --teacher-pairs must be >= 1, --strong-pairs >= 0")
     pairs = truth_pairs(json.loads(feedback_path.read_text(encoding="utf-8")), ns.seed)
     if len(pairs) < 2 * max(FRACTIONS):
         parser.error(f"{feedback_path} gives only {len(pairs)} pairs: too few to split")
     out = Path(ns.out)
-    study = Study(pack, out, pairs, ns.eval_pairs, ns.strong_pairs, ns.weak, ns.strong, adapter, ns.cache_dir, ns.set)
+    study = Study(pack, out, pairs, ns.eval_pairs, ns.teacher_pairs, ns.strong_pairs, fractions, ns.weak, ns.strong,
+                  adapter, ns.cache_dir, ns.set)
     study.run(ns.skip)
     meta = {"pack": pack.name, "pack_fingerprint": pack.fingerprint(), "feedback": str(feedback_path),
             "adapter": str(adapter), "seed": ns.seed, "dpo_overrides": list(ns.set),
             "sizes": {"questions": len(json.loads(feedback_path.read_text())["results"]), "pairs": len(pairs),
-                      "pool": len(study.pool), "eval": len(study.eval),
+                      "pool": len(study.pool), "eval": len(study.eval), "teacher": len(study.teacher_eval),
                       "strong": min(ns.strong_pairs, len(study.eval)),
-                      "dpo_pairs": {f"1/{f}": len(pairs) // f for f in FRACTIONS}}}
+                      "dpo_pairs": {f"1/{f}": len(pairs) // f for f in fractions}}}
     results = collect_results(out, meta)
     write_reports(results, out)
     print(render_table(results))

@@ -94,3 +94,17 @@ def test_distrusted_pairs_are_left_out_of_a_run_that_trains(setup, measured: Pat
     result = TrainingJob(config, service, registry).run_cycle()
     assert result.startswith("v1 promoted"), result
     assert registry.get("v1").n_pairs == 2  # the two strong-judge pairs only
+
+
+def test_the_job_labels_logged_questions_with_the_weak_teacher(setup, tiny_adapters) -> None:  # noqa: F811
+    """COWEST_FEEDBACK_EVALUATOR=weak_teacher: the pack's adapter slot labels the drafts of a logged question."""
+    config, service = setup
+    config = replace(config, feedback_file=None, feedback_evaluator="weak_teacher", feedback_min_confidence=0.0)
+    service.weak.swap_adapter(str(tiny_adapters["v1"]), "v1", "general")
+    list(service.ask("Is 7 prime?", "general"))
+    job = TrainingJob(config, service, AdapterRegistry(config.pack_adapters_dir("general")))
+    assert job.evaluator_options("weak_teacher")["slot"] == "general"
+    assert job.collect() == 1
+    [stored] = service.store.iter_pairs(trainable_only=False)
+    assert stored.evaluator == "weak_teacher" and 0.5 <= stored.confidence <= 1.0
+    assert stored.prompt == job.prompt_set.draft(stored.question) and len(stored.details["rewards"]) == 4
