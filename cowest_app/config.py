@@ -90,7 +90,8 @@ class AppConfig:
     train_every_minutes: float = 60.0
     train_min_pairs: int = 32
     feedback_k: int = 4
-    feedback_evaluator: str = "weak_judge"
+    # The labeller study's best cheap labeller on the shipped pack (README, "How good are the labels?").
+    feedback_evaluator: str = "weak_teacher"
     feedback_min_margin: float = MIN_MARGIN
     feedback_min_confidence: float = 0.6
     min_evaluator_agreement: float = 60.0  # %: labels from an evaluator measured below this are not trained on
@@ -161,9 +162,9 @@ ENV_VARS: dict[str, tuple[str, str]] = {
     "COWEST_TRAIN_EVERY_MINUTES": ("train_every_minutes", "how often the retraining job runs (`0` = only when an admin starts it)"),
     "COWEST_TRAIN_MIN_PAIRS": ("train_min_pairs", "new trainable preference pairs needed before a scheduled run trains"),
     "COWEST_FEEDBACK_K": ("feedback_k", "weak drafts sampled per question for collaborative feedback"),
-    "COWEST_FEEDBACK_EVALUATOR": ("feedback_evaluator", "scores answers without a reference: `weak_judge` (cheap) or `strong_judge`; references and human ratings always win"),
+    "COWEST_FEEDBACK_EVALUATOR": ("feedback_evaluator", "labels the drafts of questions without a reference: `weak_teacher` (the trained pack's adapter's implicit DPO reward against the bare base; no strong model; the pack needs an adapter), `weak_judge` (the weak model asked zero-shot) or `strong_judge` (the strong model's rubric grade); references and human ratings always win. The default is the best cheap labeller of `training.labeller_study` (README)"),
     "COWEST_FEEDBACK_MIN_MARGIN": ("feedback_min_margin", "smallest influence gap between chosen and rejected draft that makes a pair"),
-    "COWEST_FEEDBACK_MIN_CONFIDENCE": ("feedback_min_confidence", "weak-judge pairs below this confidence are stored but not trained on"),
+    "COWEST_FEEDBACK_MIN_CONFIDENCE": ("feedback_min_confidence", "judge and teacher pairs below this confidence are stored but not trained on"),
     "COWEST_MIN_EVALUATOR_AGREEMENT": ("min_evaluator_agreement", "pairs from an automatic evaluator whose measured agreement with the truth (`<pack>/results/labellers/agreement.json`, written by `training.labeller_study`) is below this percentage are not trained on; a run left with none does not train and says why (`0` = off)"),
     "COWEST_MAX_SESSION_SHARE": ("max_session_share", "largest share of a training set that pairs from one browser session may make up; a session's newest pairs above it are left out (`1` = no cap; `0.2` by default on a Space, where `SPACE_ID` is set)"),
     "COWEST_FEEDBACK_FILE": ("feedback_file", "optional JSONL of questions with references (`question`, `domain`, `reference`, `task_type`, `options`) to collect feedback on"),

@@ -317,13 +317,11 @@ def render_table(results: dict[str, Any]) -> str:
 
 
 def agreement_file(results: dict[str, Any]) -> dict[str, Any]:
-    """What the app reads: per evaluator name, its measured agreement. The teacher's entry is the
-    one trained on the most labelled pairs, as the app's teacher is trained on all it has."""
+    """What the app reads: per evaluator name, its measured agreement. The teacher's entry is
+    `weak_teacher@0`, the pack's shipped adapter: what the app's teacher reads until a DPO
+    version is promoted (the DPO'd teachers' rows are in results.json)."""
     rows = results["labellers"]
-    picked = {"weak_judge": "weak_judge", "strong_judge": "strong_judge"}
-    teachers = [name for name in LABELLERS if name.startswith("weak_teacher@1/") and name in rows]
-    if teachers:
-        picked["weak_teacher"] = teachers[-1]
+    picked = {"weak_judge": "weak_judge", "strong_judge": "strong_judge", "weak_teacher": "weak_teacher@0"}
     evaluators = {evaluator: {"agreement": round(rows[name]["agreement"], 1), "ci_low": round(rows[name]["ci_low"], 1),
                               "ci_high": round(rows[name]["ci_high"], 1), "n": rows[name]["n"], "measured_as": name}
                   for evaluator, name in picked.items() if name in rows}

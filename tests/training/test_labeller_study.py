@@ -43,13 +43,13 @@ def test_agreement_counts_ties_as_half_and_buckets_by_confidence() -> None:
     assert summary["trainable"]["agreement"] == pytest.approx(200 / 3)
 
 
-def test_the_app_reads_the_teacher_trained_on_the_most_pairs() -> None:
+def test_the_app_reads_the_teacher_it_ships_with() -> None:
     row = summarise([True, False], [0.8, 0.3]) | {"seconds": 1.0}
-    results = {"pack": "p", "labellers": {"weak_judge": row, "weak_teacher@1/8": row, "weak_teacher@1/4": row},
+    results = {"pack": "p", "labellers": {"weak_judge": row, "weak_teacher@0": row, "weak_teacher@1/4": row},
                "sizes": {"pairs": 2, "questions": 3, "pool": 1, "eval": 2, "strong": 0}}
     app = agreement_file(results)
     assert set(app["evaluators"]) == {"weak_judge", "weak_teacher"}
-    assert app["evaluators"]["weak_teacher"]["measured_as"] == "weak_teacher@1/4"
+    assert app["evaluators"]["weak_teacher"]["measured_as"] == "weak_teacher@0"
     table = render_table(results)
     assert "| `weak_judge` | 2 | **100.0** |" in table and "evaluation pairs 2" in table
 
