@@ -29,7 +29,7 @@ WEAK_BACKENDS = ("transformers", "lora-server")
 WEAK_ENGINES = ("vllm", "tgi")
 STRONG_DTYPES = ("auto", "float32", "bfloat16", "float16")
 STRONG_ASSIST_MODES = ("auto", "off", "weak", "prompt-lookup")
-FEEDBACK_EVALUATORS = ("weak_judge", "strong_judge")
+FEEDBACK_EVALUATORS = ("weak_judge", "strong_judge", "weak_teacher")
 TRAIN_BACKENDS = ("local", "hf-jobs")
 
 
@@ -91,9 +91,11 @@ class AppConfig:
     train_every_minutes: float = 60.0
     train_min_pairs: int = 32
     feedback_k: int = 4
-    feedback_evaluator: str = "weak_judge"
+    # The labeller study's best cheap labeller on the shipped pack (README, "How good are the labels?").
+    feedback_evaluator: str = "weak_teacher"
     feedback_min_margin: float = MIN_MARGIN
     feedback_min_confidence: float = 0.6
+    min_evaluator_agreement: float = 60.0  # %: labels from an evaluator measured below this are not trained on
     max_session_share: float = 1.0  # 0.2 on a Space: see from_env
     feedback_file: Path | None = None
     collect_max_questions: int = 16
@@ -166,9 +168,10 @@ ENV_VARS: dict[str, tuple[str, str]] = {
     "COWEST_TRAIN_EVERY_MINUTES": ("train_every_minutes", "how often the retraining job runs (`0` = only when an admin starts it)"),
     "COWEST_TRAIN_MIN_PAIRS": ("train_min_pairs", "new trainable preference pairs needed before a scheduled run trains"),
     "COWEST_FEEDBACK_K": ("feedback_k", "weak drafts sampled per question for collaborative feedback"),
-    "COWEST_FEEDBACK_EVALUATOR": ("feedback_evaluator", "scores answers without a reference: `weak_judge` (cheap) or `strong_judge`; references and human ratings always win"),
+    "COWEST_FEEDBACK_EVALUATOR": ("feedback_evaluator", "labels the drafts of questions without a reference: `weak_teacher` (the trained pack's adapter's implicit DPO reward against the bare base; no strong model; the pack needs an adapter), `weak_judge` (the weak model asked zero-shot) or `strong_judge` (the strong model's rubric grade); references and human ratings always win. The default is the best cheap labeller of `training.labeller_study` (README)"),
     "COWEST_FEEDBACK_MIN_MARGIN": ("feedback_min_margin", "smallest influence gap between chosen and rejected draft that makes a pair"),
-    "COWEST_FEEDBACK_MIN_CONFIDENCE": ("feedback_min_confidence", "weak-judge pairs below this confidence are stored but not trained on"),
+    "COWEST_FEEDBACK_MIN_CONFIDENCE": ("feedback_min_confidence", "judge and teacher pairs below this confidence are stored but not trained on"),
+    "COWEST_MIN_EVALUATOR_AGREEMENT": ("min_evaluator_agreement", "pairs from an automatic evaluator whose measured agreement with the truth (`<pack>/results/labellers/agreement.json`, written by `training.labeller_study`) is below this percentage are not trained on; a run left with none does not train and says why (`0` = off)"),
     "COWEST_MAX_SESSION_SHARE": ("max_session_share", "largest share of a training set that pairs from one browser session may make up; a session's newest pairs above it are left out (`1` = no cap; `0.2` by default on a Space, where `SPACE_ID` is set)"),
     "COWEST_FEEDBACK_FILE": ("feedback_file", "optional JSONL of questions with references (`question`, `domain`, `reference`, `task_type`, `options`) to collect feedback on"),
     "COWEST_COLLECT_MAX_QUESTIONS": ("collect_max_questions", "questions turned into feedback per job run (bounds a run's time)"),
@@ -240,6 +243,7 @@ _FIELD_KINDS: dict[str, type] = {
     "feedback_k": int,
     "feedback_min_margin": float,
     "feedback_min_confidence": float,
+    "min_evaluator_agreement": float,
     "max_session_share": float,
     "asks_per_minute": int,
     "feedback_per_minute": int,
@@ -348,6 +352,8 @@ def validate(config: AppConfig) -> None:
     for name in ("asks_per_minute", "feedback_per_minute", "global_asks_per_minute", "global_feedback_per_minute"):
         if getattr(config, name) < 0:
             raise ConfigError(f"{name} must be >= 0 (0 = no limit)")
+    if not 0 <= config.min_evaluator_agreement <= 100:
+        raise ConfigError(f"COWEST_MIN_EVALUATOR_AGREEMENT must be a percentage in 0..100, got {config.min_evaluator_agreement}")
     if not 0 < config.max_session_share <= 1:
         raise ConfigError(f"max_session_share must be in (0, 1], got {config.max_session_share}")
     if config.train_every_minutes < 0:

@@ -7,17 +7,28 @@ reference=None, options=None) -> list[Score]`, one Score per answer in order;
 a `SelfAnsweringEvaluator` answers the strong model's conversations itself
 and scores those answers (`answer_and_score`, e.g. `training.evaluate`'s
 option likelihood); a `PairJudge` also says how sure it is of a chosen /
-rejected pair (`pair_confidence`). Callers dispatch with `isinstance`.
+rejected pair (`pair_confidence`); a `DraftJudge` rewards the weak model's
+drafts themselves (`draft_rewards`), so no strong model runs for it. Callers
+dispatch with `isinstance`.
 
 The text evaluators here:
 
 - `ReferenceEvaluator`: the task metric against a known answer (confidence 1).
 - `StrongJudge`: the strong model grades with a fixed rubric; an unparsable
   reply (or a failed call) scores None and the answer is skipped.
-- `WeakJudge`: the weak model as teacher (*Your Weak LLM is Secretly a Strong
-  Teacher for Alignment*). It generates nothing: it reads its own next-token
-  probabilities of "Yes" vs "No" after a verification question, and of "A" vs
-  "B" after a comparison asked in both orders, which cancels position bias.
+- `WeakJudge`: the weak model asked zero-shot. It generates nothing: it reads
+  its own next-token probabilities of "Yes" vs "No" after a verification
+  question, and of "A" vs "B" after a comparison asked in both orders, which
+  cancels position bias.
+
+And a `DraftJudge`, which labels the weak model's drafts directly, with no
+strong model: `WeakTeacher`, the weak model as teacher as *Your Weak LLM is
+Secretly a Strong Teacher for Alignment* (Tao & Li) builds it. Its DPO adapter
+was trained on labelled pairs; the implicit DPO reward of a draft y under the
+drafting prompt x, r(y) = β·[log π_θ(y|x) − log π_ref(y|x)] (π_θ: the
+adapter's slot, π_ref: the same model with adapters disabled), ranks the
+drafts, and sigmoid(r(chosen) − r(rejected)) is the Bradley–Terry probability
+DPO fitted: the pair's confidence.
 """
 
 from __future__ import annotations
@@ -47,7 +58,7 @@ class Score:
 class Evaluator(ABC):
     """Every evaluator: a name (recorded with each pair) and whether it needs a reference answer.
 
-    Not used directly: an evaluator is a TextEvaluator or a SelfAnsweringEvaluator.
+    Not used directly: an evaluator is a TextEvaluator, a SelfAnsweringEvaluator or a DraftJudge.
     """
 
     name: str
@@ -75,6 +86,14 @@ class SelfAnsweringEvaluator(Evaluator):
         self, conversations: Sequence[list[Message]], reference: Reference | None, options: Sequence[str] | None,
     ) -> tuple[list[str], list[Score]]:
         """(answer, Score) per conversation, in order."""
+
+
+class DraftJudge(Evaluator):
+    """Labels the weak model's drafts themselves (no strong model, no finals): one reward per draft."""
+
+    @abstractmethod
+    def draft_rewards(self, prompt: list[Message], drafts: Sequence[str]) -> list[float]:
+        """One reward per draft written under `prompt`, in order; higher is better."""
 
 
 class PairJudge(ABC):
@@ -261,12 +280,141 @@ class WeakJudge(TextEvaluator, PairJudge):
         return self.pair_preference(question, chosen, rejected, reference, options)
 
 
+# -- the implicit-reward teacher -----------------------------------------------
+
+DPO_BETA = 0.1  # training/recipes/dpo.yaml's beta: the scale DPO fitted the reward at
+
+
+def reply_ids(backend: TransformersBackend, prompt: list[Message], reply: str) -> tuple[list[int], list[int]]:
+    """(prompt ids, reply ids) as DPO tokenises a conversational pair: the prompt with the
+    generation header, then the rest of the chat-templated conversation (the reply and its
+    end-of-turn token), so a reward is read on exactly the tokens DPO trained."""
+    tokenizer = backend.tokenizer
+    prompt_ids = backend.encode(prompt)["input_ids"][0].tolist()
+    if tokenizer.chat_template:
+        head = tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=False)
+        full = tokenizer.apply_chat_template(prompt + [{"role": "assistant", "content": reply}], tokenize=False)
+        # A template that rewrites earlier turns would break the split: fall back to the reply alone.
+        tail = full[len(head):] if full.startswith(head) else reply
+    else:
+        tail = reply + (tokenizer.eos_token or "")
+    ids = tokenizer.encode(tail, add_special_tokens=False)
+    if not ids:
+        raise ValueError("a draft to score is empty")
+    return prompt_ids, ids
+
+
+def _check_slot(backend: TransformersBackend, slot: str) -> None:
+    slots = backend._active.slots
+    if slot not in slots:
+        have = ", ".join(sorted(slots)) or "none"
+        raise ValueError(f"weak_teacher needs a DPO adapter in slot {slot!r} of the weak model (adapters loaded: {have}); "
+                         "train and promote one first")
+
+
+def _encode_replies(backend: TransformersBackend, prompts: Sequence[list[Message]], replies: Sequence[Sequence[str]],
+                    ) -> tuple[list[list[int]], list[list[list[int]]]]:
+    encoded = [[reply_ids(backend, prompt, r) for r in rs] for prompt, rs in zip(prompts, replies, strict=True)]
+    prompt_ids = [pairs[0][0] if pairs else [] for pairs in encoded]
+    return prompt_ids, [[ids for _, ids in pairs] for pairs in encoded]
+
+
+def reply_logprobs(backend: TransformersBackend, slot: str, prompts: Sequence[list[Message]],
+                   replies: Sequence[Sequence[str]], reference: bool = False, batch_size: int = 8) -> list[list[float]]:
+    """log π(y|x) of each prompt's replies under `slot`'s adapter, or with `reference`
+    under the same model with adapters disabled (π_ref). One pass per batch of replies."""
+    from cowest_app.core.scoring import continuation_logprobs
+
+    _check_slot(backend, slot)
+    prompt_ids, conts = _encode_replies(backend, prompts, replies)
+    pad = backend.tokenizer.pad_token_id
+    with backend._active.selected(slot) as model:
+        if not reference:
+            return continuation_logprobs(model, pad, prompt_ids, conts, batch_size)
+        with model.disable_adapter():
+            return continuation_logprobs(model, pad, prompt_ids, conts, batch_size)
+
+
+def policy_and_reference_logprobs(backend: TransformersBackend, slot: str, prompts: Sequence[list[Message]],
+                                  replies: Sequence[Sequence[str]], batch_size: int = 8,
+                                  ) -> tuple[list[list[float]], list[list[float]]]:
+    """log π_θ(y|x) and log π_ref(y|x) for each prompt's replies: `slot`'s adapter, then adapters disabled.
+
+    Both passes run on one captured model under its lock: a hot swap or another
+    pack's generation cannot change the adapter between them.
+    """
+    from cowest_app.core.scoring import continuation_logprobs
+
+    _check_slot(backend, slot)
+    prompt_ids, conts = _encode_replies(backend, prompts, replies)
+    pad = backend.tokenizer.pad_token_id
+    active = backend._active
+    with active.selected(slot) as model:
+        policy = continuation_logprobs(model, pad, prompt_ids, conts, batch_size)
+        with model.disable_adapter():
+            reference = continuation_logprobs(model, pad, prompt_ids, conts, batch_size)
+    return policy, reference
+
+
+def implicit_rewards(policy: Sequence[float], reference: Sequence[float], beta: float = DPO_BETA) -> list[float]:
+    """r(y) = β·[log π_θ(y|x) − log π_ref(y|x)] per reply."""
+    return [beta * (p - r) for p, r in zip(policy, reference, strict=True)]
+
+
+def preference(reward_first: float, reward_second: float) -> float:
+    """P(first ≻ second) under the Bradley–Terry model DPO fits: sigmoid of the reward gap."""
+    import math
+
+    gap = reward_first - reward_second
+    # Written so neither branch overflows for large gaps.
+    return 1.0 / (1.0 + math.exp(-gap)) if gap >= 0 else math.exp(gap) / (1.0 + math.exp(gap))
+
+
+class WeakTeacher(DraftJudge, PairJudge):
+    """The weak model's implicit DPO reward as the labeller of its own drafts.
+
+    `slot` is the adapter slot holding the DPO adapter (a pack's name);
+    `draft_prompt` renders a question as the drafting prompt, for callers that
+    only have the question (`pair_confidence`).
+    """
+
+    name = "weak_teacher"
+
+    def __init__(self, backend: TransformersBackend, slot: str = "default", beta: float = DPO_BETA,
+                 draft_prompt: Callable[[str], list[Message]] | None = None, batch_size: int = 8) -> None:
+        from cowest_app.models.local import TransformersBackend
+
+        if not isinstance(backend, TransformersBackend):
+            raise ValueError("weak_teacher reads the weak model's log-probabilities: it needs the in-process "
+                             f"transformers weak model, not {type(backend).__name__}")
+        if beta <= 0:
+            raise ValueError(f"beta must be positive, got {beta}")
+        self.backend, self.slot, self.beta = backend, slot, beta
+        self.draft_prompt = draft_prompt
+        self.batch_size = batch_size
+
+    def draft_rewards(self, prompt: list[Message], drafts: Sequence[str]) -> list[float]:
+        """Implicit rewards of K drafts of one prompt: all K in one batch per model pass."""
+        policy, reference = policy_and_reference_logprobs(
+            self.backend, self.slot, [prompt], [list(drafts)], max(self.batch_size, len(drafts)))
+        return implicit_rewards(policy[0], reference[0], self.beta)
+
+    def pair_confidence(self, question: str, chosen: str, rejected: str, reference: Reference | None = None,
+                        options: Sequence[str] | None = None) -> float:
+        """P(chosen ≻ rejected) = sigmoid(r(chosen) − r(rejected)) under the drafting prompt of `question`."""
+        if self.draft_prompt is None:
+            raise ValueError("weak_teacher.pair_confidence needs the pack's drafting prompt (draft_prompt)")
+        first, second = self.draft_rewards(self.draft_prompt(question), [chosen, rejected])
+        return preference(first, second)
+
+
 # -- registry -----------------------------------------------------------------
 
 _FACTORIES: dict[str, Callable[..., Evaluator]] = {
     "reference": lambda weak, strong, **kw: ReferenceEvaluator(**kw),
     "strong_judge": lambda weak, strong, **kw: StrongJudge(_required(strong, "strong_judge", "strong"), **kw),
     "weak_judge": lambda weak, strong, **kw: WeakJudge(_required(weak, "weak_judge", "weak"), **kw),
+    "weak_teacher": lambda weak, strong, **kw: WeakTeacher(_required(weak, "weak_teacher", "weak"), **kw),
 }
 EVALUATORS: tuple[str, ...] = tuple(_FACTORIES)
 

@@ -27,6 +27,8 @@ SCHEMA_VERSION = 1
 BUSY_TIMEOUT_MS = 10_000
 RATINGS = (1, -1)
 BEST_CHOICES = ("weak", "collab", "strong")  # the answers a user may call best: the one list of keys
+# Who labelled a preference pair: the one list, which the pairs table's CHECK constraint is built from.
+PAIR_EVALUATORS = ("reference", "strong_judge", "weak_judge", "weak_teacher", "human")
 
 _SCHEMA = (
     """CREATE TABLE IF NOT EXISTS interactions (
@@ -63,8 +65,7 @@ _SCHEMA = (
 # Preference pairs for DPO, derived from collaborative or human feedback. Added
 # with CREATE TABLE IF NOT EXISTS, so an existing v1 log gains the table on its
 # next open and the schema version stays 1.
-_SCHEMA += (
-    """CREATE TABLE IF NOT EXISTS pairs (
+_PAIRS_TABLE = """CREATE TABLE IF NOT EXISTS {name} (
         id INTEGER PRIMARY KEY AUTOINCREMENT,
         created_at TEXT NOT NULL,
         domain TEXT NOT NULL,
@@ -75,16 +76,22 @@ _SCHEMA += (
         chosen_score REAL,
         rejected_score REAL,
         margin REAL NOT NULL,
-        evaluator TEXT NOT NULL CHECK (evaluator IN ('reference', 'strong_judge', 'weak_judge', 'human')),
+        evaluator TEXT NOT NULL CHECK (evaluator IN ({evaluators})),
         confidence REAL,
         trainable INTEGER NOT NULL CHECK (trainable IN (0, 1)),
         interaction_ids TEXT NOT NULL DEFAULT '[]',
-        details_json TEXT NOT NULL DEFAULT '{}',
+        details_json TEXT NOT NULL DEFAULT '{{}}',
         weak_model TEXT,
         strong_model TEXT,
         adapter_version TEXT
-    )""",
-)
+    )"""
+
+
+def _pairs_table(name: str = "pairs") -> str:
+    return _PAIRS_TABLE.format(name=name, evaluators=", ".join(f"'{e}'" for e in PAIR_EVALUATORS))
+
+
+_SCHEMA += (_pairs_table(),)
 
 # Column order shared by INSERT, SELECT and the dataclass fields.
 INTERACTION_COLUMNS = (
@@ -163,6 +170,24 @@ def _validate_feedback(fb: Feedback) -> str | None:
     return comment
 
 
+def _widen_pair_evaluators(conn: sqlite3.Connection) -> None:
+    """Rebuild the pairs table when its CHECK constraint predates an evaluator in PAIR_EVALUATORS.
+
+    SQLite cannot alter a CHECK constraint, so the table is copied into one
+    with the current constraint, ids and all, inside the caller's transaction:
+    a crash midway leaves the old table as it was.
+    """
+    sql = conn.execute("SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'pairs'").fetchone()[0]
+    if all(f"'{name}'" in sql for name in PAIR_EVALUATORS):
+        return
+    conn.execute("DROP TABLE IF EXISTS pairs_widened")  # never left behind by a committed run; defensive
+    conn.execute(_pairs_table("pairs_widened"))
+    columns = ", ".join(PAIR_COLUMNS)
+    conn.execute(f"INSERT INTO pairs_widened ({columns}) SELECT {columns} FROM pairs")
+    conn.execute("DROP TABLE pairs")
+    conn.execute("ALTER TABLE pairs_widened RENAME TO pairs")
+
+
 class LogStore:
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
@@ -206,6 +231,7 @@ class LogStore:
             have = {row[1] for row in conn.execute("PRAGMA table_info(interactions)")}
             if "client_id" not in have:
                 conn.execute("ALTER TABLE interactions ADD COLUMN client_id TEXT")
+            _widen_pair_evaluators(conn)
             if version < SCHEMA_VERSION:
                 conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
 
@@ -428,7 +454,6 @@ class LogStore:
             return int(conn.execute("SELECT coalesce(max(id), 0) FROM pairs").fetchone()[0])
 
 
-PAIR_EVALUATORS = ("reference", "strong_judge", "weak_judge", "human")
 PAIR_COLUMNS = (
     "id", "created_at", "domain", "question", "prompt_json", "chosen", "rejected", "chosen_score",
     "rejected_score", "margin", "evaluator", "confidence", "trainable", "interaction_ids", "details_json",

@@ -28,7 +28,7 @@ from cowest_app.core.collaboration import (
     DRAFT, Ask, Job, Reply, SampledDrafter, Steps, StreamingAnswerer, Update, collaborate, relay, run,
 )
 from cowest_app.defaults import DRAFT_TEMPERATURE, MIN_MARGIN
-from cowest_app.core.evaluators import Evaluator, PairJudge, Score, SelfAnsweringEvaluator, TextEvaluator
+from cowest_app.core.evaluators import DraftJudge, Evaluator, PairJudge, Score, SelfAnsweringEvaluator, TextEvaluator, preference
 from cowest_app.core.prompts import PromptSet, format_question  # noqa: F401 (format_question: re-exported)
 from cowest_app.core.feedback import PairChoice, QuestionItem, Reference, choose_pair, influences
 from cowest_app.models.base import Backend, BackendError, GenerationOptions, Message, WeakModel
@@ -144,8 +144,12 @@ def collect_for_question(
     """
     if k < 2:
         raise ValueError("k must be at least 2: a pair needs two drafts")
+    if isinstance(evaluator, DraftJudge):
+        return collect_by_draft_rewards(question, domain_key, weak, evaluator, k, options, min_confidence=min_confidence,
+                                        weak_opts=weak_opts, store=store, interaction_ids=interaction_ids,
+                                        prompt_set=prompt_set)
     if not isinstance(evaluator, (TextEvaluator, SelfAnsweringEvaluator)):
-        raise TypeError(f"{type(evaluator).__name__} is neither a TextEvaluator nor a SelfAnsweringEvaluator")
+        raise TypeError(f"{type(evaluator).__name__} is not a TextEvaluator, SelfAnsweringEvaluator or DraftJudge")
     if reference is None and evaluator.needs_reference:
         raise ValueError(f"the {evaluator.name} evaluator needs a reference answer for this question")
     shown = format_question(question, options)
@@ -234,6 +238,52 @@ def collect_for_question(
         question=shown, domain=domain_key, prompt=prompt, drafts=drafts, finals=finals, strong_alone=strong_alone,
         final_scores=list(final_scores), strong_alone_score=alone_score, influences=gains, pair=pair,
         reason=reason, skipped=sum(s.value is None for s in scores), timings=timings, pair_id=pair_id,
+    )
+
+
+def collect_by_draft_rewards(
+    question: str, domain_key: str, weak: WeakModel, evaluator: DraftJudge, k: int = 4,
+    options: Sequence[str] | None = None, *, min_confidence: float = 0.6,
+    weak_opts: GenerationOptions = WEAK_SAMPLING, store: LogStore | None = None,
+    interaction_ids: Sequence[str] = (), prompt_set: PromptSet,
+) -> CollectionResult:
+    """K drafts labelled by a DraftJudge's rewards (the weak teacher): the highest-rewarded
+    draft is chosen over the lowest, confidence = sigmoid(reward gap). No strong model runs:
+    the teacher learned from influence-labelled pairs which drafts help it.
+
+    Any positive gap makes a pair: rewards are not influences, so `min_margin` does not
+    apply; the confidence threshold decides what is trained on.
+    """
+    shown = format_question(question, options)
+    weak_info = weak.describe()
+    prompt = prompt_set.draft(shown)
+    started = time.perf_counter()
+    drafts = weak_drafts(weak, prompt, k, weak_opts)
+    drafted = time.perf_counter()
+    rewards: list[float | None] = list(evaluator.draft_rewards(prompt, drafts))
+    choice = choose_pair(drafts, rewards, 0.0)
+    reason = choice if isinstance(choice, str) else None
+    pair: PreferencePair | None = None
+    if isinstance(choice, PairChoice):
+        confidence = preference(rewards[choice.chosen], rewards[choice.rejected])
+        trainable = confidence >= min_confidence
+        if not trainable:
+            reason = f"confidence {confidence:.3f} < min_confidence {min_confidence:.3f}: kept, not trained on"
+        pair = PreferencePair(
+            domain=domain_key, question=shown, prompt=prompt, chosen=drafts[choice.chosen],
+            rejected=drafts[choice.rejected], margin=choice.margin, evaluator=evaluator.name, confidence=confidence,
+            trainable=trainable, interaction_ids=tuple(interaction_ids),
+            details={"k": k, "chosen_index": choice.chosen, "rejected_index": choice.rejected, "rewards": rewards,
+                     "weak_options": weak_opts.as_kwargs(), "min_confidence": min_confidence},
+            weak_model=weak_info.get("model"), adapter_version=drafting_version(weak_info, weak_opts.adapter),
+        )
+    timings = {"weak_s": drafted - started, "judge_s": time.perf_counter() - drafted}
+    pair_id = store.log_pair(pair) if store is not None and pair is not None else None
+    unscored = Score(None, 0.0, evaluator.name, "a draft judge scores drafts, not finals")
+    return CollectionResult(
+        question=shown, domain=domain_key, prompt=prompt, drafts=drafts, finals=[], strong_alone="",
+        final_scores=[], strong_alone_score=unscored, influences=rewards, pair=pair, reason=reason, skipped=0,
+        timings=timings, pair_id=pair_id,
     )
 
 

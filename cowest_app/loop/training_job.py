@@ -238,6 +238,10 @@ class TrainingJob:
         held = _held_back_note(len(window), len(pairs))
         if not pairs:
             return "no new trainable pairs" + held
+        pairs, distrusted = self.trusted_pairs(pairs)
+        if not pairs:
+            return f"not training: {distrusted}"
+        held += f" ({distrusted})" if distrusted else ""
         if len(pairs) < self.config.train_min_pairs and not force:
             return f"waiting for pairs: {len(pairs)}/{self.config.train_min_pairs}{held}"
 
@@ -308,6 +312,15 @@ class TrainingJob:
         # Again per client address: a script opening a new session per request is one client.
         return cap_session_share(pairs, store.clients_of(asked), self.config.max_session_share)
 
+    def trusted_pairs(self, pairs: list[Any]) -> tuple[list[Any], str | None]:
+        """The pairs whose evaluator's measured agreement (the trained pack's
+        `results/labellers/agreement.json`) reaches `min_evaluator_agreement`, and why
+        any were held back: labels that agree with the truth little more than a coin
+        would train the adapter on noise, and the gate alone would be left to catch it."""
+        from cowest_app.loop.agreement import guard_pairs, load_agreement
+
+        return guard_pairs(pairs, load_agreement(self.pack.root), self.config.min_evaluator_agreement)
+
     def last_trained_pair_id(self) -> int:
         trained = [v.last_pair_id for v in self.registry.versions() if v.status != "failed"]
         return max(trained, default=0)
@@ -349,7 +362,8 @@ class TrainingJob:
                 done()
                 continue
             if evaluator is None and judge is None:
-                judge = make_evaluator(self.config.feedback_evaluator, self.service.weak, self.service.strong)
+                judge = make_evaluator(self.config.feedback_evaluator, self.service.weak, self.service.strong,
+                                       **self.evaluator_options(self.config.feedback_evaluator))
             self._set(detail=f"collaborative feedback on question {n}/{len(todo)}")
             try:
                 result = collect_for_question(
@@ -367,6 +381,13 @@ class TrainingJob:
             done()
             self._save_marks(marks)
         return logged
+
+    def evaluator_options(self, name: str) -> dict[str, Any]:
+        """Constructor keywords an evaluator needs from this job: the weak teacher reads the
+        trained pack's adapter slot against the bare base, under the pack's drafting prompt."""
+        if name == "weak_teacher":
+            return {"slot": self.pack.name, "draft_prompt": self.prompt_set.draft}
+        return {}
 
     def _log_human_pairs(self) -> int:
         from cowest_app.core.feedback import human_pairs

@@ -46,16 +46,22 @@ TRAINING_HELP = (
     "**How training works.** Each rating on the Ask tab, and each vote in Compare versions, is feedback. "
     "When a run starts, feedback becomes **preference pairs**: for one question, a weak-model draft that led "
     "to a better answer (*chosen*) next to one that led to a worse answer (*rejected*). Pairs come from your "
-    "votes (*human*) and from automatic judges. A run trains the weak model's adapter on the new trainable "
+    "votes (*human*) and from automatic judges; *measured agreement* is how often a judge picked the better "
+    "draft on questions with known answers (`training.labeller_study`). A run trains the weak model's adapter on the new trainable "
     "pairs with DPO, scores it on held-out questions, and makes it active only if it scores at least as "
     "well as the version it replaces."
 )
 
 
-def pair_counts_md(counts: dict[str, dict[str, int]], waiting: int | None = None, needed: int | None = None) -> str:
-    """Pairs per evaluator and, with `waiting`/`needed`, how far the next run is."""
-    rows = ["| evaluator | pairs collected | trainable |", "|---|---|---|"]
-    rows += [f"| {name} | {c['total']} | {c['trainable']} |" for name, c in sorted(counts.items())]
+def pair_counts_md(counts: dict[str, dict[str, int]], waiting: int | None = None, needed: int | None = None,
+                   agreement: dict[str, float] | None = None) -> str:
+    """Pairs per evaluator with its measured agreement with the truth and, with
+    `waiting`/`needed`, how far the next run is."""
+    from cowest_app.loop.agreement import agreement_text
+
+    rows = ["| evaluator | pairs collected | trainable | measured agreement |", "|---|---|---|---|"]
+    rows += [f"| {name} | {c['total']} | {c['trainable']} | {agreement_text(name, agreement or {})} |"
+             for name, c in sorted(counts.items())]
     table = "\n".join(rows)
     if waiting is None or needed is None:
         return table
@@ -114,6 +120,7 @@ def push_md(status: dict[str, Any]) -> str:
 def training_tab(service: CollabService, control: "TrainingControl", tab: gr.Tab) -> None:
     import pandas as pd
 
+    from cowest_app.loop.agreement import load_agreement
     from cowest_app.loop.control import AdminError
     from cowest_app.loop.registry import RegistryError
     from cowest_app.loop.training_job import JobError
@@ -158,7 +165,8 @@ def training_tab(service: CollabService, control: "TrainingControl", tab: gr.Tab
         versions = [r["version"] for r in rows if r["status"] != "failed"]
         active = next((r["version"] for r in rows if r["status"] == "active"), None)
         curve = pd.DataFrame(control.curve(), columns=["step", "value", "series"])
-        pairs = pair_counts_md(service.store.pair_counts(), waiting_pairs(), service.config.train_min_pairs)
+        pairs = pair_counts_md(service.store.pair_counts(), waiting_pairs(), service.config.train_min_pairs,
+                               load_agreement(control.job.pack.root))
         return (job_state_md(control.state()), next_run_md(control), pairs, active_versions_md(service, control),
                 gr.Markdown(visible=curve.empty), gr.LinePlot(value=curve, visible=not curve.empty),
                 push_md(control.push_status()), pd.DataFrame(rows, columns=HISTORY_COLUMNS),

@@ -121,7 +121,7 @@ def test_weak_judge_on_nf4(tiny_model_dir: Path) -> None:
 
 
 def test_make_evaluator(tiny: TransformersBackend) -> None:
-    assert set(EVALUATORS) == {"reference", "strong_judge", "weak_judge"}
+    assert set(EVALUATORS) == {"reference", "strong_judge", "weak_judge", "weak_teacher"}
     assert isinstance(make_evaluator("reference", task_type="label", options=["yes", "no"]), ReferenceEvaluator)
     assert isinstance(make_evaluator("weak_judge", weak=tiny), WeakJudge)
     judge = make_evaluator("strong_judge", strong=remote(closed_port_url()), max_new_tokens=8)
@@ -134,11 +134,12 @@ def test_make_evaluator(tiny: TransformersBackend) -> None:
 
 def test_evaluator_abilities_are_declared_not_discovered() -> None:
     from cowest_app.loop.collect import collect_for_question
-    from cowest_app.core.evaluators import Evaluator, PairJudge, SelfAnsweringEvaluator, TextEvaluator
+    from cowest_app.core.evaluators import DraftJudge, Evaluator, PairJudge, WeakTeacher, SelfAnsweringEvaluator, TextEvaluator
 
     assert issubclass(ReferenceEvaluator, TextEvaluator) and ReferenceEvaluator.needs_reference
     assert issubclass(StrongJudge, TextEvaluator) and not StrongJudge.needs_reference
     assert issubclass(WeakJudge, TextEvaluator) and issubclass(WeakJudge, PairJudge)
+    assert issubclass(WeakTeacher, DraftJudge) and issubclass(WeakTeacher, PairJudge) and not WeakTeacher.needs_reference
     assert not issubclass(StrongJudge, PairJudge) and not issubclass(ReferenceEvaluator, SelfAnsweringEvaluator)
     with pytest.raises(TypeError):  # an ability is a method to implement, not an optional attribute
         type("NoScores", (TextEvaluator,), {"name": "x"})()
@@ -149,7 +150,7 @@ def test_evaluator_abilities_are_declared_not_discovered() -> None:
         def answer_and_score(self, conversations, reference, options):
             raise AssertionError("never called")
 
-    with pytest.raises(TypeError, match="neither a TextEvaluator nor a SelfAnsweringEvaluator"):
+    with pytest.raises(TypeError, match="not a TextEvaluator, SelfAnsweringEvaluator or DraftJudge"):
         collect_for_question("Q?", "general", None, None, LooksSelfAnswering(),  # type: ignore[arg-type]
                              prompt_set=served_pack("general").prompt_set())
     assert not isinstance(LooksSelfAnswering(), Evaluator)

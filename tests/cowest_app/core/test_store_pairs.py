@@ -66,7 +66,7 @@ def test_iter_pairs_after_id_and_trainable_filter(store: LogStore) -> None:
 
 def test_pair_counts_by_evaluator(store: LogStore) -> None:
     assert store.max_pair_id() == 0
-    assert store.pair_counts() == {e: {"total": 0, "trainable": 0} for e in ("reference", "strong_judge", "weak_judge", "human")}
+    assert store.pair_counts() == {e: {"total": 0, "trainable": 0} for e in ("reference", "strong_judge", "weak_judge", "weak_teacher", "human")}
     store.log_pair(make_pair(evaluator="weak_judge", trainable=False, confidence=0.51))
     store.log_pair(make_pair(evaluator="weak_judge"))
     store.log_pair(make_pair(evaluator="human", interaction_ids=("a", "b")))
@@ -114,3 +114,29 @@ def test_concurrent_pair_writers(store: LogStore) -> None:
         t.join()
     assert store.max_pair_id() == 40
     assert len({p.chosen for p in store.iter_pairs()}) == 40
+
+
+def test_a_log_whose_check_predates_the_weak_teacher_is_widened(tmp_path: Path) -> None:
+    """SQLite cannot alter a CHECK constraint: opening an older log rebuilds its pairs table,
+    keeping every row and id, and the next id follows on."""
+    path = tmp_path / "old.sqlite3"
+    store = LogStore(path)
+    store.log_pair(make_pair(evaluator="weak_judge", confidence=0.7))
+    store.log_pair(make_pair(evaluator="human"))
+    with closing(sqlite3.connect(path)) as conn, conn:  # the table as an older version of the app created it
+        sql = conn.execute("SELECT sql FROM sqlite_master WHERE name = 'pairs'").fetchone()[0]
+        old = sql.replace("'weak_teacher', ", "")
+        assert old != sql
+        conn.execute("PRAGMA writable_schema=ON")
+        conn.execute("UPDATE sqlite_master SET sql = ? WHERE name = 'pairs'", (old,))
+        conn.execute("PRAGMA writable_schema=OFF")
+    with closing(sqlite3.connect(path)) as conn, pytest.raises(sqlite3.IntegrityError):
+        conn.execute("INSERT INTO pairs (created_at, domain, question, prompt_json, chosen, rejected, margin, evaluator, "
+                     "trainable) VALUES ('t', 'd', 'q', '[]', 'a', 'b', 1, 'weak_teacher', 1)")
+    before = [(p.id, p.evaluator, p.created_at) for p in store.iter_pairs()]
+    reopened = LogStore(path)
+    assert [(p.id, p.evaluator, p.created_at) for p in reopened.iter_pairs()] == before
+    assert reopened.log_pair(make_pair(evaluator="weak_teacher", confidence=0.8)) == 3
+    assert reopened.pair_counts()["weak_teacher"] == {"total": 1, "trainable": 1}
+    LogStore(path)  # already current: opening again changes nothing
+    assert len(list(LogStore(path).iter_pairs())) == 3
