@@ -362,8 +362,8 @@ class TrainingJob:
                 done()
                 continue
             if evaluator is None and judge is None:
-                judge = make_evaluator(self.config.feedback_evaluator, self.service.weak, self.service.strong,
-                                       **self.evaluator_options(self.config.feedback_evaluator))
+                name = self.judge_name()
+                judge = make_evaluator(name, self.service.weak, self.service.strong, **self.evaluator_options(name))
             self._set(detail=f"collaborative feedback on question {n}/{len(todo)}")
             try:
                 result = collect_for_question(
@@ -381,6 +381,18 @@ class TrainingJob:
             done()
             self._save_marks(marks)
         return logged
+
+    def judge_name(self) -> str:
+        """The configured judge for questions without a reference. The weak teacher reads the
+        pack's adapter; before the pack has one, the weak judge stands in (said in the log)."""
+        from cowest_app.models.local import TransformersBackend
+
+        name = self.config.feedback_evaluator
+        weak = self.service.weak
+        if name == "weak_teacher" and isinstance(weak, TransformersBackend) and self.pack.name not in weak.adapter_versions():
+            log.info("pack %s has no adapter for the weak teacher to read yet: judging with weak_judge", self.pack.name)
+            return "weak_judge"
+        return name
 
     def evaluator_options(self, name: str) -> dict[str, Any]:
         """Constructor keywords an evaluator needs from this job: the weak teacher reads the

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import json
 from dataclasses import replace
 from pathlib import Path
@@ -108,3 +110,18 @@ def test_the_job_labels_logged_questions_with_the_weak_teacher(setup, tiny_adapt
     [stored] = service.store.iter_pairs(trainable_only=False)
     assert stored.evaluator == "weak_teacher" and 0.5 <= stored.confidence <= 1.0
     assert stored.prompt == job.prompt_set.draft(stored.question) and len(stored.details["rewards"]) == 4
+
+
+def test_before_the_pack_has_an_adapter_the_weak_judge_labels_instead(setup, caplog) -> None:  # noqa: F811
+    """The weak teacher has nothing to read until the pack's first adapter: no question is lost to an error."""
+    config, service = setup
+    config = replace(config, feedback_file=None, feedback_evaluator="weak_teacher", feedback_min_margin=0.0,
+                     feedback_min_confidence=0.0)
+    assert "general" not in service.weak.adapter_versions()
+    list(service.ask("Is 9 prime?", "general"))
+    job = TrainingJob(config, service, AdapterRegistry(config.pack_adapters_dir("general")))
+    assert job.judge_name() == "weak_judge"
+    with caplog.at_level(logging.INFO):
+        job.collect()
+    assert "judging with weak_judge" in caplog.text and "skipped a question" not in caplog.text
+    assert {p.evaluator for p in service.store.iter_pairs(trainable_only=False)} <= {"weak_judge"}
