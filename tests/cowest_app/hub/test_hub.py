@@ -15,7 +15,7 @@ from typing import Any, Callable, Iterator
 import pytest
 import torch
 import yaml
-from huggingface_hub import constants, hf_hub_download
+from huggingface_hub import hf_hub_download
 from safetensors.torch import save_file
 
 from cowest_app.hub.publish import (HubAuthError, HubPublisher, HubPushError, TagConflict, render_model_card,
@@ -24,12 +24,6 @@ from tests.fakes.hub_server import FakeHub, serve_hub
 
 TOKEN = "hf_CoWeStTestSecret0123456789"
 REPO = "cowest-org/weak-adapter"
-
-
-@pytest.fixture(autouse=True)
-def _reach_the_fake(monkeypatch: pytest.MonkeyPatch) -> None:
-    # A developer's HF_HUB_OFFLINE=1 would make the client refuse even 127.0.0.1.
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
 
 
 @pytest.fixture

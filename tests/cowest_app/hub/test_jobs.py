@@ -12,18 +12,13 @@ from pathlib import Path
 from typing import Iterator
 
 import pytest
-from huggingface_hub import HfApi, constants
+from huggingface_hub import HfApi
 
 from cowest_app.hub import jobs
 from tests.fakes.hub_server import FakeHub, serve_hub
 
 TOKEN = "hf_JobsTestSecret0123456789"
 SHA = "0123456789abcdef0123456789abcdef01234567"
-
-
-@pytest.fixture(autouse=True)
-def _reach_the_fake(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
 
 
 @pytest.fixture
