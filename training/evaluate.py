@@ -221,13 +221,8 @@ def evaluate(
 
     def strong() -> Any:
         if not strong_model:
-            if strong_backend == "llama-cpp":  # the GGUF as llama.cpp reads it: same scoring rule, other kernels
-                from cowest_app.models.llama_cpp import LlamaCppBackend
-
-                strong_model.append(LlamaCppBackend(strong_ref, cache_dir=cache_dir))
-            else:
-                strong_model.append(TransformersBackend(strong_ref, cache_dir=cache_dir, load_4bit=load_4bit,
-                                                        device=device, dtype=strong_dtype))  # it resolves dtype names
+            strong_model.append(load_strong(strong_ref, strong_backend, cache_dir=cache_dir, load_4bit=load_4bit,
+                                            device=device, dtype=strong_dtype))
         return strong_model[0]
 
     def with_direct(direct: Callable[[str], list[Message]]) -> PromptSet:
@@ -296,6 +291,24 @@ def evaluate(
     return results
 
 
+STRONG_BACKENDS = ("transformers", "llama-cpp")
+
+
+def load_strong(ref: str, backend: str = "transformers", *, cache_dir: str | None = None, load_4bit: bool = False,
+                device: str | None = None, dtype: str | None = None) -> Any:
+    """The strong model for scoring. llama-cpp: the GGUF as llama.cpp reads it (the app's CPU
+    backend), scored by the same option likelihoods with other kernels."""
+    if backend not in STRONG_BACKENDS:
+        raise ValueError(f"unknown strong backend {backend!r}; use one of {', '.join(STRONG_BACKENDS)}")
+    if backend == "llama-cpp":
+        from cowest_app.models.llama_cpp import LlamaCppBackend
+
+        return LlamaCppBackend(ref, cache_dir=cache_dir)
+    from cowest_app.models.local import TransformersBackend
+
+    return TransformersBackend(ref, cache_dir=cache_dir, load_4bit=load_4bit, device=device, dtype=dtype)
+
+
 # -- reports ------------------------------------------------------------------------
 def write_results(results: dict[str, Any], out: str | Path) -> Path:
     out = Path(out)
@@ -361,7 +374,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch-size", type=int, default=Settings.batch_size)
     parser.add_argument("--strong-dtype", choices=("auto", "float32", "bfloat16"), default="auto",
                         help="strong model dtype (auto: bfloat16 where the device has it natively, else float32)")
-    parser.add_argument("--strong-backend", choices=("transformers", "llama-cpp"), default="transformers",
+    parser.add_argument("--strong-backend", choices=STRONG_BACKENDS, default="transformers",
                         help="llama-cpp: the strong GGUF read by llama.cpp (CPU), scored by the same option likelihoods")
     parser.add_argument("--load-4bit", action="store_true", help="load both models in NF4")
     parser.add_argument("--device", help="cpu, cuda, ... (default: cuda when available)")

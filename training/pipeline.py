@@ -3,7 +3,7 @@
     python -m training.pipeline --pack PATH [--out DIR] [--weak REF] [--strong REF]
         [--train-limit N] [--test-limit N] [--k 4] [--draft-tokens N] [--final-tokens N]
         [--sft-data corpus+drafts|corpus] [--feedback-scoring likelihood|generate] [--min-margin X]
-        [--strong-dtype bfloat16] [--sft-adapter DIR] [--drafting memory|grounded|both] [--rounds N]
+        [--strong-dtype bfloat16] [--strong-backend transformers|llama-cpp] [--sft-adapter DIR] [--drafting memory|grounded|both] [--rounds N]
         [--set sft.key=value ...] [--set dpo.key=value ...]
 
 Stages, each in its own directory under --out:
@@ -47,7 +47,7 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from cowest_app.defaults import DRAFT_TEMPERATURE, MIN_MARGIN
 from training.common import recipe_dict, write_json
-from training.evaluate import Settings as EvalSettings
+from training.evaluate import STRONG_BACKENDS, Settings as EvalSettings, load_strong
 
 if TYPE_CHECKING:
     from cowest_app.domains.packs import DomainPack
@@ -91,6 +91,7 @@ class PipelineOptions:
     # 1.5B strong model on a Xeon with AMX, option probabilities equal to about 0.01), float32
     # elsewhere (an AVX2-only EPYC emulates bf16 more than 7x slower than float32).
     strong_dtype: str | None = "auto"
+    strong_backend: str = "transformers"  # llama-cpp: the app's CPU backend scores feedback and evaluation
     stop_after: str | None = None  # a stage name: run up to it and stop (e.g. sft, to measure recall first)
     # An SFT adapter to start from instead of training one (e.g. a pack's shipped adapter/).
     sft_adapter: str | None = None
@@ -271,6 +272,12 @@ def stage_name(stage: str, grounded: bool, round_: int = 1) -> str:
     return stage + ("-grounded" if grounded else "") + (f"-r{round_}" if round_ > 1 else "")
 
 
+def backend_input(opts: PipelineOptions) -> dict[str, str]:
+    """The strong backend keys a stage's fingerprint only when it is not the default, so
+    stages finished before the option existed stay current."""
+    return {"strong_backend": opts.strong_backend} if opts.strong_backend != "transformers" else {}
+
+
 def feedback_evaluator(pack: DomainPack, opts: PipelineOptions, strong: Any) -> Evaluator:
     """How feedback scores a final answer.
 
@@ -299,6 +306,7 @@ def feedback_stage(pack: DomainPack, opts: PipelineOptions, out: Path, policy: d
         "train_limit": opts.train_limit, "k": opts.k, "weak_options": weak_opts.as_kwargs(),
         "strong_options": strong_opts.as_kwargs(), "load_4bit": opts.load_4bit,
         "feedback_scoring": opts.feedback_scoring, "min_margin": opts.min_margin, "strong_dtype": opts.strong_dtype,
+        **backend_input(opts),
     } | ({"grounded": True, "passages": pack.retrieval_passages} if grounded else {})
 
     def work(stage_dir: Path) -> tuple[list[str], dict[str, Any]]:
@@ -313,8 +321,8 @@ def feedback_stage(pack: DomainPack, opts: PipelineOptions, out: Path, policy: d
         # The weak model drafting here is the SFT model: DPO then trains the policy that wrote the drafts.
         weak = TransformersBackend(opts.weak, cache_dir=opts.cache_dir, load_4bit=opts.load_4bit,
                                    adapter=str(policy_dir), adapter_version=policy_dir.parent.name, device=opts.device)
-        strong = TransformersBackend(opts.strong, cache_dir=opts.cache_dir, load_4bit=opts.load_4bit,
-                                     device=opts.device, dtype=opts.strong_dtype)
+        strong = load_strong(opts.strong, opts.strong_backend, cache_dir=opts.cache_dir, load_4bit=opts.load_4bit,
+                             device=opts.device, dtype=opts.strong_dtype)
         evaluator = feedback_evaluator(pack, opts, strong)
         with tqdm(total=len(items), desc="feedback", unit="question", leave=False) as bar:
             def progress(p: Any) -> None:
@@ -387,7 +395,7 @@ def evaluate_stage(pack: DomainPack, opts: PipelineOptions, out: Path, sft: dict
     inputs = {
         "pack": pack.fingerprint(), "sft": upstream(sft), "dpo": upstream(dpo) if dpo else None, "weak": opts.weak,
         "strong": opts.strong, "test_limit": opts.test_limit, "settings": dataclasses.asdict(opts.eval),
-        "load_4bit": opts.load_4bit, "strong_dtype": opts.strong_dtype,
+        "load_4bit": opts.load_4bit, "strong_dtype": opts.strong_dtype, **backend_input(opts),
     } | ({"grounded": True, "dpo_grounded": upstream(grounded_dpo) if grounded_dpo else None}
          if True in opts.drafting_modes else {})
 
@@ -397,7 +405,7 @@ def evaluate_stage(pack: DomainPack, opts: PipelineOptions, out: Path, sft: dict
                            grounded=True in opts.drafting_modes,
                            limit=opts.test_limit, out=stage_dir, settings=opts.eval,
                            load_4bit=opts.load_4bit, device=opts.device, cache_dir=opts.cache_dir,
-                           strong_dtype=opts.strong_dtype)
+                           strong_dtype=opts.strong_dtype, strong_backend=opts.strong_backend)
         scores = {key: round(s["accuracy"], 4) for key, s in results["systems"].items()}
         return [RESULTS_JSON, RESULTS_MD, RESULTS_PNG], {"accuracy": scores}
 
@@ -511,6 +519,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="least influence gap between chosen and rejected draft")
     parser.add_argument("--strong-dtype", choices=("auto", "float32", "bfloat16"), default=PipelineOptions.strong_dtype,
                         help="strong model dtype for feedback and evaluation (auto: bfloat16 where the device has it natively)")
+    parser.add_argument("--strong-backend", choices=STRONG_BACKENDS, default=PipelineOptions.strong_backend,
+                        help="llama-cpp: the strong GGUF read by llama.cpp (the app's CPU backend) for feedback and evaluation")
     parser.add_argument("--stop-after", choices=STAGES[:-1], help="run the stages up to this one, then stop")
     parser.add_argument("--sft-adapter", help="start from this SFT adapter (e.g. a pack's shipped adapter/) instead of training one")
     parser.add_argument("--drafting", choices=tuple(DRAFTING),
@@ -536,6 +546,7 @@ def options_from_args(ns: argparse.Namespace) -> PipelineOptions:
         eval=EvalSettings(rag_k=ns.rag_k, draft_tokens=ns.draft_tokens, answer_tokens=ns.answer_tokens,
                           batch_size=ns.batch_size),
         feedback_scoring=ns.feedback_scoring, min_margin=ns.min_margin, strong_dtype=ns.strong_dtype,
+        strong_backend=ns.strong_backend,
         load_4bit=ns.load_4bit, device=ns.device, cache_dir=ns.cache_dir, stop_after=ns.stop_after,
         sft_adapter=ns.sft_adapter, drafting=ns.drafting, rounds=ns.rounds,
     )

@@ -10,6 +10,7 @@ import pytest
 
 from tests.training.test_evaluate import write_pack
 from training import pipeline
+from training.evaluate import load_strong
 from training.pipeline import STAGE_FILE, fingerprint, run_stage, split_overrides
 
 # Small LoRA, one or two optimizer steps, short sequences: each training stage takes seconds.
@@ -87,6 +88,16 @@ def test_feedback_evaluator_follows_task_type_and_option(tmp_path: Path) -> None
     assert isinstance(pipeline.feedback_evaluator(short, opts, None), ReferenceEvaluator)
     generate = pipeline.PipelineOptions(weak="unused", strong="unused", feedback_scoring="generate")
     assert isinstance(pipeline.feedback_evaluator(mc, generate, None), ReferenceEvaluator)
+
+
+def test_the_strong_backend_keys_stages_only_when_not_the_default() -> None:
+    # stages finished before the option existed (transformers) stay current; llama-cpp reruns them
+    assert pipeline.backend_input(pipeline.PipelineOptions(weak="w", strong="s")) == {}
+    llama = pipeline.options_from_args(pipeline.build_parser().parse_args(
+        ["--pack", "p", "--strong-backend", "llama-cpp"]))
+    assert pipeline.backend_input(llama) == {"strong_backend": "llama-cpp"}
+    with pytest.raises(ValueError, match="unknown strong backend"):
+        load_strong("s", "vllm")
 
 
 def test_dpo_is_skipped_with_a_note_when_feedback_found_no_pair(tmp_path: Path) -> None:
