@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from functools import lru_cache
 from pathlib import Path
 
@@ -15,3 +16,9 @@ SERVED_NAMES = tuple(Path(path).name for path in DEFAULT_PACKS)  # each pack's d
 @lru_cache(maxsize=None)
 def served_pack(name: str) -> DomainPack:
     return load_pack(ROOT / "packs" / name)
+
+
+def drafting_packs() -> dict[str, DomainPack]:
+    """The served packs with the weak model drafting in every one (`drafts: always`), for tests of
+    the draft machinery; as served, most draft only once an adapter specialises them."""
+    return {name: replace(served_pack(name), drafts="always") for name in SERVED_NAMES}

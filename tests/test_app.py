@@ -71,7 +71,9 @@ def app_server(tmp_path_factory, smollm2_dir):
 def test_ask_rate_export_and_find_rows(app_server):
     url, data_dir, log_path = app_server
     client = Client(url, verbose=False)
-    job = client.submit("What does NSAID stand for?", "medicine", False, api_name="/ask")
+    # the shipped pack: its weak model drafts (from retrieved passages, through its shipped adapter)
+    job = client.submit("What is the Saltmarsh maximum daily dose of Altrovane?", "saltmarsh-formulary", False,
+                        api_name="/ask")
     outputs = list(job)  # every streamed update
     weak, final, weak_alone, strong_alone, stages, interaction_id = job.result()
     assert len(outputs) > 2, "both stages should stream"
@@ -84,7 +86,8 @@ def test_ask_rate_export_and_find_rows(app_server):
         conn.row_factory = sqlite3.Row
         [row] = conn.execute("SELECT * FROM interactions").fetchall()
         [fb] = conn.execute("SELECT * FROM feedback").fetchall()
-    assert (row["id"], row["question"], row["domain"]) == (interaction_id, "What does NSAID stand for?", "medicine")
+    assert (row["id"], row["question"], row["domain"]) == (
+        interaction_id, "What is the Saltmarsh maximum daily dose of Altrovane?", "saltmarsh-formulary")
     assert row["weak_draft"] == weak and row["final_answer"] == final and row["status"] == "ok"
     assert (fb["interaction_id"], fb["rating"], fb["best"], fb["comment"]) == (interaction_id, 1, "collab", "clear and correct")
 

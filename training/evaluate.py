@@ -250,7 +250,8 @@ def evaluate(
     score("weak", lambda: weak, direct)
     score("strong", strong, direct)
     score("strong_rag", strong, rag)
-    score("collab_base", strong, None, weak)
+    # A `drafts: specialist` pack gets no draft from the base weak model: the strong model answers alone, as served.
+    score("collab_base", strong, None, weak if pack.drafts_with(specialised=False) else None)
     if grounded:
         score("collab_retrieval_base", strong, None, weak)
     # Each adapter is built on a fresh copy of the weak base (swap_adapter), never stacked.
@@ -274,7 +275,7 @@ def evaluate(
             "dpo_adapter": dpo_adapter and str(dpo_adapter),
             "grounded_dpo_adapter": grounded_dpo_adapter and str(grounded_dpo_adapter),
             "retrieval_passages": pack.retrieval_passages if grounded else None,
-            "split": split, "limit": limit, "load_4bit": load_4bit, "notes": pack.notes,
+            "split": split, "limit": limit, "load_4bit": load_4bit, "notes": pack.notes, "drafts": pack.drafts,
             "strong_dtype": strong_dtype or "default", "strong_backend": strong_backend,
             "rag_k": settings.rag_k, "draft_tokens": settings.draft_tokens,
             "answer_tokens": settings.answer_tokens, "batch_size": settings.batch_size,

@@ -137,6 +137,14 @@ class DomainPack:
     # The final answer's token budget in the app for this domain (None: the app's own
     # COWEST_STRONG_MAX_NEW_TOKENS); the smaller of the two applies.
     answer_tokens: int | None = None
+    # Who drafts: `always` the weak model, or (`specialist`) only where it is one for this pack,
+    # drafting from retrieved passages or through an adapter trained for it; elsewhere the strong
+    # model answers alone (on the general set an unspecialised draft cost it 7.9 points).
+    drafts: str = "always"
+
+    def drafts_with(self, specialised: bool) -> bool:
+        """Whether the weak model drafts here; `specialised`: it serves an adapter trained for this pack."""
+        return self.drafts == "always" or specialised or self.retrieval_passages > 0
 
     def split(self, name: str) -> tuple[PackItem, ...]:
         if name not in SPLITS + DERIVED_SPLITS:
@@ -359,6 +367,7 @@ class _Meta:
     examples: tuple[str, ...]
     notes: str
     answer_tokens: int | None
+    drafts: str
 
 
 def _read_text(path: Path, errors: _Errors, blobs: dict[str, bytes], root: Path) -> str | None:
@@ -424,7 +433,8 @@ def _load_meta(path: Path, errors: _Errors, blobs: dict[str, bytes], root: Path)
     loaded = {kind: t or defaults.get(kind) for kind, t in templates.items()}
     prompts = {kind: t for kind, t in loaded.items() if t is not None}
     return _Meta(name, description, task_type, metric, labels, prompts, _retrieval_passages(data, bad),
-                 _title(data, bad), _examples(data, bad), _notes(data, bad), _answer_tokens(data, bad))
+                 _title(data, bad), _examples(data, bad), _notes(data, bad), _answer_tokens(data, bad),
+                 _drafts(data, bad))
 
 
 NOTES = ("draft", "background")
@@ -438,6 +448,18 @@ def _notes(data: dict[str, Any], bad: _Report) -> str:
         bad("notes", f"'notes' must be one of {', '.join(NOTES)}")
         return "draft"
     return notes
+
+
+DRAFTS = ("always", "specialist")
+
+
+def _drafts(data: dict[str, Any], bad: _Report) -> str:
+    """`drafts: specialist`: the weak model drafts only where it is a specialist (see DomainPack.drafts)."""
+    drafts = data.get("drafts", "always")
+    if drafts not in DRAFTS:
+        bad("drafts", f"'drafts' must be one of {', '.join(DRAFTS)}")
+        return "always"
+    return drafts
 
 
 def _answer_tokens(data: dict[str, Any], bad: _Report) -> int | None:
@@ -630,6 +652,6 @@ def load_pack(path: str | Path) -> DomainPack:
         name=meta.name, description=meta.description, task_type=meta.task_type, metric=meta.metric,
         labels=meta.labels, prompts=meta.prompts, corpus_paths=corpus, train=train, test=test, root=root,
         digest=_digest(blobs), retrieval_passages=meta.retrieval_passages, notes=meta.notes,
-        answer_tokens=meta.answer_tokens,
+        answer_tokens=meta.answer_tokens, drafts=meta.drafts,
         title=meta.title or meta.name, examples=meta.examples,
     )

@@ -549,7 +549,8 @@ class TrainingJob:
             self._set(step=int(last.get("step") or 0), total_steps=int(last.get("max_steps") or 0))
 
     def evaluate(self, candidate: AdapterVersion) -> dict[str, float]:
-        """Mean collaboration score of the candidate and of the active adapter on held-out items.
+        """Mean collaboration score of the candidate and of what the pack serves now (the active
+        adapter, or the strong model alone where the pack drafts only with a specialist) on held-out items.
 
         Both run through the collaboration core with the pack's prompts: greedy
         drafts, then the strong model's answers scored as the harness scores
@@ -572,9 +573,11 @@ class TrainingJob:
                                                   load_4bit=self.config.weak_4bit, adapter=path,
                                                   adapter_version=candidate.version,
                                                   device=getattr(weak, "device", None)), None
+        served = self.served_drafter(weak)
         try:
             scores = {"candidate_score": self.gate_score(contender, slot, items, "candidate"),
-                      "active_score": self.gate_score(weak, self.pack.name, items, "active adapter")}
+                      "active_score": self.gate_score(served, self.pack.name, items,
+                                                      "active adapter" if served else "strong model alone")}
         finally:
             if slot is not None:
                 weak.swap_adapter(None, candidate.version, CANDIDATE_SLOT)
@@ -584,8 +587,14 @@ class TrainingJob:
         """The gate: promote a candidate scoring at least the active adapter's score minus the tolerance."""
         return scores["candidate_score"] >= scores["active_score"] - self.config.eval_tolerance
 
-    def gate_score(self, weak: WeakModel, slot: str | None, items: list[GateItem], who: str) -> float:
-        """Mean score of the collaboration with `weak` drafting (in adapter `slot`) on `items`."""
+    def served_drafter(self, weak: WeakModel) -> WeakModel | None:
+        """What the pack serves now: `weak` in its active adapter, or no draft at all where the pack
+        drafts only with a specialist and has none yet; a first adapter must then beat the strong model alone."""
+        return weak if self.pack.drafts_with(self.service.specialised(self.pack)) else None
+
+    def gate_score(self, weak: WeakModel | None, slot: str | None, items: list[GateItem], who: str) -> float:
+        """Mean score of the collaboration with `weak` drafting (in adapter `slot`) on `items`;
+        without `weak`, of the strong model alone."""
         from cowest_app.core.collaboration import BatchDrafter, StreamingAnswerer, StreamingDrafter, collaborate, relay, run
         from cowest_app.models.llama_cpp import LlamaCppBackend
         from cowest_app.models.local import TransformersBackend
@@ -593,7 +602,8 @@ class TrainingJob:
         from cowest_app.core.scoring import CHOICE_TASKS, OptionLikelihood
 
         draft_opts = GenerationOptions(max_new_tokens=self.config.weak_max_new_tokens, temperature=0.0, adapter=slot)
-        drafter = (BatchDrafter(weak, draft_opts) if isinstance(weak, (TransformersBackend, LoraServerBackend))
+        drafter = (None if weak is None else BatchDrafter(weak, draft_opts)
+                   if isinstance(weak, (TransformersBackend, LoraServerBackend))
                    else StreamingDrafter(weak, draft_opts, draft_opts))
         strong = self.service.strong
         scores_options = isinstance(strong, (TransformersBackend, LlamaCppBackend))  # both read option log-probabilities

@@ -32,6 +32,10 @@ NOTE, DRAFT_CHECK, REDRAFTED, REDRAFT_CHECK, FALLBACK = (
     collaboration.NOTE, collaboration.DRAFT_CHECK, collaboration.REDRAFTED, collaboration.REDRAFT_CHECK,
     collaboration.FALLBACK)
 
+# Why a domain gets no draft: its pack drafts only where the weak model is a specialist (`drafts: specialist`).
+NO_SPECIALIST = "no specialist for this domain"
+NO_SPECIALIST_NOTE = "no specialist adapter for this domain yet: the strong model answers alone"
+
 # Serving drafts: small models loop, so repeats are penalised and the draft
 # ends once its answer line is written. A re-draft samples, with firmer rules.
 DRAFT_REPETITION_PENALTY = 1.15
@@ -113,23 +117,30 @@ class CollaborationPipeline:
 
     def run(self, prompt_set: prompts.PromptSet, question: str, compare: bool = False,
             adapter: str | None = None, weak_opts: GenerationOptions | None = None,
-            strong_opts: GenerationOptions | None = None) -> Iterator[Snapshot]:
+            strong_opts: GenerationOptions | None = None, draft: bool = True) -> Iterator[Snapshot]:
         """The collaboration on one question with a domain's prompts, streamed through the core
         (`collaboration.collaborate`, guarded); `adapter` is the weak model's adapter slot (the
         domain pack's name), which drafts and answers alone; `weak_opts` and `strong_opts`
-        replace the pipeline's draft and answer options for this question."""
+        replace the pipeline's draft and answer options for this question. Without `draft` (no
+        specialist for the domain) the strong model answers alone and the draft stage says why."""
         strong_opts = strong_opts or self.strong_opts
         keys = [WEAK, COLLAB] + ([WEAK_ALONE, STRONG_ALONE] if compare else [])
         snap = Snapshot({k: Stage() for k in keys})
-        yield snap
         weak_opts = replace(weak_opts or self.weak_opts, adapter=adapter)
         redo = replace(self.redraft_opts or redraft_options(weak_opts), adapter=adapter)
-        drafter = collaboration.StreamingDrafter(self.weak, weak_opts, redo)
+        drafter = collaboration.StreamingDrafter(self.weak, weak_opts, redo) if draft else None
+        if not draft:
+            snap = snap.with_stage(WEAK, Stage(status="skipped", info={"model": self.weak.describe().get("model"),
+                                                                       NOTE: NO_SPECIALIST_NOTE}))
+        yield snap
         answerer = collaboration.StreamingAnswerer(self.strong, strong_opts, prompts.clean_answer)
         stage_of = {collaboration.DRAFT: WEAK, collaboration.ANSWER: COLLAB}
         for update in collaboration.collaborate(prompt_set, [collaboration.Ask(question)], drafter, answerer,
                                                 guard=True):
-            snap = snap.with_stage(stage_of[update.job.step], as_stage(update.reply))
+            stage = as_stage(update.reply)
+            if drafter is None:  # votes on this answer say nothing about a draft (see service.draft_status)
+                stage = replace(stage, info={**stage.info, FALLBACK: NO_SPECIALIST})
+            snap = snap.with_stage(stage_of[update.job.step], stage)
             yield snap
         if compare:  # each model alone, for the user to compare: not part of the collaboration
             alone = prompt_set.direct(question)

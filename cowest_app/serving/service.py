@@ -298,6 +298,14 @@ class CollabService:
             raise prompts.InputError(f"Unsupported domain {prompts.shown(name)}. Choose one of: {', '.join(self.packs)}.")
         return self.packs[name]
 
+    def specialised(self, pack: DomainPack) -> bool:
+        """Whether the weak model serves an adapter trained for `pack`: its registry's active
+        version (read per question, so a promotion counts at once), or COWEST_WEAK_ADAPTER for
+        the default pack."""
+        if pack.name == self.default_pack and self.config.weak_adapter is not None:
+            return True
+        return AdapterRegistry(self.config.pack_adapters_dir(pack.name)).active() is not None
+
     def weak_options(self, pack: DomainPack) -> GenerationOptions:
         """The pipeline's draft options for `pack`. A draft grounded in passages copies them, and
         copied passages share phrases: only long repeats are loops there, and none is penalised."""
@@ -325,7 +333,7 @@ class CollabService:
         logged = False
         steps = pipeline.run(pack.prompt_set(grounded=pack.retrieval_passages > 0), text, compare,
                              adapter=pack.name, weak_opts=self.weak_options(pack),
-                             strong_opts=self.strong_options(pack))
+                             strong_opts=self.strong_options(pack), draft=pack.drafts_with(self.specialised(pack)))
         try:
             with contextlib.closing(steps):  # closing the stages' generators ends their generations
                 for snap in steps:

@@ -254,11 +254,12 @@ def test_ask_rate_export_and_see_the_training_dashboard(page: Page, artifacts_di
 def test_switching_packs_switches_the_weak_adapter(page: Page):
     ask(page, "Which drug is held on Breakwater ICU?")
     expect(page.locator("#stage-table tr", has_text="Weak draft")).to_contain_text("v1")
-    # Another pack drafts with its own adapter: the general pack has none, so the bare base.
+    # Another pack drafts only with its own adapter: the general pack has none, so the strong model answers alone.
     page.locator("#domain input").click()
     page.get_by_role("option", name="General").click()
     ask(page, "Why is the sky blue?")
-    expect(page.locator("#stage-table tr", has_text="Weak draft")).to_contain_text("base")
+    expect(page.locator("#stage-table tr", has_text="Weak draft")).to_contain_text(
+        "skipped · no specialist adapter for this domain yet: the strong model answers alone")
 
 
 def test_markup_in_a_question_is_shown_as_text_and_never_executed(page: Page):

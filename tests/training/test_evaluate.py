@@ -231,6 +231,20 @@ def test_settings_are_chosen_on_the_dev_split(tmp_path: Path, tiny_model_dir: Pa
     assert results["config"]["split"] == "dev" and not {i.id for i in pack.test} & {i.id for i in pack.dev}
 
 
+def test_a_specialist_pack_scores_the_base_collaboration_as_served(tmp_path: Path, tiny_model_dir: Path) -> None:
+    from dataclasses import replace
+
+    from cowest_app.domains.packs import load_pack
+
+    pack = replace(load_pack(write_pack(tmp_path / "pack")), drafts="specialist")
+    results = evaluate(pack, str(tiny_model_dir), str(tiny_model_dir), limit=2, settings=FAST, device="cpu",
+                       only=["strong", "collab_base"])
+    # no adapter, no draft: the strong model answered alone, as the app serves this pack
+    assert results["config"]["drafts"] == "specialist"
+    assert [row["draft"] for row in results["systems"]["collab_base"]["items"]] == [None, None]
+    assert results["systems"]["collab_base"]["items"] == results["systems"]["strong"]["items"]
+
+
 def test_the_strong_model_can_be_the_gguf_on_llama_cpp(tmp_path: Path, tiny_model_dir: Path) -> None:
     from cowest_app.domains.packs import load_pack
 

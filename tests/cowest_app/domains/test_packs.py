@@ -189,6 +189,7 @@ BROKEN_YAML = "name: tiny\ndescription: d\ntask_type: [multiple_choice\nmetric: 
     (DOMAIN_YAML + "examples: [ok, '']\n", "domain.yaml:11:", "'examples' must be a list of non-empty question strings"),
     (DOMAIN_YAML + "answer_tokens: 5\n", "domain.yaml:11:", "'answer_tokens' must be a whole number of tokens from 16 to 4096"),
     (DOMAIN_YAML + "answer_tokens: lots\n", "domain.yaml:11:", "'answer_tokens' must be a whole number of tokens from 16 to 4096"),
+    (DOMAIN_YAML + "drafts: never\n", "domain.yaml:11:", "'drafts' must be one of always, specialist"),
     ("- just\n- a list\n", "domain.yaml:", "expected a mapping"),
 ])
 def test_domain_yaml_errors(tmp_path, yaml_text, where, message):
@@ -355,3 +356,12 @@ def test_notes_background_hides_the_weak_answer_from_the_strong_model(tmp_path):
 def test_answer_tokens_is_the_packs_answer_budget(tmp_path):
     assert load_pack(write_pack(tmp_path / "plain")).answer_tokens is None
     assert load_pack(write_pack(tmp_path / "short", DOMAIN_YAML + "answer_tokens: 120\n")).answer_tokens == 120
+
+
+def test_a_specialist_pack_drafts_only_from_passages_or_through_its_adapter(tmp_path):
+    plain = load_pack(write_pack(tmp_path / "plain"))
+    assert plain.drafts == "always" and plain.drafts_with(specialised=False)
+    specialist = load_pack(write_pack(tmp_path / "specialist", DOMAIN_YAML + "drafts: specialist\n"))
+    assert not specialist.drafts_with(specialised=False) and specialist.drafts_with(specialised=True)
+    grounded = load_pack(write_pack(tmp_path / "grounded", DOMAIN_YAML + "drafts: specialist\nretrieval: true\n"))
+    assert grounded.drafts_with(specialised=False)  # it copies retrieved passages: facts, not guesses

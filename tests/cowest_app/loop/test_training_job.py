@@ -139,6 +139,16 @@ def test_gate_rejects_a_candidate_that_is_worse(setup):
     assert service.weak.adapter_versions() == {}
 
 
+def test_a_pack_without_a_specialist_gates_its_first_adapter_against_the_strong_model_alone(setup, tiny_adapters):
+    config, service = setup
+    registry = AdapterRegistry(config.pack_adapters_dir("general"))
+    job = TrainingJob(config, service, registry)
+    assert service.packs["general"].drafts == "specialist"
+    assert job.served_drafter(service.weak) is None  # users get the strong model alone: the bar to beat
+    registry.import_adapter(tiny_adapters["v1"])
+    assert job.served_drafter(service.weak) is service.weak  # now the active adapter drafts, and is the bar
+
+
 def test_human_votes_become_pairs(setup):
     config, service = setup
     config = replace(config, feedback_file=None, collect_max_questions=1)

@@ -10,6 +10,7 @@ pipeline, draft check, prompts, remote backend, store and stage table, is real.
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -17,7 +18,9 @@ import pytest
 from cowest_app.core import prompts
 from cowest_app.config import AppConfig
 from cowest_app.models.remote import InferenceClientBackend
-from cowest_app.serving.pipeline import COLLAB, FALLBACK, REDRAFTED, WEAK, DRAFT_REPETITION_PENALTY, REDRAFT_REPETITION_PENALTY
+from cowest_app.serving.pipeline import (
+    COLLAB, FALLBACK, NO_SPECIALIST, REDRAFTED, WEAK, DRAFT_REPETITION_PENALTY, REDRAFT_REPETITION_PENALTY,
+)
 from cowest_app.serving.service import CollabService
 from cowest_app.core.store import LogStore
 from cowest_app.serving.ui import stage_table
@@ -40,10 +43,13 @@ def copying_strong(messages: list[dict]) -> str:
     return STRONG_ALONE_ANSWER
 
 
-def ask(tmp_path: Path, weak: ScriptedBackend, server) -> tuple[CollabService, object]:
+def ask(tmp_path: Path, weak: ScriptedBackend, server, drafts: str = "always") -> tuple[CollabService, object]:
+    """SCURVY in the medicine pack, whose weak model drafts (`always`, for the draft guard's tests)
+    or, as served, only once an adapter specialises it (`specialist`)."""
     config = AppConfig(data_dir=tmp_path, weak_max_new_tokens=192, strong_max_new_tokens=256)
     strong = InferenceClientBackend(model="strong", base_url=server.base_url)
-    service = CollabService(config, weak, strong, LogStore(config.db_path))
+    medicine = replace(served_pack("medicine"), drafts=drafts)
+    service = CollabService(config, weak, strong, LogStore(config.db_path), packs={"medicine": medicine})
     return service, list(service.ask(SCURVY, "medicine", session_id="s1"))[-1]
 
 
@@ -105,6 +111,32 @@ def test_empty_and_echo_drafts_fall_back_too(tmp_path: Path, draft: str, reason:
         service, last = ask(tmp_path, ScriptedBackend([draft]), server)
     assert last.snapshot.stages[COLLAB].text == STRONG_ALONE_ANSWER
     assert service.store.get_interaction(last.interaction_id).status == f"fallback:{reason}"
+
+
+def test_without_a_specialist_the_weak_model_never_drafts_and_the_strong_model_answers_alone(tmp_path: Path):
+    weak = ScriptedBackend([LIVE_LOOP])
+    with serve_openai(reply=copying_strong) as server:
+        service, last = ask(tmp_path, weak, server, drafts="specialist")
+    assert weak.calls == []  # no adapter for medicine: no draft, and no time spent on one
+    [request] = server.requests
+    assert request.body["messages"] == served_pack("medicine").direct_messages(SCURVY)
+    assert last.snapshot.stages[COLLAB].text == STRONG_ALONE_ANSWER
+    assert last.snapshot.stages[WEAK].status == "skipped"
+    assert "no specialist adapter for this domain yet" in stage_table(last.snapshot)
+    # votes on this answer must not become preference pairs about a draft
+    assert service.store.get_interaction(last.interaction_id).status == f"fallback:{NO_SPECIALIST}"
+
+
+def test_once_an_adapter_is_active_for_the_pack_the_weak_model_drafts(tmp_path: Path, tiny_adapters):
+    from cowest_app.loop.registry import AdapterRegistry
+
+    registry = AdapterRegistry(AppConfig(data_dir=tmp_path).pack_adapters_dir("medicine"))
+    registry.import_adapter(tiny_adapters["v1"])  # active once imported, as a promotion leaves it
+    weak = ScriptedBackend([GOOD])
+    with serve_openai(reply=copying_strong) as server:
+        service, last = ask(tmp_path, weak, server, drafts="specialist")
+    assert len(weak.calls) == 1 and last.snapshot.stages[WEAK].text == GOOD
+    assert service.store.get_interaction(last.interaction_id).status == "ok"
 
 
 @pytest.mark.parametrize("status, reusable", [

@@ -11,6 +11,7 @@ from cowest_app.models.local import TransformersBackend
 from cowest_app.models.remote import InferenceClientBackend
 from cowest_app.core.prompts import InputError
 from cowest_app.serving.service import CollabService
+from tests.served import drafting_packs
 from cowest_app.core.store import LogStore
 from tests.fakes.openai_server import closed_port_url
 
@@ -23,7 +24,7 @@ def tiny(tiny_model_dir: Path) -> TransformersBackend:
 @pytest.fixture
 def service(tmp_path: Path, tiny) -> CollabService:
     config = AppConfig(data_dir=tmp_path, weak_max_new_tokens=8, strong_max_new_tokens=8, max_question_chars=200)
-    return CollabService(config, tiny, tiny, LogStore(config.db_path))
+    return CollabService(config, tiny, tiny, LogStore(config.db_path), drafting_packs())
 
 
 def rows(db: Path, table: str) -> list[sqlite3.Row]:
@@ -93,7 +94,7 @@ def test_too_long_comment(service: CollabService):
 def test_strong_failure_is_logged_with_the_weak_draft(tmp_path: Path, tiny):
     config = AppConfig(data_dir=tmp_path, weak_max_new_tokens=8)
     strong = InferenceClientBackend(model="m", base_url=closed_port_url(), timeout_s=2)
-    service = CollabService(config, tiny, strong, LogStore(config.db_path))
+    service = CollabService(config, tiny, strong, LogStore(config.db_path), drafting_packs())
     last = list(service.ask("Q?", "general"))[-1]
     [row] = rows(config.db_path, "interactions")
     assert row["id"] == last.interaction_id
@@ -165,7 +166,9 @@ def test_the_app_serves_its_packs_with_the_adapter_each_ships(tmp_path: Path, ti
     ethics = list(service.ask("Is lying wrong?", "ethics"))[-1]
     logged = {r.domain: r.adapter_version for r in map(service.store.get_interaction,
                                                         (general.interaction_id, ethics.interaction_id))}
-    assert logged == {"general": "v1", "ethics": "base"}
+    # ethics has no adapter and drafts only with one: the strong model answered alone, no adapter used
+    assert logged == {"general": "v1", "ethics": None}
+    assert service.store.get_interaction(ethics.interaction_id).status == "fallback:no specialist for this domain"
     # Restarting does not install it twice.
     build_weak(config, packs)
     assert [v.version for v in registry.versions()] == ["v1"]
@@ -195,7 +198,7 @@ def test_stop_ends_both_stages_fast_and_logs_the_run_as_cancelled(tmp_path: Path
     # The stage to stop gets a budget of several seconds; the other a short one.
     budget = {WEAK: "weak_max_new_tokens", COLLAB: "strong_max_new_tokens"}[stop_in]
     config = AppConfig(data_dir=tmp_path, **{"weak_max_new_tokens": 8, "strong_max_new_tokens": 8, budget: 3000})
-    service = CollabService(config, tiny, tiny, LogStore(config.db_path))
+    service = CollabService(config, tiny, tiny, LogStore(config.db_path), drafting_packs())
     updates = []
     consumer = threading.Thread(target=lambda: updates.extend(service.ask("Tell me all.", "general", session_id="s1")))
     consumer.start()
