@@ -25,7 +25,9 @@ from cowest_app.files import write_atomic
 log = logging.getLogger(__name__)
 WATERMARKS = ".watermarks.json"
 CARD = "README.md"
-MIRRORED = ["*.jsonl", CARD]  # what the CommitScheduler pushes; never the watermarks
+# What the CommitScheduler pushes and a restore downloads: each table's shards and the card; never
+# the watermarks, nor the training inputs a Hugging Face Job reads from the same repo.
+MIRRORED = [f"{table}/*.jsonl" for table in rows.TABLES] + [CARD]
 
 
 def write_log_shards(store: LogStore, folder: Path) -> list[Path]:

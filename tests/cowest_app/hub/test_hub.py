@@ -397,24 +397,26 @@ def test_token_never_leaks_into_status_queue_file_or_logs(tmp_path: Path, caplog
 
 
 def test_log_sync_pushes_jsonl_shards_to_a_private_dataset(hub: FakeHub, tmp_path: Path) -> None:
-    folder = tmp_path / "feedback"
-    folder.mkdir()
-    shard = folder / "feedback-00000.jsonl"
+    folder = tmp_path / "log"
+    (folder / "feedback").mkdir(parents=True)
+    shard = folder / "feedback" / "feedback-00000.jsonl"  # the layout write_log_shards writes
     shard.write_text('{"id": 1, "rating": 1}\n')
-    (folder / ".feedback-00001.jsonl.tmp").write_text("half written")
+    (folder / "feedback" / ".feedback-00001.jsonl.tmp").write_text("half written")
+    (folder / "training-inputs" / "run-1").mkdir(parents=True)  # a Job's inputs live in the repo, not in the mirror
+    (folder / "training-inputs" / "run-1" / "pairs.jsonl").write_text("{}\n")
 
     scheduler = start_log_sync(folder, "cowest-org/feedback", TOKEN, hub.endpoint, every_minutes=60)
     try:
         scheduler.trigger().result(timeout=10)
         repo = hub.repo("cowest-org/feedback", repo_type="dataset")
         assert repo.private
-        assert repo.head.files["feedback-00000.jsonl"] == shard.read_bytes()
-        assert not any(name.endswith(".tmp") for name in repo.head.files)
+        assert repo.head.files["feedback/feedback-00000.jsonl"] == shard.read_bytes()
+        assert not any(name.endswith(".tmp") or name.startswith("training-inputs") for name in repo.head.files)
 
         time.sleep(0.01)  # a distinct mtime, which is how the scheduler spots the append
         with shard.open("a") as out:
             out.write('{"id": 2, "rating": -1}\n')
         scheduler.trigger().result(timeout=10)
-        assert repo.head.files["feedback-00000.jsonl"].count(b"\n") == 2
+        assert repo.head.files["feedback/feedback-00000.jsonl"].count(b"\n") == 2
     finally:
         scheduler.stop()
