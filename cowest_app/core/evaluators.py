@@ -33,6 +33,7 @@ DPO fitted: the pair's confidence.
 
 from __future__ import annotations
 
+import contextlib
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Sequence
@@ -323,37 +324,35 @@ def reply_logprobs(backend: TransformersBackend, slot: str, prompts: Sequence[li
                    replies: Sequence[Sequence[str]], reference: bool = False, batch_size: int = 8) -> list[list[float]]:
     """log π(y|x) of each prompt's replies under `slot`'s adapter, or with `reference`
     under the same model with adapters disabled (π_ref). One pass per batch of replies."""
-    from cowest_app.core.scoring import continuation_logprobs
-
-    _check_slot(backend, slot)
-    prompt_ids, conts = _encode_replies(backend, prompts, replies)
-    pad = backend.tokenizer.pad_token_id
-    with backend._active.selected(slot) as model:
-        if not reference:
-            return continuation_logprobs(model, pad, prompt_ids, conts, batch_size)
-        with model.disable_adapter():
-            return continuation_logprobs(model, pad, prompt_ids, conts, batch_size)
+    [logprobs] = _logprobs_under(backend, slot, prompts, replies, (reference,), batch_size)
+    return logprobs
 
 
 def policy_and_reference_logprobs(backend: TransformersBackend, slot: str, prompts: Sequence[list[Message]],
                                   replies: Sequence[Sequence[str]], batch_size: int = 8,
                                   ) -> tuple[list[list[float]], list[list[float]]]:
-    """log π_θ(y|x) and log π_ref(y|x) for each prompt's replies: `slot`'s adapter, then adapters disabled.
+    """log π_θ(y|x) and log π_ref(y|x) for each prompt's replies: `slot`'s adapter, then adapters disabled."""
+    policy, reference = _logprobs_under(backend, slot, prompts, replies, (False, True), batch_size)
+    return policy, reference
 
-    Both passes run on one captured model under its lock: a hot swap or another
-    pack's generation cannot change the adapter between them.
-    """
+
+def _logprobs_under(backend: TransformersBackend, slot: str, prompts: Sequence[list[Message]],
+                    replies: Sequence[Sequence[str]], passes: Sequence[bool], batch_size: int,
+                    ) -> list[list[list[float]]]:
+    """One pass over the replies per entry of `passes` (True: adapters disabled), all on one
+    captured model under its lock: a hot swap or another pack's generation cannot change the
+    adapter between them."""
     from cowest_app.core.scoring import continuation_logprobs
 
     _check_slot(backend, slot)
     prompt_ids, conts = _encode_replies(backend, prompts, replies)
     pad = backend.tokenizer.pad_token_id
-    active = backend._active
-    with active.selected(slot) as model:
-        policy = continuation_logprobs(model, pad, prompt_ids, conts, batch_size)
-        with model.disable_adapter():
-            reference = continuation_logprobs(model, pad, prompt_ids, conts, batch_size)
-    return policy, reference
+    results = []
+    with backend._active.selected(slot) as model:
+        for disabled in passes:
+            with model.disable_adapter() if disabled else contextlib.nullcontext():
+                results.append(continuation_logprobs(model, pad, prompt_ids, conts, batch_size))
+    return results
 
 
 def implicit_rewards(policy: Sequence[float], reference: Sequence[float], beta: float = DPO_BETA) -> list[float]:
