@@ -221,7 +221,8 @@ def build_ui(service: CollabService, control: "TrainingControl | None" = None) -
         gr.Markdown(
             "# CoWeSt — weak–strong collaboration\n"
             "A small domain-specialised **weak** model drafts an answer with background knowledge; "
-            "a general **strong** model refines question + draft into the final answer. "
+            "a general **strong** model refines question + draft into the final answer. In a domain where "
+            "the weak model is no specialist yet, the strong model answers alone. "
             "Rate answers: your feedback becomes preference data that retrains the weak model."
         )
         banner = gr.Markdown(models_banner(service), elem_id="models-banner")
