@@ -326,6 +326,23 @@ MERGE_KEYS = ("weak", "strong", "split", "limit", "load_4bit", "strong_dtype", "
               "answer_tokens", "batch_size")
 
 
+# The config key naming the adapter each collaboration row drafted with.
+ADAPTER_KEY = {"collab_sft": "sft_adapter", "collab_retrieval_sft": "sft_adapter", "collab_dpo": "dpo_adapter",
+               "collab_retrieval_dpo": "grounded_dpo_adapter"}
+
+
+def _adapters_replaced(base: dict[str, Any], extra: dict[str, Any]) -> set[str]:
+    """The adapter keys `extra`'s rows drafted with, which the merged config must name; raises where
+    a row kept from `base` drafted with another adapter under the same key (one table, one name each)."""
+    used = {ADAPTER_KEY[k] for k in extra["systems"] if k in ADAPTER_KEY}
+    for key in used:
+        kept = [k for k in base["systems"] if ADAPTER_KEY.get(k) == key and k not in extra["systems"]]
+        if kept and base["config"].get(key) != extra["config"].get(key):
+            raise ValueError(f"{', '.join(kept)} drafted with {key} {base['config'].get(key)}, the added rows with "
+                             f"{extra['config'].get(key)}: rescore them together")
+    return used
+
+
 def merge_results(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
     """`base` with `extra`'s systems added (or replaced): a later run adds rows, e.g. an
     adapter trained after the first evaluation, without rescoring the others."""
@@ -337,8 +354,9 @@ def merge_results(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]
     if differ:
         raise ValueError(f"the result sets differ in {', '.join(differ)}: their rows are not comparable")
     config = dict(base["config"])
+    replaced = _adapters_replaced(base, extra)
     for key, value in extra["config"].items():
-        if value is not None and config.get(key) is None:
+        if key in replaced or value is not None and config.get(key) is None:
             config[key] = value  # e.g. the adapter the added rows used
     config["only"] = None if base["config"].get("only") is None else \
         sorted(set(base["config"]["only"]) | set(extra["config"].get("only") or ()))

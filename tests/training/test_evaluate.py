@@ -215,6 +215,15 @@ def test_merge_adds_a_later_runs_rows_to_the_table(tmp_path: Path, tiny_model_di
     assert both["systems"]["strong"] == json.loads(first.read_text())["systems"]["strong"]  # not rescored
     assert both["config"]["sft_adapter"] == str(tiny_adapters["v1"]) and both["config"]["only"] == ["collab_sft", "strong"]
     assert "Weak + Strong (SFT weak)" in (tmp_path / "both" / "results.md").read_text()
+    # A row scored again with another adapter replaces the old one, and the config names the new adapter.
+    assert main(common + ["--systems", "collab_sft", "--sft-adapter", str(tiny_adapters["v2"]),
+                          "--merge-into", str(tmp_path / "both" / "results.json"), "--out", str(tmp_path / "again")]) == 0
+    again = json.loads((tmp_path / "again" / "results.json").read_text())
+    assert again["config"]["sft_adapter"] == str(tiny_adapters["v2"]) and list(again["systems"]) == ["strong", "collab_sft"]
+    # A kept row that drafted with another adapter under the same name: refused, the table could not name both.
+    with pytest.raises(SystemExit):
+        main(common + ["--systems", "collab_retrieval_sft", "--grounded", "--sft-adapter", str(tiny_adapters["v1"]),
+                       "--merge-into", str(tmp_path / "again" / "results.json"), "--out", str(tmp_path / "mixed")])
     # Rows scored with other settings are not paired with these: refused.
     with pytest.raises(SystemExit):
         main(common[:-4] + ["--draft-tokens", "8", "--device", "cpu", "--systems", "weak", "--merge-into", str(first),
