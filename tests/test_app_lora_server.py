@@ -16,6 +16,7 @@ import pytest
 from gradio_client import Client
 
 from tests.fakes.openai_server import serve_openai
+from tests.served import served_pack
 from tests.system.app_process import AppProcess
 
 BASE = "HuggingFaceTB/SmolLM2-135M-Instruct"
@@ -62,9 +63,12 @@ def test_each_answer_drafts_with_its_packs_adapter_and_logs_its_version(served) 
     *_, general_id = client.predict("Is 7 prime?", "general", False, api_name="/ask")
 
     assert f"{SHIPPED}-v1" in drafted_with(server, question)  # the adapter named per request
-    assert BASE in drafted_with(server, "Is 7 prime?")
+    # general has no adapter (drafts: specialist): one request, the strong model's answer to the direct prompt
+    [alone] = [r.body for r in server.requests if r.path.endswith("/chat/completions")
+               and any("Is 7 prime?" in m.get("content", "") for m in r.body.get("messages", []))]
+    assert alone["messages"] == served_pack("general").direct_messages("Is 7 prime?")
     with sqlite3.connect(data_dir / "cowest.sqlite3") as conn:
         versions = dict(conn.execute("SELECT id, adapter_version FROM interactions").fetchall())
         models = {row[0] for row in conn.execute("SELECT weak_model FROM interactions")}
-    assert versions == {interaction_id: "v1", general_id: "base"}
+    assert versions == {interaction_id: "v1", general_id: None}
     assert models == {BASE}

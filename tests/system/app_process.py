@@ -8,6 +8,7 @@ server's stdout and stderr go to `log_path`, so a test can read what it logged.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -36,6 +37,18 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def drafting_general(root: Path) -> Path:
+    """A copy of the general pack whose weak model drafts on every question (`drafts: always`):
+    the system tests load the whole draft-and-answer path, which the served pack skips until
+    an adapter specialises it."""
+    copy = root / "packs" / "general"
+    if not copy.is_dir():
+        shutil.copytree(ROOT / "packs" / "general", copy)
+        meta = copy / "domain.yaml"
+        meta.write_text(meta.read_text(encoding="utf-8").replace("drafts: specialist", "drafts: always"), encoding="utf-8")
+    return copy
+
+
 def tiny_model_env(model_dir: str | Path, data_dir: Path, **extra: str) -> dict[str, str]:
     """Environment for the app with one model (a tiny local one in tests) in both roles and short answers."""
     env = {
@@ -46,7 +59,7 @@ def tiny_model_env(model_dir: str | Path, data_dir: Path, **extra: str) -> dict[
         "COWEST_STRONG_MAX_NEW_TOKENS": "8",
         "COWEST_TORCH_THREADS": "1",  # two cores, shared with the test's client threads
         "COWEST_DATA_DIR": str(data_dir),
-        "COWEST_PACKS": "packs/general",  # the job trains, and users ask in, the general pack
+        "COWEST_PACKS": str(drafting_general(data_dir.parent)),  # the job trains, and users ask in, the general pack
         "COWEST_TRAIN_EVERY_MINUTES": "0",
         # Simulated users ask far faster than people; the per-session limits have their own tests.
         "COWEST_ASKS_PER_MINUTE": "0",
