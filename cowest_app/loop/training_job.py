@@ -602,9 +602,11 @@ class TrainingJob:
         from cowest_app.core.scoring import CHOICE_TASKS, OptionLikelihood
 
         draft_opts = GenerationOptions(max_new_tokens=self.config.weak_max_new_tokens, temperature=0.0, adapter=slot)
-        drafter = (None if weak is None else BatchDrafter(weak, draft_opts)
-                   if isinstance(weak, (TransformersBackend, LoraServerBackend))
-                   else StreamingDrafter(weak, draft_opts, draft_opts))
+        drafter: Any = None  # no weak model: the strong model answers alone
+        if isinstance(weak, (TransformersBackend, LoraServerBackend)):
+            drafter = BatchDrafter(weak, draft_opts)
+        elif weak is not None:
+            drafter = StreamingDrafter(weak, draft_opts, draft_opts)
         strong = self.service.strong
         scores_options = isinstance(strong, (TransformersBackend, LlamaCppBackend))  # both read option log-probabilities
         if scores_options and self.pack.task_type in CHOICE_TASKS and self.config.eval_file is None:
