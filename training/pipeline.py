@@ -2,16 +2,17 @@
 
     python -m training.pipeline --pack PATH [--out DIR] [--weak REF] [--strong REF]
         [--train-limit N] [--test-limit N] [--k 4] [--draft-tokens N] [--final-tokens N]
-        [--sft-data corpus+drafts|corpus] [--feedback-scoring likelihood|generate] [--min-margin X]
+        [--sft-data corpus+drafts|corpus|corpus+drafts+knowledge] [--feedback-scoring likelihood|generate] [--min-margin X]
         [--strong-dtype bfloat16] [--strong-backend transformers|llama-cpp] [--sft-adapter DIR] [--drafting memory|grounded|both] [--rounds N]
         [--set sft.key=value ...] [--set dpo.key=value ...]
 
 Stages, each in its own directory under --out:
 
 - `sft/`       LoRA specialisation of the weak model (training.sft) on the pack's corpus
-               and, by default, on drafting examples: each train question in the weak
-               prompt, answered with the corpus statements behind its reference
-               (training.draft_data)
+               and, by default, on drafting examples: each fit question (train without the
+               dev split) in the weak prompt, answered with the corpus statements behind its
+               reference (training.draft_data); with +knowledge, also the questions the strong
+               model wrote for every corpus statement (training.knowledge)
 - `feedback/`  K weak drafts per train question (the dev split held out), each given to the strong model and
                scored against the reference (choice tasks: the strong model's
                probability of the correct option); the most and least helpful
@@ -213,18 +214,19 @@ def sft_stage(pack: DomainPack, opts: PipelineOptions, out: Path) -> dict[str, A
     config = stage_recipe(SFTRecipe, opts.sft_recipe, opts.sft_overrides, opts,
                           corpus=str(stage_dir / "corpus.jsonl"), output_dir=str(stage_dir / "adapter"))
 
+    # JSONL, one document per line: training.sft reads it without caring how the pack stores its corpus.
+    lines = [json.dumps(row, ensure_ascii=False) for row in sft_rows(pack, opts.sft_data, opts.grounded)]
+
     def work(stage_dir: Path) -> tuple[list[str], dict[str, Any]]:
-        # JSONL, one document per line: training.sft reads it without caring how the pack stores its corpus.
-        rows = sft_rows(pack, opts.sft_data, opts.grounded)
-        lines = [json.dumps(row, ensure_ascii=False) for row in rows]
         (stage_dir / "corpus.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
         metrics = sft_main(config)
         summary = {k: metrics.get(k) for k in ("train_loss", "final_loss", "steps", "n_chunks", "n_chats", "seconds")}
         return ["corpus.jsonl", "adapter/adapter_config.json", "adapter/adapter_model.safetensors"], summary
 
-    # The corpus digest too: SFT must rerun when the corpus changes, whatever the pack fingerprint covers.
-    corpus_sha = hashlib.sha256("\0".join(pack.corpus_texts()).encode()).hexdigest()
-    inputs = {"pack": pack.fingerprint(), "corpus": corpus_sha, "sft_data": opts.sft_data,
+    # The data's digest too: SFT must rerun when the corpus or the cached knowledge changes,
+    # whatever the pack fingerprint covers.
+    data_sha = hashlib.sha256("\n".join(lines).encode()).hexdigest()
+    inputs = {"pack": pack.fingerprint(), "data": data_sha, "sft_data": opts.sft_data,
               "config": config_inputs(config)} | ({"grounded": True} if opts.grounded else {})
     return run_stage(out, "sft", inputs, work)
 
@@ -248,22 +250,27 @@ def imported_sft_stage(source: Path, out: Path) -> dict[str, Any]:
     return run_stage(out, "sft", {"imported_adapter": digest_files(source, ADAPTER_FILES)}, work)
 
 
-SFT_DATA = ("corpus+drafts", "corpus")
+SFT_DATA = ("corpus+drafts", "corpus", "corpus+drafts+knowledge")
 DRAFTING = {"memory": (False,), "grounded": (True,), "both": (False, True)}
 STAGES = ("sft", "feedback", "dpo", "evaluate")
 
 
 def sft_rows(pack: DomainPack, sft_data: str, grounded: bool = False) -> list[dict[str, Any]]:
-    """The SFT stage's JSONL rows: corpus texts, then (corpus+drafts) one drafting chat per train
-    question, and (grounded) one more per train question drafting from its retrieved passages."""
+    """The SFT stage's JSONL rows: corpus texts, then (corpus+drafts) one drafting chat per fit
+    question, (+knowledge) one text per question of the pack's knowledge.jsonl, and (grounded)
+    one more chat per fit question drafting from its retrieved passages. The dev split is never
+    trained on: it chooses settings and gates candidates."""
     from training.draft_data import draft_examples, grounded_draft_examples
+    from training.knowledge import pack_knowledge
 
     if sft_data not in SFT_DATA:
         raise ValueError(f"unknown sft_data {sft_data!r}; use one of {', '.join(SFT_DATA)}")
     rows: list[dict[str, Any]] = [{"text": t} for t in pack.corpus_texts()]
-    if sft_data == "corpus+drafts":
-        rows += draft_examples(pack)
-    return rows + grounded_draft_examples(pack) if grounded else rows
+    if sft_data.startswith("corpus+drafts"):
+        rows += draft_examples(pack, pack.fit)
+    if sft_data.endswith("+knowledge"):
+        rows += [{"text": t} for t in pack_knowledge(pack)]
+    return rows + grounded_draft_examples(pack, pack.fit) if grounded else rows
 
 
 def stage_name(stage: str, grounded: bool, round_: int = 1) -> str:
@@ -510,7 +517,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--set", action="append", default=[], metavar="STAGE.KEY=VALUE",
                         help="override a recipe key, e.g. sft.num_train_epochs=1 or dpo.max_steps=10")
     parser.add_argument("--sft-data", choices=SFT_DATA, default=PipelineOptions.sft_data,
-                        help="what SFT trains on: the corpus plus a drafting example per train question, or the corpus only")
+                        help="what SFT trains on: the corpus plus a drafting example per fit question, the corpus only, "
+                             "or the first plus the pack's knowledge.jsonl (python -m training.knowledge)")
     parser.add_argument("--grounded", action="store_true",
                         help="also run the retrieval-grounded recipe (on by default when the pack's domain.yaml sets retrieval)")
     parser.add_argument("--feedback-scoring", choices=("likelihood", "generate"), default=PipelineOptions.feedback_scoring,

@@ -150,8 +150,8 @@ def test_pipeline_runs_skips_and_reruns_downstream(tmp_path: Path, tiny_model_di
                  "evaluate/results.png"):
         assert (out / path).is_file() and (out / path).stat().st_size > 0, path
     sft_rows = [json.loads(line) for line in (out / "sft" / "corpus.jsonl").read_text().splitlines()]
-    assert [("text" in r, "messages" in r) for r in sft_rows] == [(True, False)] + [(False, True)] * 6  # corpus + drafts
-    assert report["stages"]["sft"]["summary"]["n_chats"] == 6 and report["options"]["sft_data"] == "corpus+drafts"
+    assert [("text" in r, "messages" in r) for r in sft_rows] == [(True, False)] + [(False, True)] * 3  # corpus + drafts (fit split)
+    assert report["stages"]["sft"]["summary"]["n_chats"] == 3 and report["options"]["sft_data"] == "corpus+drafts"
     # one pair per fit question: the last 3 of the 6 train questions are the dev split
     assert len((out / "feedback" / "pairs.jsonl").read_text().splitlines()) == 3
     pair = json.loads((out / "feedback" / "pairs.jsonl").read_text().splitlines()[0])

@@ -1,0 +1,93 @@
+"""Knowledge augmentation: parsing the strong model's questions, keeping the on-target ones, the resumable cache."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from cowest_app.domains.packs import load_pack
+from cowest_app.domains.retrieval import Passage, Retriever
+from tests.fakes.scripted_backend import ScriptedBackend
+from tests.training.test_evaluate import CORPUS_LINES, write_pack
+from training import knowledge
+from training.pipeline import sft_rows
+
+DOSE = Passage("f.md", "Cedraxin", "Cedraxin maximum daily dose: 80 mg in 24 hours.")
+ROUTE = Passage("f.md", "Cedraxin", "Cedraxin is given by the inhaled route.")
+CODE = Passage("p.md", "Code Whimbrel", "Under Code Whimbrel, a senior review must happen within 120 minutes.")
+
+
+class _Completing(ScriptedBackend):
+    """The scripted backend with the whole-reply call the generator uses."""
+
+    def complete(self, messages, **opts) -> str:
+        return "".join(self.generate(messages, **opts))
+
+
+def test_parse_questions_keeps_distinct_question_lines() -> None:
+    reply = ("Here are the questions:\nQ: What is the maximum daily dose of Cedraxin?\n"
+             "Q2: What is the maximum daily dose of Cedraxin?\n1. Q: How much Cedraxin may be given in a day?\n"
+             "Q: Cedraxin dose\nq) Which is the daily limit for Cedraxin?\nQ: Why?\nQ: One too many?")
+    assert knowledge.parse_questions(reply, 3) == [
+        "What is the maximum daily dose of Cedraxin?",
+        "How much Cedraxin may be given in a day?",
+        "Which is the daily limit for Cedraxin?",
+    ]
+    assert knowledge.parse_questions("no questions here", 3) == []
+
+
+def test_on_target_needs_the_statement_among_the_first() -> None:
+    retriever = Retriever([DOSE, ROUTE, CODE])
+    assert knowledge.on_target("What is the maximum daily dose of Cedraxin?", DOSE, retriever, rank=1)
+    assert not knowledge.on_target("By which route is Cedraxin given?", DOSE, retriever, rank=1)
+    assert not knowledge.on_target("What colour is the sky?", DOSE, retriever)  # shares no term
+
+
+def test_knowledge_texts_pair_kept_questions_with_the_statement() -> None:
+    rows = [
+        {"statement": DOSE.text, "questions": ["What is the maximum daily dose of Cedraxin?", "Who leads Code Whimbrel?"]},
+        {"statement": "A statement the corpus no longer has.", "questions": ["What does it say?"]},
+        {"statement": CODE.text, "questions": []},
+    ]
+    texts = knowledge.knowledge_texts(rows, [DOSE, ROUTE, CODE])
+    assert texts == ["Question: What is the maximum daily dose of Cedraxin?\n"
+                     "Background: Cedraxin maximum daily dose: 80 mg in 24 hours."]
+
+
+def test_read_rows_drops_a_line_cut_short(tmp_path: Path) -> None:
+    path = tmp_path / knowledge.KNOWLEDGE_FILE
+    good = {"statement": DOSE.text, "questions": ["What is it?"]}
+    path.write_text(json.dumps(good) + "\n" + '{"statement": "cut', encoding="utf-8")
+    assert knowledge.read_rows(path) == [good]
+    assert knowledge.read_rows(tmp_path / "missing.jsonl") == []
+
+
+def test_generate_resumes_and_feeds_sft(tmp_path: Path) -> None:
+    pack = load_pack(write_pack(tmp_path / "pack"))
+    first = {"statement": CORPUS_LINES[0], "questions": ["What is the capital of Avaria?"]}
+    (pack.root / knowledge.KNOWLEDGE_FILE).write_text(json.dumps(first) + "\n", encoding="utf-8")
+    strong = _Completing(["Q: What is the maximum daily dose of Cedraxin?\nQ: How often is Cedraxin given?"])
+
+    knowledge.generate(pack, strong, n=2)
+
+    rows = knowledge.read_rows(pack.root / knowledge.KNOWLEDGE_FILE)
+    assert [r["statement"] for r in rows] == CORPUS_LINES  # the cached one first, the rest written once each
+    assert len(strong.calls) == len(CORPUS_LINES) - 1
+    messages, options = strong.calls[0]
+    assert CORPUS_LINES[1] in messages[-1]["content"] and "toy facts" in messages[0]["content"]
+    assert options.max_new_tokens == knowledge.QUESTION_TOKENS
+    # Each scripted question is kept only for the statement BM25 finds for it.
+    texts = [r["text"] for r in sft_rows(pack, "corpus+drafts+knowledge") if "text" in r][1:]
+    assert texts == ["Question: What is the capital of Avaria?\nBackground: The capital of Avaria is Lunet.",
+                     "Question: How often is Cedraxin given?\nBackground: Cedraxin is given every 6 hours.",
+                     "Question: What is the maximum daily dose of Cedraxin?\n"
+                     "Background: The maximum daily dose of Cedraxin is 80 mg."]
+    assert knowledge.generate(pack, strong) and len(strong.calls) == len(CORPUS_LINES) - 1  # nothing left to write
+
+
+def test_sft_rows_train_on_the_fit_split_only(tmp_path: Path) -> None:
+    pack = load_pack(write_pack(tmp_path / "pack"))
+    chats = [r["messages"] for r in sft_rows(pack, "corpus+drafts") if "messages" in r]
+    asked = [m[-2]["content"] for m in chats]
+    assert len(chats) == len(pack.fit) < len(pack.train)
+    assert not any(item.question in text for item in pack.dev for text in asked)
