@@ -78,6 +78,7 @@ class PipelineOptions:
     # corpus: language modelling on the corpus only; corpus+drafts: plus one drafting
     # example per train question (on the shipped pack corpus-only SFT left the weak model at chance)
     sft_data: str = "corpus+drafts"
+    knowledge_repeats: int = 1  # +knowledge: each kept question this many times per epoch (they are short)
     # Also run the retrieval-grounded recipe: SFT on grounded drafting examples, feedback and
     # DPO on drafts written from retrieved passages, and its rows in the evaluation.
     grounded: bool = False
@@ -215,7 +216,7 @@ def sft_stage(pack: DomainPack, opts: PipelineOptions, out: Path) -> dict[str, A
                           corpus=str(stage_dir / "corpus.jsonl"), output_dir=str(stage_dir / "adapter"))
 
     # JSONL, one document per line: training.sft reads it without caring how the pack stores its corpus.
-    lines = [json.dumps(row, ensure_ascii=False) for row in sft_rows(pack, opts.sft_data, opts.grounded)]
+    lines = [json.dumps(row, ensure_ascii=False) for row in sft_rows(pack, opts.sft_data, opts.grounded, opts.knowledge_repeats)]
 
     def work(stage_dir: Path) -> tuple[list[str], dict[str, Any]]:
         (stage_dir / "corpus.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
@@ -255,9 +256,9 @@ DRAFTING = {"memory": (False,), "grounded": (True,), "both": (False, True)}
 STAGES = ("sft", "feedback", "dpo", "evaluate")
 
 
-def sft_rows(pack: DomainPack, sft_data: str, grounded: bool = False) -> list[dict[str, Any]]:
+def sft_rows(pack: DomainPack, sft_data: str, grounded: bool = False, knowledge_repeats: int = 1) -> list[dict[str, Any]]:
     """The SFT stage's JSONL rows: corpus texts, then (corpus+drafts) one drafting chat per fit
-    question, (+knowledge) one text per question of the pack's knowledge.jsonl, and (grounded)
+    question, (+knowledge) `knowledge_repeats` texts per question of the pack's knowledge.jsonl, and (grounded)
     one more chat per fit question drafting from its retrieved passages. The dev split is never
     trained on: it chooses settings and gates candidates."""
     from training.draft_data import draft_examples, grounded_draft_examples
@@ -269,7 +270,7 @@ def sft_rows(pack: DomainPack, sft_data: str, grounded: bool = False) -> list[di
     if sft_data.startswith("corpus+drafts"):
         rows += draft_examples(pack, pack.fit)
     if sft_data.endswith("+knowledge"):
-        rows += [{"text": t} for t in pack_knowledge(pack)]
+        rows += [{"text": t} for t in pack_knowledge(pack) for _ in range(knowledge_repeats)]
     return rows + grounded_draft_examples(pack, pack.fit) if grounded else rows
 
 
@@ -519,6 +520,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--sft-data", choices=SFT_DATA, default=PipelineOptions.sft_data,
                         help="what SFT trains on: the corpus plus a drafting example per fit question, the corpus only, "
                              "or the first plus the pack's knowledge.jsonl (python -m training.knowledge)")
+    parser.add_argument("--knowledge-repeats", type=int, default=PipelineOptions.knowledge_repeats,
+                        help="with --sft-data ...+knowledge: each knowledge question this many times per epoch "
+                             "(short texts: memorising them costs far less than repeating every drafting chat)")
     parser.add_argument("--grounded", action="store_true",
                         help="also run the retrieval-grounded recipe (on by default when the pack's domain.yaml sets retrieval)")
     parser.add_argument("--feedback-scoring", choices=("likelihood", "generate"), default=PipelineOptions.feedback_scoring,
@@ -544,11 +548,13 @@ def build_parser() -> argparse.ArgumentParser:
 def options_from_args(ns: argparse.Namespace) -> PipelineOptions:
     if ns.rounds < 1:
         raise ValueError(f"--rounds must be at least 1, got {ns.rounds}")
+    if ns.knowledge_repeats < 1:
+        raise ValueError(f"--knowledge-repeats must be at least 1, got {ns.knowledge_repeats}")
     sft_overrides, dpo_overrides = split_overrides(ns.set)
     return PipelineOptions(
         weak=ns.weak, strong=ns.strong, train_limit=ns.train_limit, test_limit=ns.test_limit, k=ns.k,
         draft_tokens=ns.draft_tokens, final_tokens=ns.final_tokens, seed=ns.seed, sft_data=ns.sft_data,
-        grounded=ns.grounded,
+        knowledge_repeats=ns.knowledge_repeats, grounded=ns.grounded,
         sft_recipe=ns.sft_recipe,
         dpo_recipe=ns.dpo_recipe, sft_overrides=sft_overrides, dpo_overrides=dpo_overrides,
         eval=EvalSettings(rag_k=ns.rag_k, draft_tokens=ns.draft_tokens, answer_tokens=ns.answer_tokens,

@@ -93,6 +93,18 @@ def passage_recall(needed: dict[str, list[str]]) -> float:
     return round(100 * sum(all(f in text for f in needed[item.id]) for item, text in shown) / len(shown), 1)
 
 
+def knowledge_summary() -> dict:
+    """The pack's knowledge.jsonl: statements, the questions the strong model wrote, and those SFT learns."""
+    from cowest_app.domains.packs import load_pack
+    from training.knowledge import KNOWLEDGE_FILE, pack_knowledge, read_rows
+
+    rows = read_rows(HERE / KNOWLEDGE_FILE)
+    report = {"statements": len(rows), "questions": sum(len(r["questions"]) for r in rows),
+              "questions_kept": len(pack_knowledge(load_pack(HERE)))}
+    print("knowledge: " + ", ".join(f"{k} {v}" for k, v in report.items()))
+    return report
+
+
 def main(path: Path, against: Path | None = None) -> dict:
     """`against`: another result set on the same items whose systems this one lacks are
     paired with it too (rows that do not depend on what changed between the two runs)."""
@@ -130,6 +142,9 @@ def main(path: Path, against: Path | None = None) -> dict:
         accuracy = (f"; accuracy {d['accuracy_with_facts']}% on those, {d['accuracy_without']}% on the rest"
                     if "accuracy_with_facts" in d else "")
         print(f"{name}: {d['drafts_with_facts']}/{d['items']} drafts ({d['recall']}%) hold every needed fact{accuracy}")
+    sft_stage = path.parent / "sft-stage.json"  # the pipeline's record of the SFT run, when kept beside the drafts
+    if sft_stage.is_file() and json.loads(sft_stage.read_text(encoding="utf-8"))["inputs"]["sft_data"].endswith("+knowledge"):
+        report["knowledge"] = knowledge_summary()
     if any("retrieval" in key for key in systems):
         report["retrieved_passages_hold_the_facts"] = passage_recall(needed)
         print(f"the retrieved passages hold every needed fact for {report['retrieved_passages_hold_the_facts']}% of items")

@@ -91,3 +91,13 @@ def test_sft_rows_train_on_the_fit_split_only(tmp_path: Path) -> None:
     asked = [m[-2]["content"] for m in chats]
     assert len(chats) == len(pack.fit) < len(pack.train)
     assert not any(item.question in text for item in pack.dev for text in asked)
+
+
+def test_knowledge_repeats_repeat_only_the_knowledge(tmp_path: Path) -> None:
+    pack = load_pack(write_pack(tmp_path / "pack"))
+    row = {"statement": CORPUS_LINES[0], "questions": ["What is the capital of Avaria?"]}
+    (pack.root / knowledge.KNOWLEDGE_FILE).write_text(json.dumps(row) + "\n", encoding="utf-8")
+    once, thrice = (sft_rows(pack, "corpus+drafts+knowledge", knowledge_repeats=n) for n in (1, 3))
+    assert len(thrice) - len(once) == 2
+    assert thrice[-3:] == [{"text": "Question: What is the capital of Avaria?\nBackground: The capital of Avaria is Lunet."}] * 3
+    assert sft_rows(pack, "corpus+drafts") == once[:-1]  # no knowledge: the pack's cache is not read
