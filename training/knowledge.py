@@ -13,9 +13,9 @@ statement, appended as they are written, so an interrupted run resumes.
 
 SFT then learns, for every question kept, `Question: ...` followed by
 `Background: <the statement, verbatim>` (`knowledge_texts`). A question is kept
-only when BM25 over the pack's statements ranks its own statement among the
-first few (`on_target`): the strong model sometimes asks about a neighbouring
-fact, and learning that question with this statement would teach a wrong one.
+only when BM25 over the pack's statements ranks its own statement first
+(`on_target`): the strong model sometimes asks about a neighbouring fact, and
+learning that question with this statement would teach a wrong one.
 """
 
 from __future__ import annotations
@@ -110,6 +110,13 @@ def pack_knowledge(pack: DomainPack) -> list[str]:
     return knowledge_texts(read_rows(pack.root / KNOWLEDGE_FILE), pack.passages)
 
 
+def summary(pack: DomainPack) -> dict[str, int]:
+    """What the cache holds: statements, the questions written, and the questions SFT learns."""
+    rows = read_rows(pack.root / KNOWLEDGE_FILE)
+    return {"statements": len(rows), "questions": sum(len(r["questions"]) for r in rows),
+            "questions_kept": len(knowledge_texts(rows, pack.passages))}
+
+
 def generate(pack: DomainPack, strong: Any, n: int = QUESTIONS_PER_STATEMENT, path: Path | None = None) -> Path:
     """Write questions for every statement not yet in the cache; return the cache's path."""
     path = path or pack.root / KNOWLEDGE_FILE
@@ -148,9 +155,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except PackError as exc:
         parser.error(str(exc))
     path = generate(pack, load_strong(ns.strong, ns.strong_backend, cache_dir=ns.cache_dir), ns.questions)
-    rows = read_rows(path)
-    kept = len(pack_knowledge(pack))
-    print(f"{path}: {len(rows)} statements, {sum(len(r['questions']) for r in rows)} questions, {kept} on target")
+    print(f"{path}: " + ", ".join(f"{k} {v}" for k, v in summary(pack).items()))
     return 0
 
 

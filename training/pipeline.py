@@ -76,7 +76,8 @@ class PipelineOptions:
     temperature: float = DRAFT_TEMPERATURE  # drafts must differ to be compared
     seed: int = 0
     # corpus: language modelling on the corpus only; corpus+drafts: plus one drafting
-    # example per train question (on the shipped pack corpus-only SFT left the weak model at chance)
+    # example per fit question (on the shipped pack corpus-only SFT left the weak model at chance);
+    # corpus+drafts+knowledge: plus the pack's knowledge.jsonl questions (training.knowledge)
     sft_data: str = "corpus+drafts"
     knowledge_repeats: int = 1  # +knowledge: each kept question this many times per epoch (they are short)
     # Also run the retrieval-grounded recipe: SFT on grounded drafting examples, feedback and

@@ -96,11 +96,9 @@ def passage_recall(needed: dict[str, list[str]]) -> float:
 def knowledge_summary() -> dict:
     """The pack's knowledge.jsonl: statements, the questions the strong model wrote, and those SFT learns."""
     from cowest_app.domains.packs import load_pack
-    from training.knowledge import KNOWLEDGE_FILE, pack_knowledge, read_rows
+    from training.knowledge import summary
 
-    rows = read_rows(HERE / KNOWLEDGE_FILE)
-    report = {"statements": len(rows), "questions": sum(len(r["questions"]) for r in rows),
-              "questions_kept": len(pack_knowledge(load_pack(HERE)))}
+    report = summary(load_pack(HERE))
     print("knowledge: " + ", ".join(f"{k} {v}" for k, v in report.items()))
     return report
 

@@ -101,3 +101,12 @@ def test_knowledge_repeats_repeat_only_the_knowledge(tmp_path: Path) -> None:
     assert len(thrice) - len(once) == 2
     assert thrice[-3:] == [{"text": "Question: What is the capital of Avaria?\nBackground: The capital of Avaria is Lunet."}] * 3
     assert sft_rows(pack, "corpus+drafts") == once[:-1]  # no knowledge: the pack's cache is not read
+
+
+def test_summary_counts_the_cache(tmp_path: Path) -> None:
+    pack = load_pack(write_pack(tmp_path / "pack"))
+    assert knowledge.summary(pack) == {"statements": 0, "questions": 0, "questions_kept": 0}
+    rows = [{"statement": CORPUS_LINES[0], "questions": ["What is the capital of Avaria?", "Who leads Code Whimbrel?"]},
+            {"statement": CORPUS_LINES[1], "questions": []}]
+    (pack.root / knowledge.KNOWLEDGE_FILE).write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    assert knowledge.summary(pack) == {"statements": 2, "questions": 2, "questions_kept": 1}
