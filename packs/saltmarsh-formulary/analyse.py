@@ -7,11 +7,15 @@ Reads a results.json of `training.evaluate` on this pack (or the drafts.json
 of `training.evaluate --drafts-only`: fact recall only) and prints (and writes
 as analysis.json, or drafts-analysis.json, next to it):
 
-- paired bootstrap differences between systems (the same 150 items, so the
+- paired bootstrap differences between systems (the same items, so the
   difference of two systems is far less noisy than either interval);
 - for each collaboration system, how many drafts contain every fact the item
   needs (its `fact_ids`, verbatim from facts.jsonl), and the accuracy on those
-  items and on the rest.
+  items and on the rest;
+- with a feedback stage kept beside it (feedback.json, feedback/pairs.jsonl): the
+  strong model's probability of the right option with and without drafts, and how
+  many chosen and rejected drafts hold the needed facts;
+- with --against: how many answers of a system scored in both sets changed.
 
 Standard library only, with the repository's `training.compare` (paired intervals) and,
 for the retrieved passages' recall, its cowest_app.
@@ -34,6 +38,16 @@ PAIRS = (("collab_dpo", "collab_sft"), ("collab_dpo", "strong"), ("collab_dpo", 
          ("collab_retrieval_dpo", "strong"), ("collab_retrieval_sft", "strong_rag"),
          ("collab_retrieval_sft", "strong"), ("collab_retrieval_sft", "collab_retrieval_base"),
          ("collab_retrieval_dpo", "weak"), ("collab_retrieval_sft", "weak"))
+
+
+def rerun_changes(system: dict, other: dict) -> dict:
+    """A system scored in two result sets (e.g. strong alone rerun beside new rows): how many of its
+    answers and scores changed between the runs, which greedy decoding alone would keep equal."""
+    before = {i["id"]: i for i in other["items"]}
+    items = [(i, before[i["id"]]) for i in system["items"] if i["id"] in before]
+    return {"items": len(items), "answers_differ": sum(a.get("answer") != b.get("answer") for a, b in items),
+            "scores_differ": sum(a["score"] != b["score"] for a, b in items),
+            "accuracy": round(100 * system["accuracy"], 1), "accuracy_other": round(100 * other["accuracy"], 1)}
 
 
 def read_jsonl(path: Path) -> list[dict]:
@@ -82,6 +96,22 @@ def feedback_summary(path: Path) -> dict:
     return report
 
 
+def pair_facts(path: Path, needed: dict[str, list[str]]) -> dict[str, int]:
+    """A feedback stage's pairs.jsonl: how many chosen and how many rejected drafts hold every fact
+    their question needs, i.e. whether the strong model's feedback rewards bringing up the fact."""
+    fact_ids = {item["question"]: item["id"] for item in read_jsonl(HERE / "train.jsonl")}
+    report = {"pairs": 0, "chosen_hold_facts": 0, "rejected_hold_facts": 0}
+    for pair in read_jsonl(path):
+        asked = pair["prompt"][-1]["content"].rsplit("Question: ", 1)[-1].split("\n\nOptions:")[0]  # after any passages
+        facts = needed[fact_ids[asked]]
+        report["pairs"] += 1
+        for side in ("chosen", "rejected"):
+            report[f"{side}_hold_facts"] += all(f in pair[side][-1]["content"] for f in facts)
+    print(f"pairs: {report['chosen_hold_facts']}/{report['pairs']} chosen and {report['rejected_hold_facts']}/"
+          f"{report['pairs']} rejected drafts hold every needed fact")
+    return report
+
+
 def passage_recall(needed: dict[str, list[str]]) -> float:
     """Share of test items whose every needed fact is in the passages a grounded draft is written from."""
     sys.path.insert(0, str(HERE.parents[1]))  # the repository root: the pack's own retrieval, as the app runs it
@@ -107,8 +137,10 @@ def main(path: Path, against: Path | None = None) -> dict:
     """`against`: another result set on the same items whose systems this one lacks are
     paired with it too (rows that do not depend on what changed between the two runs)."""
     results = json.loads(path.read_text(encoding="utf-8"))
+    reruns = {}
     if against is not None:
         other = json.loads(against.read_text(encoding="utf-8"))["systems"]
+        reruns = {key: rerun_changes(results["systems"][key], other[key]) for key in results["systems"] if key in other}
         results["systems"] = {**{k: v for k, v in other.items() if k not in results["systems"]}, **results["systems"]}
     facts = {f["id"]: f["text"] for f in read_jsonl(HERE / "facts.jsonl")}
     needed = {item["id"]: [facts[f] for f in item["fact_ids"]]  # test, and train for dev-split result sets
@@ -127,6 +159,11 @@ def main(path: Path, against: Path | None = None) -> dict:
         report["prompt_tokens_vs_rag"] = {key: round(100 * t / tokens["strong_rag"], 1) for key, t in tokens.items()}
     for name, d in report["paired"].items():
         print(f"{name}: {d['diff']:+.1f} points [{d['low']:+.1f}, {d['high']:+.1f}]")
+    if reruns:
+        report["reruns"] = reruns
+    for name, d in reruns.items():
+        print(f"{name}, scored in both sets: {d['answers_differ']}/{d['items']} answers and {d['scores_differ']} scores "
+              f"differ, accuracy {d['accuracy']}% here vs {d['accuracy_other']}%")
     answers = {item["id"]: item["answer"] for item in read_jsonl(HERE / "test.jsonl")} | \
               {item["id"]: item["answer"] for item in read_jsonl(HERE / "train.jsonl")}
     report["follows_draft_letter"] = {key: follows_draft(list(items.values()), answers)
@@ -154,6 +191,8 @@ def main(path: Path, against: Path | None = None) -> dict:
         print("SFT: " + ", ".join(f"{k} {v}" for k, v in report["sft"].items()))
     if (path.parent / "feedback.json").is_file():  # the feedback that aligned the adapter, when kept beside it
         report["feedback"] = feedback_summary(path.parent / "feedback.json")
+    if (path.parent / "feedback" / "pairs.jsonl").is_file():
+        report["pair_facts"] = pair_facts(path.parent / "feedback" / "pairs.jsonl", needed)
     name = "analysis.json" if path.name != "drafts.json" else "drafts-analysis.json"
     (path.parent / name).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     return report
