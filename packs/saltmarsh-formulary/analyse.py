@@ -83,15 +83,25 @@ def follows_draft(items: list[dict], answers: dict[str, str]) -> dict[str, int]:
     return report
 
 
-def feedback_summary(path: Path) -> dict:
+def asked(prompt: str) -> str:
+    """The question of a drafting prompt or a feedback row: after any passages, before the options."""
+    return prompt.rsplit("Question: ", 1)[-1].split("\n\nOptions:")[0]
+
+
+def feedback_summary(path: Path, needed: dict[str, list[str]]) -> dict:
     """A feedback stage's feedback.json: the strong model's probability of the right option alone,
-    after an average draft, after the best of the K drafts, and the pairs it gave."""
+    after an average draft, after the best of the K drafts, the pairs it gave, and how many of the
+    sampled drafts (fit questions, which SFT trained on) hold every needed fact."""
     rows = json.loads(path.read_text(encoding="utf-8"))["results"]
+    item_ids = {item["question"]: item["id"] for item in read_jsonl(HERE / "train.jsonl")}
+    holds = [[all(f in draft for f in needed[item_ids[asked(r["question"])]]) for draft in r["drafts"]] for r in rows]
     mean = lambda xs: round(sum(xs) / len(xs), 3)  # noqa: E731
     report = {"questions": len(rows), "pairs": sum(r["pair"] for r in rows),
               "p_correct_alone": mean([r["strong_alone_score"] for r in rows]),
               "p_correct_mean_draft": mean([mean(r["final_scores"]) for r in rows]),
-              "p_correct_best_draft": mean([max(r["final_scores"]) for r in rows])}
+              "p_correct_best_draft": mean([max(r["final_scores"]) for r in rows]),
+              "drafts_with_facts": f"{sum(map(sum, holds))}/{sum(map(len, holds))}",
+              "questions_with_a_draft_with_facts": sum(map(any, holds))}
     print("feedback: " + ", ".join(f"{k} {v}" for k, v in report.items()))
     return report
 
@@ -99,11 +109,10 @@ def feedback_summary(path: Path) -> dict:
 def pair_facts(path: Path, needed: dict[str, list[str]]) -> dict[str, int]:
     """A feedback stage's pairs.jsonl: how many chosen and how many rejected drafts hold every fact
     their question needs, i.e. whether the strong model's feedback rewards bringing up the fact."""
-    fact_ids = {item["question"]: item["id"] for item in read_jsonl(HERE / "train.jsonl")}
+    item_ids = {item["question"]: item["id"] for item in read_jsonl(HERE / "train.jsonl")}
     report = {"pairs": 0, "chosen_hold_facts": 0, "rejected_hold_facts": 0}
     for pair in read_jsonl(path):
-        asked = pair["prompt"][-1]["content"].rsplit("Question: ", 1)[-1].split("\n\nOptions:")[0]  # after any passages
-        facts = needed[fact_ids[asked]]
+        facts = needed[item_ids[asked(pair["prompt"][-1]["content"])]]
         report["pairs"] += 1
         for side in ("chosen", "rejected"):
             report[f"{side}_hold_facts"] += all(f in pair[side][-1]["content"] for f in facts)
@@ -190,9 +199,17 @@ def main(path: Path, against: Path | None = None) -> dict:
                                                "train_loss", "final_loss")}
         print("SFT: " + ", ".join(f"{k} {v}" for k, v in report["sft"].items()))
     if (path.parent / "feedback.json").is_file():  # the feedback that aligned the adapter, when kept beside it
-        report["feedback"] = feedback_summary(path.parent / "feedback.json")
+        report["feedback"] = feedback_summary(path.parent / "feedback.json", needed)
     if (path.parent / "feedback" / "pairs.jsonl").is_file():
         report["pair_facts"] = pair_facts(path.parent / "feedback" / "pairs.jsonl", needed)
+    if (path.parent / "feedback" / "stage.json").is_file():  # the pipeline's record of that feedback stage
+        seconds = json.loads((path.parent / "feedback" / "stage.json").read_text(encoding="utf-8"))["seconds"]
+        report["feedback_minutes"] = round(seconds / 60, 1)
+        print(f"feedback stage: {report['feedback_minutes']} minutes")
+    if (path.parent / "dpo" / "metrics.json").is_file():  # the DPO run on those pairs, when kept beside them
+        m = json.loads((path.parent / "dpo" / "metrics.json").read_text(encoding="utf-8"))
+        report["dpo"] = {k: m.get(k) for k in ("steps", "n_pairs", "seconds", "first_loss", "final_loss", "train_loss")}
+        print("DPO: " + ", ".join(f"{k} {v}" for k, v in report["dpo"].items()))
     name = "analysis.json" if path.name != "drafts.json" else "drafts-analysis.json"
     (path.parent / name).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     return report
