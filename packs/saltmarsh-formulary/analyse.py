@@ -83,6 +83,11 @@ def follows_draft(items: list[dict], answers: dict[str, str]) -> dict[str, int]:
     return report
 
 
+def train_ids() -> dict[str, str]:
+    """Each train question's item id, by its text (feedback and pairs name questions, not ids)."""
+    return {item["question"]: item["id"] for item in read_jsonl(HERE / "train.jsonl")}
+
+
 def asked(prompt: str) -> str:
     """The question of a drafting prompt or a feedback row: after any passages, before the options."""
     return prompt.rsplit("Question: ", 1)[-1].split("\n\nOptions:")[0]
@@ -93,7 +98,7 @@ def feedback_summary(path: Path, needed: dict[str, list[str]]) -> dict:
     after an average draft, after the best of the K drafts, the pairs it gave, and how many of the
     sampled drafts (fit questions, which SFT trained on) hold every needed fact."""
     rows = json.loads(path.read_text(encoding="utf-8"))["results"]
-    item_ids = {item["question"]: item["id"] for item in read_jsonl(HERE / "train.jsonl")}
+    item_ids = train_ids()
     holds = [[all(f in draft for f in needed[item_ids[asked(r["question"])]]) for draft in r["drafts"]] for r in rows]
     mean = lambda xs: round(sum(xs) / len(xs), 3)  # noqa: E731
     report = {"questions": len(rows), "pairs": sum(r["pair"] for r in rows),
@@ -109,7 +114,7 @@ def feedback_summary(path: Path, needed: dict[str, list[str]]) -> dict:
 def pair_facts(path: Path, needed: dict[str, list[str]]) -> dict[str, int]:
     """A feedback stage's pairs.jsonl: how many chosen and how many rejected drafts hold every fact
     their question needs, i.e. whether the strong model's feedback rewards bringing up the fact."""
-    item_ids = {item["question"]: item["id"] for item in read_jsonl(HERE / "train.jsonl")}
+    item_ids = train_ids()
     report = {"pairs": 0, "chosen_hold_facts": 0, "rejected_hold_facts": 0}
     for pair in read_jsonl(path):
         facts = needed[item_ids[asked(pair["prompt"][-1]["content"])]]
