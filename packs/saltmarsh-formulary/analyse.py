@@ -45,9 +45,10 @@ def rerun_changes(system: dict, other: dict) -> dict:
     answers and scores changed between the runs, which greedy decoding alone would keep equal."""
     before = {i["id"]: i for i in other["items"]}
     items = [(i, before[i["id"]]) for i in system["items"] if i["id"] in before]
+    accuracy = lambda scores: round(100 * sum(scores) / len(scores), 1) if scores else None  # noqa: E731
     return {"items": len(items), "answers_differ": sum(a.get("answer") != b.get("answer") for a, b in items),
             "scores_differ": sum(a["score"] != b["score"] for a, b in items),
-            "accuracy": round(100 * system["accuracy"], 1), "accuracy_other": round(100 * other["accuracy"], 1)}
+            "accuracy": accuracy([a["score"] for a, _ in items]), "accuracy_other": accuracy([b["score"] for _, b in items])}
 
 
 def read_jsonl(path: Path) -> list[dict]:
@@ -161,7 +162,7 @@ def main(path: Path, against: Path | None = None) -> dict:
               for split in ("test.jsonl", "train.jsonl") for item in read_jsonl(HERE / split)}
     systems = {key: {i["id"]: i for i in s["items"]} for key, s in results["systems"].items()}
     scored = {key: items for key, items in systems.items() if all("score" in i for i in items.values())}
-    ids = next(iter(systems.values()), {}).keys()
+    ids = [i for i in next(iter(systems.values()), {}) if all(i in items for items in systems.values())]  # in every set
     report = {
         "paired": {f"{a} - {b}": paired_difference([scored[a][i]["score"] for i in ids], [scored[b][i]["score"] for i in ids])
                    for a, b in PAIRS if a in scored and b in scored},

@@ -60,8 +60,8 @@ def test_feedback_summary_counts_sampled_drafts_holding_the_facts(analyse, train
 
 
 def test_rerun_changes_counts_answers_and_scores_that_moved(analyse):
-    now = {"accuracy": 0.5, "items": [{"id": "a", "answer": "A", "score": 1.0}, {"id": "b", "answer": "B.", "score": 0.0}]}
-    before = {"accuracy": 0.0, "items": [{"id": "a", "answer": "C", "score": 0.0}, {"id": "b", "answer": "B", "score": 0.0}]}
+    now = {"items": [{"id": "a", "answer": "A", "score": 1.0}, {"id": "b", "answer": "B.", "score": 0.0}]}
+    before = {"items": [{"id": "a", "answer": "C", "score": 0.0}, {"id": "b", "answer": "B", "score": 0.0}]}
     assert analyse.rerun_changes(now, before) == {"items": 2, "answers_differ": 2, "scores_differ": 1,
                                                   "accuracy": 50.0, "accuracy_other": 0.0}
 
