@@ -84,23 +84,17 @@ def follows_draft(items: list[dict], answers: dict[str, str]) -> dict[str, int]:
     return report
 
 
-def train_ids() -> dict[str, str]:
-    """Each train question's item id, by its text (feedback and pairs name questions, not ids)."""
-    return {item["question"]: item["id"] for item in read_jsonl(HERE / "train.jsonl")}
-
-
 def asked(prompt: str) -> str:
     """The question of a drafting prompt or a feedback row: after any passages, before the options."""
     return prompt.rsplit("Question: ", 1)[-1].split("\n\nOptions:")[0]
 
 
-def feedback_summary(path: Path, needed: dict[str, list[str]]) -> dict:
+def feedback_summary(path: Path, needed_by_question: dict[str, list[str]]) -> dict:
     """A feedback stage's feedback.json: the strong model's probability of the right option alone,
     after an average draft, after the best of the K drafts, the pairs it gave, and how many of the
     sampled drafts (fit questions, which SFT trained on) hold every needed fact."""
     rows = json.loads(path.read_text(encoding="utf-8"))["results"]
-    item_ids = train_ids()
-    holds = [[all(f in draft for f in needed[item_ids[asked(r["question"])]]) for draft in r["drafts"]] for r in rows]
+    holds = [[all(f in draft for f in needed_by_question[asked(r["question"])]) for draft in r["drafts"]] for r in rows]
     mean = lambda xs: round(sum(xs) / len(xs), 3)  # noqa: E731
     report = {"questions": len(rows), "pairs": sum(r["pair"] for r in rows),
               "p_correct_alone": mean([r["strong_alone_score"] for r in rows]),
@@ -112,13 +106,12 @@ def feedback_summary(path: Path, needed: dict[str, list[str]]) -> dict:
     return report
 
 
-def pair_facts(path: Path, needed: dict[str, list[str]]) -> dict[str, int]:
+def pair_facts(path: Path, needed_by_question: dict[str, list[str]]) -> dict[str, int]:
     """A feedback stage's pairs.jsonl: how many chosen and how many rejected drafts hold every fact
     their question needs, i.e. whether the strong model's feedback rewards bringing up the fact."""
-    item_ids = train_ids()
     report = {"pairs": 0, "chosen_hold_facts": 0, "rejected_hold_facts": 0}
     for pair in read_jsonl(path):
-        facts = needed[item_ids[asked(pair["prompt"][-1]["content"])]]
+        facts = needed_by_question[asked(pair["prompt"][-1]["content"])]
         report["pairs"] += 1
         for side in ("chosen", "rejected"):
             report[f"{side}_hold_facts"] += all(f in pair[side][-1]["content"] for f in facts)
@@ -158,8 +151,10 @@ def main(path: Path, against: Path | None = None) -> dict:
         reruns = {key: rerun_changes(results["systems"][key], other[key]) for key in results["systems"] if key in other}
         results["systems"] = {**{k: v for k, v in other.items() if k not in results["systems"]}, **results["systems"]}
     facts = {f["id"]: f["text"] for f in read_jsonl(HERE / "facts.jsonl")}
-    needed = {item["id"]: [facts[f] for f in item["fact_ids"]]  # test, and train for dev-split result sets
-              for split in ("test.jsonl", "train.jsonl") for item in read_jsonl(HERE / split)}
+    train = read_jsonl(HERE / "train.jsonl")  # dev-split sets and feedback are train questions
+    pack_items = read_jsonl(HERE / "test.jsonl") + train
+    needed = {item["id"]: [facts[f] for f in item["fact_ids"]] for item in pack_items}
+    needed_by_question = {item["question"]: needed[item["id"]] for item in train}  # feedback names no ids
     systems = {key: {i["id"]: i for i in s["items"]} for key, s in results["systems"].items()}
     scored = {key: items for key, items in systems.items() if all("score" in i for i in items.values())}
     ids = [i for i in next(iter(systems.values()), {}) if all(i in items for items in systems.values())]  # in every set
@@ -179,8 +174,7 @@ def main(path: Path, against: Path | None = None) -> dict:
     for name, d in reruns.items():
         print(f"{name}, scored in both sets: {d['answers_differ']}/{d['items']} answers and {d['scores_differ']} scores "
               f"differ, accuracy {d['accuracy']}% here vs {d['accuracy_other']}%")
-    answers = {item["id"]: item["answer"] for item in read_jsonl(HERE / "test.jsonl")} | \
-              {item["id"]: item["answer"] for item in read_jsonl(HERE / "train.jsonl")}
+    answers = {item["id"]: item["answer"] for item in pack_items}
     report["follows_draft_letter"] = {key: follows_draft(list(items.values()), answers)
                                       for key, items in scored.items() if key.startswith("collab_")}
     for name, d in report["follows_draft_letter"].items():
@@ -205,9 +199,9 @@ def main(path: Path, against: Path | None = None) -> dict:
                                                "train_loss", "final_loss")}
         print("SFT: " + ", ".join(f"{k} {v}" for k, v in report["sft"].items()))
     if (path.parent / "feedback.json").is_file():  # the feedback that aligned the adapter, when kept beside it
-        report["feedback"] = feedback_summary(path.parent / "feedback.json", needed)
+        report["feedback"] = feedback_summary(path.parent / "feedback.json", needed_by_question)
     if (path.parent / "feedback" / "pairs.jsonl").is_file():
-        report["pair_facts"] = pair_facts(path.parent / "feedback" / "pairs.jsonl", needed)
+        report["pair_facts"] = pair_facts(path.parent / "feedback" / "pairs.jsonl", needed_by_question)
     if (path.parent / "feedback" / "stage.json").is_file():  # the pipeline's record of that feedback stage
         seconds = json.loads((path.parent / "feedback" / "stage.json").read_text(encoding="utf-8"))["seconds"]
         report["feedback_minutes"] = round(seconds / 60, 1)

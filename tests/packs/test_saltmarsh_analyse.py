@@ -24,7 +24,7 @@ def analyse():
 def train_item(analyse):
     facts = {f["id"]: f["text"] for f in analyse.read_jsonl(SALTMARSH / "facts.jsonl")}
     item = analyse.read_jsonl(SALTMARSH / "train.jsonl")[0]
-    return item, {item["id"]: [facts[f] for f in item["fact_ids"]]}
+    return item, {item["question"]: [facts[f] for f in item["fact_ids"]]}
 
 
 def test_asked_reads_the_question_after_passages_and_before_options(analyse):
@@ -37,7 +37,7 @@ def test_pair_facts_counts_chosen_and_rejected_drafts_holding_every_needed_fact(
     item, needed = train_item
     prompt = [{"role": "system", "content": "s"},
               {"role": "user", "content": f"Question: {item['question']}\n\nOptions:\nA. a\n\nWrite: ..."}]
-    with_facts = "Background: " + " ".join(needed[item["id"]]) + "\nDraft answer: x, Answer: A"
+    with_facts = "Background: " + " ".join(needed[item["question"]]) + "\nDraft answer: x, Answer: A"
     rows = [{"prompt": prompt, "chosen": [{"role": "assistant", "content": with_facts}],
              "rejected": [{"role": "assistant", "content": "Background: nothing useful.\nDraft answer: y, Answer: B"}]},
             {"prompt": prompt, "chosen": [{"role": "assistant", "content": with_facts}],
@@ -49,7 +49,7 @@ def test_pair_facts_counts_chosen_and_rejected_drafts_holding_every_needed_fact(
 
 def test_feedback_summary_counts_sampled_drafts_holding_the_facts(analyse, train_item, tmp_path):
     item, needed = train_item
-    facts = " ".join(needed[item["id"]])
+    facts = " ".join(needed[item["question"]])
     row = {"question": f"{item['question']}\n\nOptions:\nA. a", "drafts": [facts, "no", "no", facts + "!"],
            "final_scores": [0.5, 0.1, 0.2, 0.6], "strong_alone_score": 0.25, "pair": True}
     path = tmp_path / "feedback.json"
