@@ -40,15 +40,19 @@ PAIRS = (("collab_dpo", "collab_sft"), ("collab_dpo", "strong"), ("collab_dpo", 
          ("collab_retrieval_dpo", "weak"), ("collab_retrieval_sft", "weak"))
 
 
+def percent(scores: list[float]) -> float | None:
+    """Mean score in percent, one decimal; None for no items."""
+    return round(100 * sum(scores) / len(scores), 1) if scores else None
+
+
 def rerun_changes(system: dict, other: dict) -> dict:
     """A system scored in two result sets (e.g. strong alone rerun beside new rows): how many of its
     answers and scores changed between the runs, which greedy decoding alone would keep equal."""
     before = {i["id"]: i for i in other["items"]}
     items = [(i, before[i["id"]]) for i in system["items"] if i["id"] in before]
-    accuracy = lambda scores: round(100 * sum(scores) / len(scores), 1) if scores else None  # noqa: E731
     return {"items": len(items), "answers_differ": sum(a.get("answer") != b.get("answer") for a, b in items),
             "scores_differ": sum(a["score"] != b["score"] for a, b in items),
-            "accuracy": accuracy([a["score"] for a, _ in items]), "accuracy_other": accuracy([b["score"] for _, b in items])}
+            "accuracy": percent([a["score"] for a, _ in items]), "accuracy_other": percent([b["score"] for _, b in items])}
 
 
 def read_jsonl(path: Path) -> list[dict]:
@@ -60,9 +64,8 @@ def fact_recall(items: list[dict], needed: dict[str, list[str]]) -> dict[str, fl
     holds = [all(f in (i.get("draft") or "") for f in needed[i["id"]]) for i in items]
     report = {"drafts_with_facts": sum(holds), "items": len(items), "recall": round(100 * sum(holds) / len(items), 1)}
     if all("score" in i for i in items):
-        mean = lambda xs: round(100 * sum(xs) / len(xs), 1) if xs else None  # noqa: E731
-        report |= {"accuracy_with_facts": mean([i["score"] for i, h in zip(items, holds) if h]),
-                   "accuracy_without": mean([i["score"] for i, h in zip(items, holds) if not h])}
+        report |= {"accuracy_with_facts": percent([i["score"] for i, h in zip(items, holds) if h]),
+                   "accuracy_without": percent([i["score"] for i, h in zip(items, holds) if not h])}
     return report
 
 
