@@ -110,6 +110,11 @@ def pack_knowledge(pack: DomainPack) -> list[str]:
     return knowledge_texts(read_rows(pack.root / KNOWLEDGE_FILE), pack.passages)
 
 
+def statement_texts(pack: DomainPack) -> list[str]:
+    """Every corpus statement as its own SFT document: the words a draft from memory writes."""
+    return [p.text for p in pack.passages]
+
+
 def summary(pack: DomainPack) -> dict[str, int]:
     """What the cache holds: statements, the questions written, and the questions SFT learns."""
     rows = read_rows(pack.root / KNOWLEDGE_FILE)

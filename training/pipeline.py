@@ -2,7 +2,8 @@
 
     python -m training.pipeline --pack PATH [--out DIR] [--weak REF] [--strong REF]
         [--train-limit N] [--test-limit N] [--k 4] [--draft-tokens N] [--final-tokens N]
-        [--sft-data corpus+drafts|corpus|corpus+drafts+knowledge] [--feedback-scoring likelihood|generate] [--min-margin X]
+        [--sft-data corpus+drafts|corpus|corpus+drafts+knowledge] [--knowledge-repeats N] [--statement-repeats N]
+        [--feedback-scoring likelihood|generate] [--min-margin X]
         [--strong-dtype bfloat16] [--strong-backend transformers|llama-cpp] [--sft-adapter DIR] [--drafting memory|grounded|both] [--rounds N]
         [--set sft.key=value ...] [--set dpo.key=value ...]
 
@@ -12,7 +13,9 @@ Stages, each in its own directory under --out:
                and, by default, on drafting examples: each fit question (train without the
                dev split) in the weak prompt, answered with the corpus statements behind its
                reference (training.draft_data); with +knowledge, also the questions the strong
-               model wrote for every corpus statement (training.knowledge)
+               model wrote for every corpus statement (training.knowledge); with
+               --statement-repeats N, each corpus statement alone N times; and, when a
+               grounded policy is aligned from it, a grounded drafting example per fit question
 - `feedback/`  K weak drafts per train question (the dev split held out), each given to the strong model and
                scored against the reference (choice tasks: the strong model's
                probability of the correct option); the most and least helpful
@@ -80,6 +83,9 @@ class PipelineOptions:
     # corpus+drafts+knowledge: plus the pack's knowledge.jsonl questions (training.knowledge)
     sft_data: str = "corpus+drafts"
     knowledge_repeats: int = 1  # +knowledge: each kept question this many times per epoch (they are short)
+    # Each corpus statement alone, this many times per epoch: a draft writes a statement's words
+    # from memory, and a statement is a few dozen tokens, so drilling it costs little.
+    statement_repeats: int = 0
     # Also run the retrieval-grounded recipe: SFT on grounded drafting examples, feedback and
     # DPO on drafts written from retrieved passages, and its rows in the evaluation.
     grounded: bool = False
@@ -217,7 +223,11 @@ def sft_stage(pack: DomainPack, opts: PipelineOptions, out: Path) -> dict[str, A
                           corpus=str(stage_dir / "corpus.jsonl"), output_dir=str(stage_dir / "adapter"))
 
     # JSONL, one document per line: training.sft reads it without caring how the pack stores its corpus.
-    lines = [json.dumps(row, ensure_ascii=False) for row in sft_rows(pack, opts.sft_data, opts.grounded, opts.knowledge_repeats)]
+    # Grounded drafting chats only when a grounded policy is trained from this adapter:
+    # `--drafting memory` makes a closed-book specialist, every example spent on memory.
+    grounded = opts.grounded and True in opts.drafting_modes
+    rows = sft_rows(pack, opts.sft_data, grounded, opts.knowledge_repeats, opts.statement_repeats)
+    lines = [json.dumps(row, ensure_ascii=False) for row in rows]
 
     def work(stage_dir: Path) -> tuple[list[str], dict[str, Any]]:
         (stage_dir / "corpus.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
@@ -229,7 +239,7 @@ def sft_stage(pack: DomainPack, opts: PipelineOptions, out: Path) -> dict[str, A
     # whatever the pack fingerprint covers.
     data_sha = hashlib.sha256("\n".join(lines).encode()).hexdigest()
     inputs = {"pack": pack.fingerprint(), "data": data_sha, "sft_data": opts.sft_data,
-              "config": config_inputs(config)} | ({"grounded": True} if opts.grounded else {})
+              "config": config_inputs(config)} | ({"grounded": True} if grounded else {})
     return run_stage(out, "sft", inputs, work)
 
 
@@ -257,13 +267,15 @@ DRAFTING = {"memory": (False,), "grounded": (True,), "both": (False, True)}
 STAGES = ("sft", "feedback", "dpo", "evaluate")
 
 
-def sft_rows(pack: DomainPack, sft_data: str, grounded: bool = False, knowledge_repeats: int = 1) -> list[dict[str, Any]]:
+def sft_rows(pack: DomainPack, sft_data: str, grounded: bool = False, knowledge_repeats: int = 1,
+             statement_repeats: int = 0) -> list[dict[str, Any]]:
     """The SFT stage's JSONL rows: corpus texts, then (corpus+drafts) one drafting chat per fit
-    question, (+knowledge) `knowledge_repeats` texts per question of the pack's knowledge.jsonl, and (grounded)
-    one more chat per fit question drafting from its retrieved passages. The dev split is never
-    trained on: it chooses settings and gates candidates."""
+    question, (+knowledge) `knowledge_repeats` texts per question of the pack's knowledge.jsonl,
+    `statement_repeats` copies of each corpus statement alone, and (grounded) one more chat per
+    fit question drafting from its retrieved passages. The dev split is never trained on: it
+    chooses settings and gates candidates."""
     from training.draft_data import draft_examples, grounded_draft_examples
-    from training.knowledge import pack_knowledge
+    from training.knowledge import pack_knowledge, statement_texts
 
     if sft_data not in SFT_DATA:
         raise ValueError(f"unknown sft_data {sft_data!r}; use one of {', '.join(SFT_DATA)}")
@@ -272,6 +284,7 @@ def sft_rows(pack: DomainPack, sft_data: str, grounded: bool = False, knowledge_
         rows += draft_examples(pack, pack.fit)
     if sft_data.endswith("+knowledge"):
         rows += [{"text": t} for t in pack_knowledge(pack) for _ in range(knowledge_repeats)]
+    rows += [{"text": t} for t in statement_texts(pack) for _ in range(statement_repeats)]
     return rows + grounded_draft_examples(pack, pack.fit) if grounded else rows
 
 
@@ -524,6 +537,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--knowledge-repeats", type=int, default=PipelineOptions.knowledge_repeats,
                         help="with --sft-data ...+knowledge: each knowledge question this many times per epoch "
                              "(short texts: memorising them costs far less than repeating every drafting chat)")
+    parser.add_argument("--statement-repeats", type=int, default=PipelineOptions.statement_repeats,
+                        help="each corpus statement alone, this many times per SFT epoch: drills the values a draft "
+                             "from memory must write")
     parser.add_argument("--grounded", action="store_true",
                         help="also run the retrieval-grounded recipe (on by default when the pack's domain.yaml sets retrieval)")
     parser.add_argument("--feedback-scoring", choices=("likelihood", "generate"), default=PipelineOptions.feedback_scoring,
@@ -551,11 +567,13 @@ def options_from_args(ns: argparse.Namespace) -> PipelineOptions:
         raise ValueError(f"--rounds must be at least 1, got {ns.rounds}")
     if ns.knowledge_repeats < 1:
         raise ValueError(f"--knowledge-repeats must be at least 1, got {ns.knowledge_repeats}")
+    if ns.statement_repeats < 0:
+        raise ValueError(f"--statement-repeats must be 0 or more, got {ns.statement_repeats}")
     sft_overrides, dpo_overrides = split_overrides(ns.set)
     return PipelineOptions(
         weak=ns.weak, strong=ns.strong, train_limit=ns.train_limit, test_limit=ns.test_limit, k=ns.k,
         draft_tokens=ns.draft_tokens, final_tokens=ns.final_tokens, seed=ns.seed, sft_data=ns.sft_data,
-        knowledge_repeats=ns.knowledge_repeats, grounded=ns.grounded,
+        knowledge_repeats=ns.knowledge_repeats, statement_repeats=ns.statement_repeats, grounded=ns.grounded,
         sft_recipe=ns.sft_recipe,
         dpo_recipe=ns.dpo_recipe, sft_overrides=sft_overrides, dpo_overrides=dpo_overrides,
         eval=EvalSettings(rag_k=ns.rag_k, draft_tokens=ns.draft_tokens, answer_tokens=ns.answer_tokens,

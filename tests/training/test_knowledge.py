@@ -110,3 +110,12 @@ def test_summary_counts_the_cache(tmp_path: Path) -> None:
             {"statement": CORPUS_LINES[1], "questions": []}]
     (pack.root / knowledge.KNOWLEDGE_FILE).write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
     assert knowledge.summary(pack) == {"statements": 2, "questions": 2, "questions_kept": 1}
+
+
+def test_statement_repeats_drill_each_corpus_statement_alone(tmp_path: Path) -> None:
+    pack = load_pack(write_pack(tmp_path / "pack"))
+    assert knowledge.statement_texts(pack) == [p.text for p in pack.passages] and len(pack.passages) > 1
+    plain, drilled = sft_rows(pack, "corpus+drafts"), sft_rows(pack, "corpus+drafts", statement_repeats=2)
+    assert drilled[: len(plain)] == plain
+    assert drilled[len(plain):] == [{"text": t} for t in knowledge.statement_texts(pack) for _ in range(2)]
+    assert drilled[len(plain)] == {"text": CORPUS_LINES[0]}

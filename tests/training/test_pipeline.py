@@ -8,7 +8,8 @@ from typing import Any
 
 import pytest
 
-from tests.training.test_evaluate import write_pack
+from cowest_app.domains.packs import load_pack
+from tests.training.test_evaluate import CORPUS_LINES, write_pack
 from training import pipeline
 from training.evaluate import load_strong
 from training.pipeline import STAGE_FILE, fingerprint, run_stage, split_overrides
@@ -182,6 +183,22 @@ def test_pipeline_runs_skips_and_reruns_downstream(tmp_path: Path, tiny_model_di
     with (pack / "corpus" / "facts.md").open("a", encoding="utf-8") as f:
         f.write("\nWard 9 stocks Cedraxin.\n")
     assert all(ran(run_cli(pack, out, tiny_model_dir, "--test-limit", "2")).values())
+
+
+def test_closed_book_drafting_trains_no_grounded_chats(tmp_path: Path, tiny_model_dir: Path) -> None:
+    """--drafting memory: the SFT data holds no grounded chat even where the pack retrieves,
+    and --statement-repeats adds each corpus statement alone."""
+    pack = write_pack(tmp_path / "pack")
+
+    def chats(out: Path, *extra: str) -> list[str]:
+        run_cli(pack, out, tiny_model_dir, "--grounded", "--stop-after", "sft", *extra)
+        rows = [json.loads(line) for line in (out / "sft" / "corpus.jsonl").read_text().splitlines()]
+        return [r["messages"][0]["content"] if "messages" in r else r["text"] for r in rows]
+
+    both, memory = chats(tmp_path / "both"), chats(tmp_path / "memory", "--drafting", "memory", "--statement-repeats", "1")
+    grounded_system = load_pack(pack).prompts["weak_retrieval"].system
+    assert len(both) == 1 + 3 + 3 and both[1:4] == ["Recall the facts."] * 3 and both[4:] == [grounded_system] * 3
+    assert memory == both[:4] + CORPUS_LINES
 
 
 def test_imported_sft_adapter_grounded_only_two_rounds(tmp_path: Path, tiny_model_dir: Path) -> None:
