@@ -12,6 +12,8 @@ as analysis.json, or drafts-analysis.json, next to it):
 - for each collaboration system, how many drafts contain every fact the item
   needs (its `fact_ids`, verbatim from facts.jsonl), and the accuracy on those
   items and on the rest;
+- how many needed facts with a number the drafts lack but begin word for word up to
+  that number (the right statement, a misremembered value);
 - with a feedback stage kept beside it (feedback.json, feedback/pairs.jsonl): the
   strong model's probability of the right option with and without drafts, and how
   many chosen and rejected drafts hold the needed facts;
@@ -67,6 +69,24 @@ def fact_recall(items: list[dict], needed: dict[str, list[str]]) -> dict[str, fl
         report |= {"accuracy_with_facts": percent([i["score"] for i, h in zip(items, holds) if h]),
                    "accuracy_without": percent([i["score"] for i, h in zip(items, holds) if not h])}
     return report
+
+
+DIGIT = re.compile(r"\d")
+
+
+def wrong_numbers(items: list[dict], needed: dict[str, list[str]]) -> dict[str, int]:
+    """Needed facts with a number that drafts lack, and how many of those a draft begins word for
+    word up to the number: it recalled which statement answers and misremembered the value."""
+    missing = begun = 0
+    for item in items:
+        draft = item.get("draft") or ""
+        for fact in needed[item["id"]]:
+            number = DIGIT.search(fact)
+            if number is None or fact in draft:
+                continue
+            missing += 1
+            begun += fact[: number.start()] in draft
+    return {"missing_facts_with_a_number": missing, "begun_with_another_value": begun}
 
 
 LETTER = re.compile(r"Answer:\s*\(?([A-E])\b")
@@ -189,6 +209,11 @@ def main(path: Path, against: Path | None = None) -> dict:
         accuracy = (f"; accuracy {d['accuracy_with_facts']}% on those, {d['accuracy_without']}% on the rest"
                     if "accuracy_with_facts" in d else "")
         print(f"{name}: {d['drafts_with_facts']}/{d['items']} drafts ({d['recall']}%) hold every needed fact{accuracy}")
+    report["wrong_numbers"] = {key: wrong_numbers(list(items.values()), needed)
+                               for key, items in systems.items() if key.startswith("collab_")}
+    for name, d in report["wrong_numbers"].items():
+        print(f"{name}: of {d['missing_facts_with_a_number']} needed facts with a number that drafts lack, "
+              f"{d['begun_with_another_value']} are written up to the number, then with another value")
     sft_stage = path.parent / "sft-stage.json"  # the pipeline's record of the SFT run, when kept beside the drafts
     if sft_stage.is_file() and json.loads(sft_stage.read_text(encoding="utf-8"))["inputs"]["sft_data"].endswith("+knowledge"):
         report["knowledge"] = knowledge_summary()

@@ -72,3 +72,11 @@ def test_fact_recall_splits_accuracy_by_whether_the_draft_holds_the_facts(analys
     needed = {"a": ["F1", "F2"], "b": ["F1", "F2"], "c": ["F3"]}
     assert analyse.fact_recall(items, needed) == {"drafts_with_facts": 1, "items": 3, "recall": 33.3,
                                                   "accuracy_with_facts": 100.0, "accuracy_without": 50.0}
+
+
+def test_wrong_numbers_counts_facts_begun_up_to_their_number_with_another_value(analyse):
+    needed = {"a": ["Drug X dose: 10 mg daily.", "Drug X is red."], "b": ["Drug Y dose: 5 mg."], "c": ["Drug Z dose: 2 mg."]}
+    items = [{"id": "a", "draft": "Background: Drug X dose: 30 mg daily."},  # the colour has no number: not counted
+             {"id": "b", "draft": "Background: Drug Y dose: 5 mg."},  # held: not missing
+             {"id": "c", "draft": None}]
+    assert analyse.wrong_numbers(items, needed) == {"missing_facts_with_a_number": 2, "begun_with_another_value": 1}
