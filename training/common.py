@@ -442,10 +442,26 @@ def lm_head_on_labels(enabled: bool = True) -> Iterator[None]:
         trl_utils._use_triton = original
 
 
+RESUME_LAST = "last"  # resume_from_checkpoint: the newest checkpoint in output_dir, if any
+
+
+def resume_checkpoint(config: Any) -> str | None:
+    """The checkpoint to resume from: TrainingArguments' `resume_from_checkpoint` as a path,
+    or `last` for the newest in output_dir (a fresh start when there is none, so an
+    interrupted long run and its first attempt share one command)."""
+    from transformers.trainer_utils import get_last_checkpoint
+
+    wanted = config.resume_from_checkpoint
+    if wanted != RESUME_LAST:
+        return wanted
+    out = Path(config.output_dir)
+    return get_last_checkpoint(str(out)) if out.is_dir() else None
+
+
 def train(trainer: Any, config: Any) -> Any:
     """trainer.train() with the recipe's speed switches that act at run time."""
     with lm_head_on_labels(getattr(config, "lm_head_labels_only", False)):
-        return trainer.train()
+        return trainer.train(resume_from_checkpoint=resume_checkpoint(config))
 
 
 def save_adapter(model: Any, out_dir: Path) -> None:

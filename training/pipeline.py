@@ -168,7 +168,9 @@ def run_stage(out: Path, name: str, inputs: dict[str, Any], work: StageWork) -> 
     if is_current(record, stage_dir, fp):
         print(f"[{name}] up to date, skipped (ran in {record['seconds']:.1f}s before)", flush=True)
         return record | {"status": "done", "ran": False}
-    if record is not None:  # our own stale outputs: start clean so none of them outlive the rerun
+    # Our own stale outputs: start clean so none of them outlive the rerun. An interrupted run
+    # of these same inputs keeps its directory: a recipe with resume_from_checkpoint=last resumes there.
+    if record is not None and not (record.get("status") == "running" and record.get("fingerprint") == fp):
         shutil.rmtree(stage_dir)
     stage_dir.mkdir(parents=True, exist_ok=True)
     # Written first as "running": an interrupted stage is never mistaken for a finished one.

@@ -47,7 +47,9 @@ def test_run_stage_skips_matching_reruns_changed_and_resumes(tmp_path: Path) -> 
     assert run_stage(tmp_path, "a", {"x": 2}, counting_work(calls))["ran"] and len(calls) == 3
 
 
-def test_interrupted_stage_reruns_from_a_clean_directory(tmp_path: Path) -> None:
+def test_interrupted_stage_resumes_in_its_directory_only_with_the_same_inputs(tmp_path: Path) -> None:
+    """A rerun of the same inputs finds what the interrupted run left (its training checkpoints);
+    other inputs start from a clean directory."""
     def crash(stage_dir: Path) -> tuple[list[str], dict[str, Any]]:
         (stage_dir / "partial.txt").write_text("half")
         raise KeyboardInterrupt
@@ -57,6 +59,11 @@ def test_interrupted_stage_reruns_from_a_clean_directory(tmp_path: Path) -> None
     assert json.loads((tmp_path / "a" / STAGE_FILE).read_text())["status"] == "running"
     calls: list[str] = []
     assert run_stage(tmp_path, "a", {"x": 1}, counting_work(calls))["ran"]
+    assert (tmp_path / "a" / "partial.txt").read_text() == "half"
+
+    with pytest.raises(KeyboardInterrupt):
+        run_stage(tmp_path, "a", {"x": 2}, crash)
+    assert run_stage(tmp_path, "a", {"x": 3}, counting_work(calls))["ran"]
     assert not (tmp_path / "a" / "partial.txt").exists()
 
 

@@ -64,6 +64,17 @@ def test_sft_trains_and_saves_adapter(tmp_path: Path, tiny_model_dir: Path) -> N
     assert load_recipe(SFTRecipe, out / "resolved_config.yaml") == config
 
 
+def test_an_interrupted_run_resumes_from_its_last_checkpoint(tmp_path: Path, tiny_model_dir: Path) -> None:
+    out = tmp_path / "out"
+    checkpoints = dict(save_strategy="steps", save_steps=1, resume_from_checkpoint="last")
+    assert main(tiny_sft(tiny_model_dir, out, max_steps=2, **checkpoints))["steps"] == 2  # nothing to resume: a fresh start
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-1", "checkpoint-2"]
+
+    metrics = main(tiny_sft(tiny_model_dir, out, max_steps=3, **checkpoints))  # e.g. a longer run after a kill
+    logged = [json.loads(line) for line in (out / "progress.jsonl").read_text().splitlines()]
+    assert metrics["steps"] == 3 and [line["step"] for line in logged if "loss" in line] == [3]
+
+
 def test_sft_4bit_from_jsonl_corpus(tmp_path: Path, tiny_model_dir: Path) -> None:
     corpus = tmp_path / "corpus.jsonl"
     text = (CORPUS / "hypertension.md").read_text()
