@@ -43,9 +43,10 @@ def reference_answer(item: PackItem) -> str:
     return str(answer)
 
 
-def draft_completion(background: Sequence[str], answer: str) -> str:
+def draft_completion(background: Sequence[str], answer: str | None) -> str:
+    """The draft the collaboration wants; without an answer (a question with no reference), the background alone."""
     facts = " ".join(background) if background else "(none found)"
-    return f"Background: {facts}\nDraft answer: {answer}"
+    return f"Background: {facts}" + (f"\nDraft answer: {answer}" if answer is not None else "")
 
 
 def _example(prompt: list[dict[str, str]], background: Sequence[str], answer: str) -> dict[str, Any]:

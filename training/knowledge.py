@@ -72,22 +72,36 @@ def on_target(question: str, passage: Passage, retriever: Retriever, rank: int =
     return passage in retriever.search(question, rank)
 
 
-def knowledge_texts(rows: Iterable[dict[str, Any]], passages: Sequence[Passage]) -> list[str]:
-    """SFT documents: one `Question: ...\\nBackground: <statement>` text per question kept.
-
-    Rows of statements the pack no longer has are skipped, so an edited
-    corpus never teaches a stale statement."""
+def kept_questions(rows: Iterable[dict[str, Any]], passages: Sequence[Passage]) -> list[tuple[str, Passage]]:
+    """Every question kept (`on_target`) with its statement. Rows of statements the pack no
+    longer has are skipped, so an edited corpus never teaches a stale statement."""
     by_text = {p.text: p for p in passages}
     retriever = Retriever(passages)
-    texts = []
+    kept = []
     for row in rows:
         passage = by_text.get(row["statement"])
         if passage is None:
             continue
-        for question in row["questions"]:
-            if on_target(question, passage, retriever):
-                texts.append(f"Question: {question}\nBackground: {passage.text}")
-    return texts
+        kept += [(q, passage) for q in row["questions"] if on_target(q, passage, retriever)]
+    return kept
+
+
+def knowledge_texts(rows: Iterable[dict[str, Any]], passages: Sequence[Passage]) -> list[str]:
+    """SFT documents: one `Question: ...\nBackground: <statement>` text per question kept."""
+    return [f"Question: {q}\nBackground: {p.text}" for q, p in kept_questions(rows, passages)]
+
+
+def knowledge_chats(rows: Iterable[dict[str, Any]], pack: DomainPack) -> list[dict[str, Any]]:
+    """SFT chats: each question kept, in the pack's drafting prompt, answered `Background: <statement>`.
+
+    The plain-text form teaches the statements, but not where a draft needs them: on the
+    shipped pack the statement-drilled adapter completes 94% of the statements' numbers as
+    plain text and 38% of them inside the drafting prompt. The chat puts every statement
+    in that prompt."""
+    from training.draft_data import draft_completion
+
+    return [{"messages": pack.draft_messages(q, grounded=False) + [{"role": "assistant", "content": draft_completion([p.text], None)}]}
+            for q, p in kept_questions(rows, pack.passages)]
 
 
 def read_rows(path: Path) -> list[dict[str, Any]]:
@@ -105,9 +119,13 @@ def read_rows(path: Path) -> list[dict[str, Any]]:
     return rows
 
 
-def pack_knowledge(pack: DomainPack) -> list[str]:
-    """The pack's cached knowledge as SFT documents; empty when it has no knowledge.jsonl."""
-    return knowledge_texts(read_rows(pack.root / KNOWLEDGE_FILE), pack.passages)
+def pack_knowledge(pack: DomainPack, form: str = "text") -> list[dict[str, Any]]:
+    """The pack's cached knowledge as SFT rows (`text` documents or drafting `chat`s); empty
+    when it has no knowledge.jsonl."""
+    rows = read_rows(pack.root / KNOWLEDGE_FILE)
+    if form == "chat":
+        return knowledge_chats(rows, pack)
+    return [{"text": t} for t in knowledge_texts(rows, pack.passages)]
 
 
 def statement_texts(pack: DomainPack) -> list[str]:

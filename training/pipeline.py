@@ -2,7 +2,7 @@
 
     python -m training.pipeline --pack PATH [--out DIR] [--weak REF] [--strong REF]
         [--train-limit N] [--test-limit N] [--k 4] [--draft-tokens N] [--final-tokens N]
-        [--sft-data corpus+drafts|corpus|corpus+drafts+knowledge] [--knowledge-repeats N] [--statement-repeats N]
+        [--sft-data corpus+drafts|corpus|corpus+drafts+knowledge] [--knowledge-repeats N] [--knowledge-format text|chat] [--statement-repeats N]
         [--feedback-scoring likelihood|generate] [--min-margin X]
         [--strong-dtype bfloat16] [--strong-backend transformers|llama-cpp] [--sft-adapter DIR] [--drafting memory|grounded|both] [--rounds N]
         [--set sft.key=value ...] [--set dpo.key=value ...]
@@ -83,6 +83,8 @@ class PipelineOptions:
     # corpus+drafts+knowledge: plus the pack's knowledge.jsonl questions (training.knowledge)
     sft_data: str = "corpus+drafts"
     knowledge_repeats: int = 1  # +knowledge: each kept question this many times per epoch (they are short)
+    # +knowledge as `Question/Background` texts, or as chats in the drafting prompt (training.knowledge.knowledge_chats)
+    knowledge_format: str = "text"
     # Each corpus statement alone, this many times per epoch: a draft writes a statement's words
     # from memory, and a statement is a few dozen tokens, so drilling it costs little.
     statement_repeats: int = 0
@@ -228,7 +230,7 @@ def sft_stage(pack: DomainPack, opts: PipelineOptions, out: Path) -> dict[str, A
     # Grounded drafting chats only when a grounded policy is trained from this adapter:
     # `--drafting memory` makes a closed-book specialist, every example spent on memory.
     grounded = opts.grounded and True in opts.drafting_modes
-    rows = sft_rows(pack, opts.sft_data, grounded, opts.knowledge_repeats, opts.statement_repeats)
+    rows = sft_rows(pack, opts.sft_data, grounded, opts.knowledge_repeats, opts.statement_repeats, opts.knowledge_format)
     lines = [json.dumps(row, ensure_ascii=False) for row in rows]
 
     def work(stage_dir: Path) -> tuple[list[str], dict[str, Any]]:
@@ -265,14 +267,15 @@ def imported_sft_stage(source: Path, out: Path) -> dict[str, Any]:
 
 
 SFT_DATA = ("corpus+drafts", "corpus", "corpus+drafts+knowledge")
+KNOWLEDGE_FORMATS = ("text", "chat")
 DRAFTING = {"memory": (False,), "grounded": (True,), "both": (False, True)}
 STAGES = ("sft", "feedback", "dpo", "evaluate")
 
 
 def sft_rows(pack: DomainPack, sft_data: str, grounded: bool = False, knowledge_repeats: int = 1,
-             statement_repeats: int = 0) -> list[dict[str, Any]]:
+             statement_repeats: int = 0, knowledge_format: str = "text") -> list[dict[str, Any]]:
     """The SFT stage's JSONL rows: corpus texts, then (corpus+drafts) one drafting chat per fit
-    question, (+knowledge) `knowledge_repeats` texts per question of the pack's knowledge.jsonl,
+    question, (+knowledge) `knowledge_repeats` texts (or drafting chats) per question of the pack's knowledge.jsonl,
     `statement_repeats` copies of each corpus statement alone, and (grounded) one more chat per
     fit question drafting from its retrieved passages. The dev split is never trained on: it
     chooses settings and gates candidates."""
@@ -285,7 +288,7 @@ def sft_rows(pack: DomainPack, sft_data: str, grounded: bool = False, knowledge_
     if sft_data.startswith("corpus+drafts"):
         rows += draft_examples(pack, pack.fit)
     if sft_data.endswith("+knowledge"):
-        rows += [{"text": t} for t in pack_knowledge(pack) for _ in range(knowledge_repeats)]
+        rows += [row for row in pack_knowledge(pack, knowledge_format) for _ in range(knowledge_repeats)]
     rows += [{"text": t} for t in statement_texts(pack) for _ in range(statement_repeats)]
     return rows + grounded_draft_examples(pack, pack.fit) if grounded else rows
 
@@ -539,6 +542,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--knowledge-repeats", type=int, default=PipelineOptions.knowledge_repeats,
                         help="with --sft-data ...+knowledge: each knowledge question this many times per epoch "
                              "(short texts: memorising them costs far less than repeating every drafting chat)")
+    parser.add_argument("--knowledge-format", choices=KNOWLEDGE_FORMATS, default=PipelineOptions.knowledge_format,
+                        help="with --sft-data ...+knowledge: each question as a `Question/Background` text, or as a chat in "
+                             "the drafting prompt answered by its statement (where a draft needs the statement)")
     parser.add_argument("--statement-repeats", type=int, default=PipelineOptions.statement_repeats,
                         help="each corpus statement alone, this many times per SFT epoch: drills the values a draft "
                              "from memory must write")
@@ -575,7 +581,8 @@ def options_from_args(ns: argparse.Namespace) -> PipelineOptions:
     return PipelineOptions(
         weak=ns.weak, strong=ns.strong, train_limit=ns.train_limit, test_limit=ns.test_limit, k=ns.k,
         draft_tokens=ns.draft_tokens, final_tokens=ns.final_tokens, seed=ns.seed, sft_data=ns.sft_data,
-        knowledge_repeats=ns.knowledge_repeats, statement_repeats=ns.statement_repeats, grounded=ns.grounded,
+        knowledge_repeats=ns.knowledge_repeats, knowledge_format=ns.knowledge_format,
+        statement_repeats=ns.statement_repeats, grounded=ns.grounded,
         sft_recipe=ns.sft_recipe,
         dpo_recipe=ns.dpo_recipe, sft_overrides=sft_overrides, dpo_overrides=dpo_overrides,
         eval=EvalSettings(rag_k=ns.rag_k, draft_tokens=ns.draft_tokens, answer_tokens=ns.answer_tokens,

@@ -296,10 +296,13 @@ def _feedback_flags(inputs: dict[str, Any]) -> list[tuple[str, Any]]:
 
 
 def _option_flags(options: dict[str, Any]) -> list[tuple[str, Any]]:
-    """pipeline.json's SFT data choice and recipe overrides, as flags (each --set once per override)."""
+    """pipeline.json's SFT data choices and recipe overrides, as flags (each --set once per override)."""
     overrides = [("--set", f"{stage}.{item}") for stage in ("sft", "dpo")
                  for item in options.get(f"{stage}_overrides") or [] if isinstance(item, str)]
-    return [("--sft-data", options.get("sft_data"))] + overrides
+    data = [(flag, options.get(key)) for flag, key in (
+        ("--sft-data", "sft_data"), ("--knowledge-repeats", "knowledge_repeats"),
+        ("--knowledge-format", "knowledge_format"), ("--statement-repeats", "statement_repeats"))]
+    return data + overrides
 
 
 def reproduce_command(results: dict[str, Any], result_set: ResultSet, repo_root: str | Path = REPO_ROOT) -> str:

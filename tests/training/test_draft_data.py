@@ -19,6 +19,7 @@ def test_reference_answer_states_option_text_and_letter() -> None:
 def test_draft_completion_format() -> None:
     assert draft_completion(["A is 1.", "B is 2."], "1, Answer: A") == "Background: A is 1. B is 2.\nDraft answer: 1, Answer: A"
     assert draft_completion([], "x") == "Background: (none found)\nDraft answer: x"
+    assert draft_completion(["A is 1."], None) == "Background: A is 1."  # no reference: the background alone
 
 
 def test_draft_examples_retrieve_the_statement_behind_the_answer(tmp_path: Path) -> None:

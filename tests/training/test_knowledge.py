@@ -54,6 +54,25 @@ def test_knowledge_texts_pair_kept_questions_with_the_statement() -> None:
                      "Background: Cedraxin maximum daily dose: 80 mg in 24 hours."]
 
 
+def test_knowledge_chats_put_each_kept_question_in_the_drafting_prompt(tmp_path: Path) -> None:
+    pack = load_pack(write_pack(tmp_path / "pack"))
+    rows = [{"statement": CORPUS_LINES[0], "questions": ["What is the capital of Avaria?", "Who leads Code Whimbrel?"]}]
+    chats = knowledge.knowledge_chats(rows, pack)
+    assert chats == [{"messages": pack.draft_messages("What is the capital of Avaria?", grounded=False)
+                      + [{"role": "assistant", "content": "Background: The capital of Avaria is Lunet."}]}]
+    assert knowledge.pack_knowledge(pack, "chat") == []  # no knowledge.jsonl yet
+
+
+def test_knowledge_format_chat_swaps_texts_for_chats(tmp_path: Path) -> None:
+    pack = load_pack(write_pack(tmp_path / "pack"))
+    row = {"statement": CORPUS_LINES[0], "questions": ["What is the capital of Avaria?"]}
+    (pack.root / knowledge.KNOWLEDGE_FILE).write_text(json.dumps(row) + "\n", encoding="utf-8")
+    texts, chats = (sft_rows(pack, "corpus+drafts+knowledge", knowledge_repeats=2, knowledge_format=f) for f in ("text", "chat"))
+    assert texts[:-2] == chats[:-2] == sft_rows(pack, "corpus+drafts")
+    assert chats[-2:] == knowledge.knowledge_chats([row], pack) * 2
+    assert chats[-1]["messages"][-1]["content"] == "Background: The capital of Avaria is Lunet."
+
+
 def test_read_rows_drops_a_line_cut_short(tmp_path: Path) -> None:
     path = tmp_path / knowledge.KNOWLEDGE_FILE
     good = {"statement": DOSE.text, "questions": ["What is it?"]}

@@ -152,13 +152,15 @@ def test_shipped_run_command_carries_recorded_options(dirs):
 
     data, repo, _, shipped = dirs
     earlier = write_json(shipped.parent / "corpus-only-sft" / "results.json", RESULTS | {"pack": "shipped-pack"})
-    options = {"train_limit": 128, "k": 4, "sft_data": "corpus",
+    options = {"train_limit": 128, "k": 4, "sft_data": "corpus+drafts+knowledge", "knowledge_repeats": 2,
+               "knowledge_format": "chat", "statement_repeats": 3,
                "sft_overrides": ["max_length=128", "target_modules=q_proj,v_proj"], "dpo_overrides": ["num_train_epochs=2"]}
     write_json(earlier.parent / "pipeline.json", PIPELINE | {"options": options})
     command = show_result_set(str(earlier), data, repo)[-1]
     opts = options_from_args(ns := build_parser().parse_args(shell_words(command)[3:]))
     assert ns.pack == "packs/shipped-pack"  # the pack, not the results folder the set sits in
-    assert (opts.train_limit, opts.k, opts.sft_data) == (128, 4, "corpus")
+    assert (opts.train_limit, opts.k, opts.sft_data) == (128, 4, "corpus+drafts+knowledge")
+    assert (opts.knowledge_repeats, opts.knowledge_format, opts.statement_repeats) == (2, "chat", 3)
     assert opts.sft_overrides == ("max_length=128", "target_modules=q_proj,v_proj")
     assert opts.dpo_overrides == ("num_train_epochs=2",)
 
