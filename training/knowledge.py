@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import random
 import re
 import sys
 import time
@@ -133,6 +134,20 @@ def statement_texts(pack: DomainPack) -> list[str]:
     return [p.text for p in pack.passages]
 
 
+def drill_rows(pack: DomainPack, drafting_chats: int, seed: int = 0) -> list[dict[str, Any]]:
+    """Rows to train an adapter further on the pack's knowledge, in the prompt where drafts need it:
+    every knowledge question as a drafting chat, every statement as a text, and `drafting_chats`
+    fit drafting chats drawn at random (the multiple-choice draft stays learnt), shuffled."""
+    from training.draft_data import draft_examples
+
+    rng = random.Random(seed)
+    drafts = draft_examples(pack, pack.fit)
+    rows = pack_knowledge(pack, "chat") + rng.sample(drafts, min(drafting_chats, len(drafts)))
+    rows += [{"text": t} for t in statement_texts(pack)]
+    rng.shuffle(rows)
+    return rows
+
+
 def summary(pack: DomainPack) -> dict[str, int]:
     """What the cache holds: statements, the questions written, and the questions SFT learns."""
     rows = read_rows(pack.root / KNOWLEDGE_FILE)
@@ -169,14 +184,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--strong-backend", choices=STRONG_BACKENDS, default="llama-cpp")
     parser.add_argument("--questions", type=int, default=QUESTIONS_PER_STATEMENT, help="questions per statement")
     parser.add_argument("--cache-dir", help="model cache (default: $COWEST_CACHE_DIR or ~/.cache/cowest)")
+    parser.add_argument("--drill-file", type=Path,
+                        help="write the drill rows (knowledge chats, statements, sampled drafting chats) as JSONL here "
+                             "for `training.sft --set corpus=FILE`, instead of writing questions")
+    parser.add_argument("--drafting-chats", type=int, default=200, help="with --drill-file: fit drafting chats drawn")
     ns = parser.parse_args(argv)
     if ns.questions < 1:
         parser.error("--questions must be at least 1")
+    if ns.drafting_chats < 0:
+        parser.error("--drafting-chats must be 0 or more")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         pack = load_pack(ns.pack)
     except PackError as exc:
         parser.error(str(exc))
+    if ns.drill_file:
+        rows = drill_rows(pack, ns.drafting_chats)
+        ns.drill_file.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+        print(f"{ns.drill_file}: {len(rows)} rows")
+        return 0
     path = generate(pack, load_strong(ns.strong, ns.strong_backend, cache_dir=ns.cache_dir), ns.questions)
     print(f"{path}: " + ", ".join(f"{k} {v}" for k, v in summary(pack).items()))
     return 0

@@ -126,11 +126,14 @@ class Retriever:
         self._index = BM25Okapi(self._terms) if any(self._terms) else None
 
     def search(self, query: str, k: int) -> list[Passage]:
-        terms = set(search_terms(query))
+        # Unique terms in the query's order: the scores are float sums over them, and a set's
+        # order changes with the hash seed, which turned near-ties around from run to run.
+        terms = list(dict.fromkeys(search_terms(query)))
         if self._index is None or not terms or k <= 0:
             return []
-        scores = self._index.get_scores(list(terms))
-        shares = [bool(terms.intersection(t)) for t in self._terms]
+        scores = self._index.get_scores(terms)
+        wanted = set(terms)
+        shares = [not wanted.isdisjoint(t) for t in self._terms]
         ranked = sorted((i for i in range(len(scores)) if shares[i]), key=lambda i: (-scores[i], i))
         return [self.passages[i] for i in ranked[:k]]
 
