@@ -73,6 +73,22 @@ def test_knowledge_format_chat_swaps_texts_for_chats(tmp_path: Path) -> None:
     assert chats[-1]["messages"][-1]["content"] == "Background: The capital of Avaria is Lunet."
 
 
+def test_drill_rows_hold_chats_statements_and_a_sample_of_drafts(tmp_path: Path) -> None:
+    pack = load_pack(write_pack(tmp_path / "pack"))
+    row = {"statement": CORPUS_LINES[0], "questions": ["What is the capital of Avaria?"]}
+    (pack.root / knowledge.KNOWLEDGE_FILE).write_text(json.dumps(row) + "\n", encoding="utf-8")
+    rows = knowledge.drill_rows(pack, drafting_chats=2)
+    drafts = [r for r in rows if "messages" in r and "Draft answer" in r["messages"][-1]["content"]]
+    assert len(drafts) == 2 and all(d in sft_rows(pack, "corpus+drafts") for d in drafts)  # fit chats only
+    assert knowledge.knowledge_chats([row], pack)[0] in rows
+    assert sorted(r["text"] for r in rows if "text" in r) == sorted(knowledge.statement_texts(pack))
+    assert len(rows) == 1 + 2 + len(pack.passages) and rows == knowledge.drill_rows(pack, drafting_chats=2)
+    assert len(knowledge.drill_rows(pack, drafting_chats=10_000)) == 1 + len(pack.fit) + len(pack.passages)
+    out = tmp_path / "drill.jsonl"
+    assert knowledge.main(["--pack", str(pack.root), "--drill-file", str(out), "--drafting-chats", "2"]) == 0
+    assert [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()] == rows
+
+
 def test_read_rows_drops_a_line_cut_short(tmp_path: Path) -> None:
     path = tmp_path / knowledge.KNOWLEDGE_FILE
     good = {"statement": DOSE.text, "questions": ["What is it?"]}
