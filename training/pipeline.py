@@ -13,7 +13,8 @@ Stages, each in its own directory under --out:
                and, by default, on drafting examples: each fit question (train without the
                dev split) in the weak prompt, answered with the corpus statements behind its
                reference (training.draft_data); with +knowledge, also the questions the strong
-               model wrote for every corpus statement (training.knowledge); with
+               model wrote for every corpus statement (training.knowledge), as texts or with
+               --knowledge-format chat as drafting chats answered by the statement; with
                --statement-repeats N, each corpus statement alone N times; and, when a
                grounded policy is aligned from it, a grounded drafting example per fit question
 - `feedback/`  K weak drafts per train question (the dev split held out), each given to the strong model and
