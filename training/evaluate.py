@@ -56,6 +56,8 @@ log = logging.getLogger(__name__)
 
 SYSTEMS: dict[str, str] = {
     "weak": "Weak alone",
+    # The SFT adapter answering alone, as the collaboration's specialist: what the strong model adds to it.
+    "weak_sft": "Weak alone (SFT weak)",
     "strong": "Strong alone",
     "strong_rag": "Strong + RAG",
     "collab_base": "Weak + Strong (base weak)",
@@ -263,6 +265,8 @@ def evaluate(
             if adapter != loaded:
                 weak.swap_adapter(str(adapter), key)
                 loaded = adapter
+            if key == "collab_sft":
+                score("weak_sft", lambda: weak, direct)
             score(key, strong, None, weak)
 
     results = {

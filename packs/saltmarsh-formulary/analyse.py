@@ -36,6 +36,7 @@ sys.path.insert(0, str(HERE.parents[1]))  # the repository root: its paired stat
 from training.compare import paired_difference  # noqa: E402
 PAIRS = (("collab_dpo", "collab_sft"), ("collab_dpo", "strong"), ("collab_dpo", "weak"),
          ("collab_sft", "strong"), ("collab_sft", "weak"), ("collab_sft", "collab_base"),
+         ("collab_dpo", "weak_sft"), ("collab_sft", "weak_sft"),
          ("collab_retrieval_dpo", "strong_rag"), ("collab_retrieval_dpo", "collab_retrieval_sft"),
          ("collab_retrieval_dpo", "strong"), ("collab_retrieval_sft", "strong_rag"),
          ("collab_retrieval_sft", "strong"), ("collab_retrieval_sft", "collab_retrieval_base"),

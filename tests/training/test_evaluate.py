@@ -144,6 +144,9 @@ def test_evaluate_cli_with_adapters(tmp_path: Path, tiny_model_dir: Path, tiny_a
     assert grounded != [r["draft"] for r in results["systems"]["collab_sft"]["items"]]
     assert all(s["n"] == 3 and all(r["answer"] in ("Answer: A", "Answer: B", "Answer: C") for r in s["items"])
                for s in results["systems"].values())
+    # The specialist alone answers with the SFT adapter: not the base weak model's answers.
+    assert results["systems"]["weak_sft"]["label"] == "Weak alone (SFT weak)"
+    assert all(r["draft"] is None for r in results["systems"]["weak_sft"]["items"])
     # The three weak models really differ: each adapter changes the drafts.
     drafts = [tuple(r["draft"] for r in results["systems"][k]["items"]) for k in ("collab_base", "collab_sft", "collab_dpo")]
     assert len(set(drafts)) == 3

@@ -168,7 +168,7 @@ def test_pipeline_runs_skips_and_reruns_downstream(tmp_path: Path, tiny_model_di
     assert all(0.0 < v < 1.0 for r in rows for v in r["final_scores"] + [r["strong_alone_score"]])
     assert pair["prompt"][0]["content"] == "Recall the facts."  # drafted with the pack's weak prompt
     results = json.loads((out / "evaluate" / "results.json").read_text())
-    assert list(results["systems"]) == ["weak", "strong", "strong_rag", "collab_base", "collab_sft", "collab_dpo"]
+    assert list(results["systems"]) == ["weak", "weak_sft", "strong", "strong_rag", "collab_base", "collab_sft", "collab_dpo"]
     assert all(s["n"] == 4 for s in results["systems"].values())
     assert report["total_seconds"] > 0 and report["accuracy"].keys() == results["systems"].keys()
     assert report["options"]["k"] == 2 and report["options"]["min_margin"] == 0.0
