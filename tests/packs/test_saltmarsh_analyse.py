@@ -1,23 +1,15 @@
 """The shipped pack's analysis script: its counting functions on literal rows."""
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
 import pytest
 
-SALTMARSH = Path(__file__).resolve().parents[2] / "packs" / "saltmarsh-formulary"
+from tests.packs.pack_scripts import SALTMARSH, pack_script
 
 
 @pytest.fixture(scope="module")
 def analyse():
-    spec = importlib.util.spec_from_file_location("saltmarsh_analyse", SALTMARSH / "analyse.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    yield module
-    del sys.modules[spec.name]
+    yield from pack_script("analyse.py")
 
 
 @pytest.fixture(scope="module")

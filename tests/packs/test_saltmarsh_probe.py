@@ -1,22 +1,14 @@
 """The shipped pack's value probe: where it cuts a statement, what counts as a hit, the prompts it builds."""
 
-import importlib.util
-import sys
-from pathlib import Path
 
 import pytest
 
-SALTMARSH = Path(__file__).resolve().parents[2] / "packs" / "saltmarsh-formulary"
+from tests.packs.pack_scripts import SALTMARSH, pack_script
 
 
 @pytest.fixture(scope="module")
 def probe():
-    spec = importlib.util.spec_from_file_location("saltmarsh_probe", SALTMARSH / "probe_values.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    yield module
-    del sys.modules[spec.name]
+    yield from pack_script("probe_values.py")
 
 
 def test_number_cut_stops_before_the_first_number_after_the_opening_words(probe):
