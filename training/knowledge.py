@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
 from cowest_app.domains.retrieval import Passage, Retriever
+from cowest_app.files import write_atomic
 
 if TYPE_CHECKING:
     from cowest_app.domains.packs import DomainPack
@@ -88,7 +89,7 @@ def kept_questions(rows: Iterable[dict[str, Any]], passages: Sequence[Passage]) 
 
 
 def knowledge_texts(rows: Iterable[dict[str, Any]], passages: Sequence[Passage]) -> list[str]:
-    """SFT documents: one `Question: ...\nBackground: <statement>` text per question kept."""
+    """SFT documents: one `Question: ...\\nBackground: <statement>` text per question kept."""
     return [f"Question: {q}\nBackground: {p.text}" for q, p in kept_questions(rows, passages)]
 
 
@@ -200,7 +201,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(str(exc))
     if ns.drill_file:
         rows = drill_rows(pack, ns.drafting_chats)
-        ns.drill_file.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+        write_atomic(ns.drill_file, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
         print(f"{ns.drill_file}: {len(rows)} rows")
         return 0
     path = generate(pack, load_strong(ns.strong, ns.strong_backend, cache_dir=ns.cache_dir), ns.questions)
