@@ -39,6 +39,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 KNOWLEDGE_FILE = "knowledge.jsonl"
+KNOWLEDGE_FORMATS = ("text", "chat")  # `Question/Background` documents, or chats in the drafting prompt
 QUESTIONS_PER_STATEMENT = 3
 ON_TARGET_RANK = 1  # a question is kept when BM25 finds its own statement first for it
 QUESTION_TOKENS = 160
@@ -124,6 +125,8 @@ def read_rows(path: Path) -> list[dict[str, Any]]:
 def pack_knowledge(pack: DomainPack, form: str = "text") -> list[dict[str, Any]]:
     """The pack's cached knowledge as SFT rows (`text` documents or drafting `chat`s); empty
     when it has no knowledge.jsonl."""
+    if form not in KNOWLEDGE_FORMATS:
+        raise ValueError(f"unknown knowledge format {form!r}; use one of {', '.join(KNOWLEDGE_FORMATS)}")
     rows = read_rows(pack.root / KNOWLEDGE_FILE)
     if form == "chat":
         return knowledge_chats(rows, pack)

@@ -53,6 +53,7 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 from cowest_app.defaults import DRAFT_TEMPERATURE, MIN_MARGIN
 from training.common import recipe_dict, write_json
 from training.evaluate import STRONG_BACKENDS, Settings as EvalSettings, load_strong
+from training.knowledge import KNOWLEDGE_FORMATS
 
 if TYPE_CHECKING:
     from cowest_app.domains.packs import DomainPack
@@ -268,7 +269,6 @@ def imported_sft_stage(source: Path, out: Path) -> dict[str, Any]:
 
 
 SFT_DATA = ("corpus+drafts", "corpus", "corpus+drafts+knowledge")
-KNOWLEDGE_FORMATS = ("text", "chat")
 DRAFTING = {"memory": (False,), "grounded": (True,), "both": (False, True)}
 STAGES = ("sft", "feedback", "dpo", "evaluate")
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from cowest_app.domains.packs import load_pack
 from cowest_app.domains.retrieval import Passage, Retriever
 from tests.fakes.scripted_backend import ScriptedBackend
@@ -61,6 +63,8 @@ def test_knowledge_chats_put_each_kept_question_in_the_drafting_prompt(tmp_path:
     assert chats == [{"messages": pack.draft_messages("What is the capital of Avaria?", grounded=False)
                       + [{"role": "assistant", "content": "Background: The capital of Avaria is Lunet."}]}]
     assert knowledge.pack_knowledge(pack, "chat") == []  # no knowledge.jsonl yet
+    with pytest.raises(ValueError, match="unknown knowledge format 'chats'"):
+        knowledge.pack_knowledge(pack, "chats")
 
 
 def test_knowledge_format_chat_swaps_texts_for_chats(tmp_path: Path) -> None:
