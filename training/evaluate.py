@@ -330,9 +330,9 @@ MERGE_KEYS = ("weak", "strong", "split", "limit", "load_4bit", "strong_dtype", "
               "answer_tokens", "batch_size")
 
 
-# The config key naming the adapter each collaboration row drafted with.
-ADAPTER_KEY = {"collab_sft": "sft_adapter", "collab_retrieval_sft": "sft_adapter", "collab_dpo": "dpo_adapter",
-               "collab_retrieval_dpo": "grounded_dpo_adapter"}
+# The config key naming the adapter each row of the SFT or DPO weak model used.
+ADAPTER_KEY = {"weak_sft": "sft_adapter", "collab_sft": "sft_adapter", "collab_retrieval_sft": "sft_adapter",
+               "collab_dpo": "dpo_adapter", "collab_retrieval_dpo": "grounded_dpo_adapter"}
 
 
 def _adapters_replaced(base: dict[str, Any], extra: dict[str, Any]) -> set[str]:
@@ -342,7 +342,7 @@ def _adapters_replaced(base: dict[str, Any], extra: dict[str, Any]) -> set[str]:
     for key in used:
         kept = [k for k in base["systems"] if ADAPTER_KEY.get(k) == key and k not in extra["systems"]]
         if kept and base["config"].get(key) != extra["config"].get(key):
-            raise ValueError(f"{', '.join(kept)} drafted with {key} {base['config'].get(key)}, the added rows with "
+            raise ValueError(f"{', '.join(kept)} ran with {key} {base['config'].get(key)}, the added rows with "
                              f"{extra['config'].get(key)}: rescore them together")
     return used
 

@@ -138,7 +138,10 @@ def statement_texts(pack: DomainPack) -> list[str]:
     return [p.text for p in pack.passages]
 
 
-def drill_rows(pack: DomainPack, drafting_chats: int, seed: int = 0) -> list[dict[str, Any]]:
+DRILL_DRAFTING_CHATS = 200  # enough fit drafting chats that the draft's format stays learnt
+
+
+def drill_rows(pack: DomainPack, drafting_chats: int = DRILL_DRAFTING_CHATS, seed: int = 0) -> list[dict[str, Any]]:
     """Rows to train an adapter further on the pack's knowledge, in the prompt where drafts need it:
     every knowledge question as a drafting chat, every statement as a text, and `drafting_chats`
     fit drafting chats drawn at random (the multiple-choice draft stays learnt), shuffled."""
@@ -191,7 +194,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--drill-file", type=Path,
                         help="write the drill rows (knowledge chats, statements, sampled drafting chats) as JSONL here "
                              "for `training.sft --set corpus=FILE`, instead of writing questions")
-    parser.add_argument("--drafting-chats", type=int, default=200, help="with --drill-file: fit drafting chats drawn")
+    parser.add_argument("--drafting-chats", type=int, default=DRILL_DRAFTING_CHATS, help="with --drill-file: fit drafting chats drawn")
     ns = parser.parse_args(argv)
     if ns.questions < 1:
         parser.error("--questions must be at least 1")

@@ -2,7 +2,7 @@
 
     python -m training.pipeline --pack PATH [--out DIR] [--weak REF] [--strong REF]
         [--train-limit N] [--test-limit N] [--k 4] [--draft-tokens N] [--final-tokens N]
-        [--sft-data corpus+drafts|corpus|corpus+drafts+knowledge] [--knowledge-repeats N] [--knowledge-format text|chat] [--statement-repeats N]
+        [--sft-data corpus+drafts|corpus|corpus+drafts+knowledge|drill] [--knowledge-repeats N] [--knowledge-format text|chat] [--statement-repeats N]
         [--feedback-scoring likelihood|generate] [--min-margin X]
         [--strong-dtype bfloat16] [--strong-backend transformers|llama-cpp] [--sft-adapter DIR] [--drafting memory|grounded|both] [--rounds N]
         [--set sft.key=value ...] [--set dpo.key=value ...]
@@ -16,7 +16,9 @@ Stages, each in its own directory under --out:
                model wrote for every corpus statement (training.knowledge), as texts or with
                --knowledge-format chat as drafting chats answered by the statement; with
                --statement-repeats N, each corpus statement alone N times; and, when a
-               grounded policy is aligned from it, a grounded drafting example per fit question
+               grounded policy is aligned from it, a grounded drafting example per fit question.
+               `--sft-data drill` trains on training.knowledge's drill rows instead (knowledge
+               chats, every statement, 200 fit drafting chats): the closed-book specialist in one stage
 - `feedback/`  K weak drafts per train question (the dev split held out), each given to the strong model and
                scored against the reference (choice tasks: the strong model's
                probability of the correct option); the most and least helpful
@@ -268,7 +270,7 @@ def imported_sft_stage(source: Path, out: Path) -> dict[str, Any]:
     return run_stage(out, "sft", {"imported_adapter": digest_files(source, ADAPTER_FILES)}, work)
 
 
-SFT_DATA = ("corpus+drafts", "corpus", "corpus+drafts+knowledge")
+SFT_DATA = ("corpus+drafts", "corpus", "corpus+drafts+knowledge", "drill")
 DRAFTING = {"memory": (False,), "grounded": (True,), "both": (False, True)}
 STAGES = ("sft", "feedback", "dpo", "evaluate")
 
@@ -278,14 +280,19 @@ def sft_rows(pack: DomainPack, sft_data: str, grounded: bool = False, knowledge_
     """The SFT stage's JSONL rows: corpus texts, then (corpus+drafts) one drafting chat per fit
     question, (+knowledge) `knowledge_repeats` texts (or drafting chats) per question of the pack's knowledge.jsonl,
     `statement_repeats` copies of each corpus statement alone, and (grounded) one more chat per
-    fit question drafting from its retrieved passages. The dev split is never trained on: it
-    chooses settings and gates candidates."""
+    fit question drafting from its retrieved passages. `drill` is the short road to a closed-book
+    specialist: training.knowledge's drill rows (every knowledge question as a drafting chat,
+    every statement, a sample of fit drafting chats) instead of the corpus and all drafting chats.
+    The dev split is never trained on: it chooses settings and gates candidates."""
     from training.draft_data import draft_examples, grounded_draft_examples
-    from training.knowledge import pack_knowledge, statement_texts
+    from training.knowledge import drill_rows, pack_knowledge, statement_texts
 
     if sft_data not in SFT_DATA:
         raise ValueError(f"unknown sft_data {sft_data!r}; use one of {', '.join(SFT_DATA)}")
-    rows: list[dict[str, Any]] = [{"text": t} for t in pack.corpus_texts()]
+    if sft_data == "drill":
+        rows = drill_rows(pack)
+    else:
+        rows = [{"text": t} for t in pack.corpus_texts()]
     if sft_data.startswith("corpus+drafts"):
         rows += draft_examples(pack, pack.fit)
     if sft_data.endswith("+knowledge"):
@@ -539,7 +546,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="override a recipe key, e.g. sft.num_train_epochs=1 or dpo.max_steps=10")
     parser.add_argument("--sft-data", choices=SFT_DATA, default=PipelineOptions.sft_data,
                         help="what SFT trains on: the corpus plus a drafting example per fit question, the corpus only, "
-                             "or the first plus the pack's knowledge.jsonl (python -m training.knowledge)")
+                             "the first plus the pack's knowledge.jsonl (python -m training.knowledge), or "
+                             "the drill rows (knowledge chats, statements, 200 fit drafting chats; with --statement-repeats)")
     parser.add_argument("--knowledge-repeats", type=int, default=PipelineOptions.knowledge_repeats,
                         help="with --sft-data ...+knowledge: each knowledge question this many times per epoch "
                              "(short texts: memorising them costs far less than repeating every drafting chat)")

@@ -233,6 +233,22 @@ def test_merge_adds_a_later_runs_rows_to_the_table(tmp_path: Path, tiny_model_di
                             "--out", str(tmp_path / "bad")])
 
 
+def _result_set(config: dict, systems: dict) -> dict:
+    rows = {key: {"accuracy": 0.5, "items": [{"id": "q1", "score": 1.0}, {"id": "q2", "score": 0.0}]} for key in systems}
+    return {"pack_fingerprint": "p", "seconds": 1.0, "config": config | {"only": sorted(systems)}, "systems": rows}
+
+
+def test_merge_refuses_to_keep_the_specialist_row_of_another_adapter() -> None:
+    from training.evaluate import merge_results
+
+    base = _result_set({"sft_adapter": "v1"}, ["strong", "weak_sft", "collab_sft"])
+    # The specialist alone is the SFT adapter too: a new collab_sft beside the old weak_sft would mislabel it.
+    with pytest.raises(ValueError, match="weak_sft ran with sft_adapter v1"):
+        merge_results(base, _result_set({"sft_adapter": "v2"}, ["collab_sft"]))
+    merged = merge_results(base, _result_set({"sft_adapter": "v2"}, ["weak_sft", "collab_sft"]))
+    assert merged["config"]["sft_adapter"] == "v2" and list(merged["systems"]) == ["weak_sft", "strong", "collab_sft"]
+
+
 def test_settings_are_chosen_on_the_dev_split(tmp_path: Path, tiny_model_dir: Path) -> None:
     from cowest_app.domains.packs import load_pack
 

@@ -158,3 +158,14 @@ def test_statement_repeats_drill_each_corpus_statement_alone(tmp_path: Path) -> 
     assert drilled[: len(plain)] == plain
     assert drilled[len(plain):] == [{"text": t} for t in knowledge.statement_texts(pack) for _ in range(2)]
     assert drilled[len(plain)] == {"text": CORPUS_LINES[0]}
+
+
+def test_drill_sft_data_is_the_drill_rows_with_statements_repeated(tmp_path: Path) -> None:
+    pack = load_pack(write_pack(tmp_path / "pack"))
+    row = {"statement": CORPUS_LINES[0], "questions": ["What is the capital of Avaria?"]}
+    (pack.root / knowledge.KNOWLEDGE_FILE).write_text(json.dumps(row) + "\n", encoding="utf-8")
+    drill = knowledge.drill_rows(pack)
+    assert sft_rows(pack, "drill") == drill and knowledge.knowledge_chats([row], pack)[0] in drill
+    drilled = sft_rows(pack, "drill", statement_repeats=2)
+    assert drilled[: len(drill)] == drill
+    assert drilled[len(drill):] == [{"text": t} for t in knowledge.statement_texts(pack) for _ in range(2)]
