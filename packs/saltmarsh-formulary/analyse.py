@@ -17,6 +17,7 @@ as analysis.json, or drafts-analysis.json, next to it):
 - with a feedback stage kept beside it (feedback.json, feedback/pairs.jsonl): the
   strong model's probability of the right option with and without drafts, and how
   many chosen and rejected drafts hold the needed facts;
+- with the training pipeline's pipeline.json beside it: each stage's minutes and their sum;
 - with --against: how many answers of a system scored in both sets changed.
 
 Standard library only, with the repository's `training.compare` (paired intervals) and,
@@ -144,6 +145,14 @@ def pair_facts(path: Path, needed_by_question: dict[str, list[str]]) -> dict[str
     return report
 
 
+def pipeline_minutes(path: Path) -> dict[str, float]:
+    """A pipeline.json: each stage's minutes as recorded by the run that made its outputs, and their
+    sum, so a pipeline resumed over several invocations adds up to what one run takes."""
+    stages = json.loads(path.read_text(encoding="utf-8"))["stages"]
+    minutes = {name: round(stage["recorded_seconds"] / 60, 1) for name, stage in stages.items()}
+    return minutes | {"total": round(sum(stage["recorded_seconds"] for stage in stages.values()) / 60, 1)}
+
+
 def passage_recall(needed: dict[str, list[str]]) -> float:
     """Share of test items whose every needed fact is in the passages a grounded draft is written from."""
     sys.path.insert(0, str(HERE.parents[1]))  # the repository root: the pack's own retrieval, as the app runs it
@@ -239,6 +248,9 @@ def main(path: Path, against: Path | None = None) -> dict:
         m = json.loads((path.parent / "dpo" / "metrics.json").read_text(encoding="utf-8"))
         report["dpo"] = {k: m.get(k) for k in ("steps", "n_pairs", "seconds", "first_loss", "final_loss", "train_loss")}
         print("DPO: " + ", ".join(f"{k} {v}" for k, v in report["dpo"].items()))
+    if (path.parent / "pipeline.json").is_file():  # the training pipeline that made the adapters, when kept beside
+        report["pipeline_minutes"] = pipeline_minutes(path.parent / "pipeline.json")
+        print("pipeline minutes: " + ", ".join(f"{k} {v}" for k, v in report["pipeline_minutes"].items()))
     name = "analysis.json" if path.name != "drafts.json" else "drafts-analysis.json"
     (path.parent / name).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     return report

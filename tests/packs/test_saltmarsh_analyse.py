@@ -72,3 +72,13 @@ def test_wrong_numbers_counts_facts_begun_up_to_their_number_with_another_value(
              {"id": "b", "draft": "Background: Drug Y dose: 5 mg."},  # held: not missing
              {"id": "c", "draft": None}]
     assert analyse.wrong_numbers(items, needed) == {"missing_facts_with_a_number": 2, "begun_with_another_value": 1}
+
+
+def test_pipeline_minutes_add_up_the_stages_as_recorded(analyse, tmp_path):
+    # The DPO stage ran in this invocation; SFT and feedback were recorded by an earlier one.
+    stages = {"sft": {"ran": False, "seconds": 0.0, "recorded_seconds": 2400.0},
+              "feedback": {"ran": False, "seconds": 0.0, "recorded_seconds": 2166.0},
+              "dpo": {"ran": True, "seconds": 222.0, "recorded_seconds": 222.0}}
+    path = tmp_path / "pipeline.json"
+    path.write_text(json.dumps({"total_seconds": 222.0, "stages": stages}), encoding="utf-8")
+    assert analyse.pipeline_minutes(path) == {"sft": 40.0, "feedback": 36.1, "dpo": 3.7, "total": 79.8}
