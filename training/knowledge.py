@@ -194,7 +194,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--drill-file", type=Path,
                         help="write the drill rows (knowledge chats, statements, sampled drafting chats) as JSONL here "
                              "for `training.sft --set corpus=FILE`, instead of writing questions")
-    parser.add_argument("--drafting-chats", type=int, default=DRILL_DRAFTING_CHATS, help="with --drill-file: fit drafting chats drawn")
+    parser.add_argument("--drafting-chats", type=int, default=DRILL_DRAFTING_CHATS,
+                        help="with --drill-file: fit drafting chats drawn")
     ns = parser.parse_args(argv)
     if ns.questions < 1:
         parser.error("--questions must be at least 1")
