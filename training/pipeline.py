@@ -18,7 +18,7 @@ Stages, each in its own directory under --out:
                --statement-repeats N, each corpus statement alone N times; and, when a
                grounded policy is aligned from it, a grounded drafting example per fit question.
                `--sft-data drill` trains on training.knowledge's drill rows instead (knowledge
-               chats, every statement, 200 fit drafting chats): the closed-book specialist in one stage
+               chats, every statement, a sample of fit drafting chats): the closed-book specialist in one stage
 - `feedback/`  K weak drafts per train question (the dev split held out), each given to the strong model and
                scored against the reference (choice tasks: the strong model's
                probability of the correct option); the most and least helpful
@@ -55,7 +55,7 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 from cowest_app.defaults import DRAFT_TEMPERATURE, MIN_MARGIN
 from training.common import recipe_dict, write_json
 from training.evaluate import STRONG_BACKENDS, Settings as EvalSettings, load_strong
-from training.knowledge import KNOWLEDGE_FORMATS
+from training.knowledge import DRILL_DRAFTING_CHATS, KNOWLEDGE_FORMATS
 
 if TYPE_CHECKING:
     from cowest_app.domains.packs import DomainPack
@@ -547,7 +547,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--sft-data", choices=SFT_DATA, default=PipelineOptions.sft_data,
                         help="what SFT trains on: the corpus plus a drafting example per fit question, the corpus only, "
                              "the first plus the pack's knowledge.jsonl (python -m training.knowledge), or "
-                             "the drill rows (knowledge chats, statements, 200 fit drafting chats; with --statement-repeats)")
+                             f"the drill rows (knowledge chats, statements, {DRILL_DRAFTING_CHATS} fit drafting chats; "
+                             "with --statement-repeats)")
     parser.add_argument("--knowledge-repeats", type=int, default=PipelineOptions.knowledge_repeats,
                         help="with --sft-data ...+knowledge: each knowledge question this many times per epoch "
                              "(short texts: memorising them costs far less than repeating every drafting chat)")
