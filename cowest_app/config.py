@@ -94,6 +94,7 @@ class AppConfig:
     # The labeller study's best cheap labeller on the shipped pack (README, "How good are the labels?").
     feedback_evaluator: str = "weak_teacher"
     feedback_min_margin: float = MIN_MARGIN
+    feedback_pairs_per_question: int = 1
     feedback_min_confidence: float = 0.6
     min_evaluator_agreement: float = 60.0  # %: labels from an evaluator measured below this are not trained on
     max_session_share: float = 1.0  # 0.2 on a Space: see from_env
@@ -170,6 +171,7 @@ ENV_VARS: dict[str, tuple[str, str]] = {
     "COWEST_FEEDBACK_K": ("feedback_k", "weak drafts sampled per question for collaborative feedback"),
     "COWEST_FEEDBACK_EVALUATOR": ("feedback_evaluator", "labels the drafts of questions without a reference: `weak_teacher` (the trained pack's adapter's implicit DPO reward against the bare base; no strong model; the pack needs an adapter), `weak_judge` (the weak model asked zero-shot) or `strong_judge` (the strong model's rubric grade); references and human ratings always win. The default is the best cheap labeller of `training.labeller_study` (README)"),
     "COWEST_FEEDBACK_MIN_MARGIN": ("feedback_min_margin", "smallest influence gap between chosen and rejected draft that makes a pair"),
+    "COWEST_FEEDBACK_PAIRS_PER_QUESTION": ("feedback_pairs_per_question", "preference pairs one question's drafts may give: `1` = the most against the least helpful draft; more adds further pairs of drafts whose gains differ by more than the margin, largest gap first"),
     "COWEST_FEEDBACK_MIN_CONFIDENCE": ("feedback_min_confidence", "judge and teacher pairs below this confidence are stored but not trained on"),
     "COWEST_MIN_EVALUATOR_AGREEMENT": ("min_evaluator_agreement", "pairs from an automatic evaluator whose measured agreement with the truth (`<pack>/results/labellers/agreement.json`, written by `training.labeller_study`) is below this percentage are not trained on; a run left with none does not train and says why (`0` = off)"),
     "COWEST_MAX_SESSION_SHARE": ("max_session_share", "largest share of a training set that pairs from one browser session may make up; a session's newest pairs above it are left out (`1` = no cap; `0.2` by default on a Space, where `SPACE_ID` is set)"),
@@ -242,6 +244,7 @@ _FIELD_KINDS: dict[str, type] = {
     "train_min_pairs": int,
     "feedback_k": int,
     "feedback_min_margin": float,
+    "feedback_pairs_per_question": int,
     "feedback_min_confidence": float,
     "min_evaluator_agreement": float,
     "max_session_share": float,
@@ -343,7 +346,7 @@ def validate(config: AppConfig) -> None:
         raise ConfigError(f"COWEST_FEEDBACK_EVALUATOR={config.feedback_evaluator!r}: expected one of {FEEDBACK_EVALUATORS}")
     if config.feedback_k < 2:
         raise ConfigError("feedback_k must be at least 2: a pair needs two drafts")
-    for name in ("train_min_pairs", "collect_max_questions", "eval_max_items", "train_threads"):
+    for name in ("train_min_pairs", "collect_max_questions", "eval_max_items", "train_threads", "feedback_pairs_per_question"):
         if getattr(config, name) < 1:
             raise ConfigError(f"{name} must be at least 1")
     _validate_train_backend(config)

@@ -102,6 +102,8 @@ class PipelineOptions:
     eval: EvalSettings = field(default_factory=EvalSettings)
     feedback_scoring: str = "likelihood"  # choice tasks: strong option probability; "generate": finals + metric
     min_margin: float = MIN_MARGIN  # influence gap below which a pair is noise, not preference
+    # 1: each question's most against least helpful draft; more: further pairs above the margin too.
+    pairs_per_question: int = 1
     # auto: bfloat16 on GPUs and CPUs with native bf16 (4.6x the float32 prefill speed of the
     # 1.5B strong model on a Xeon with AMX, option probabilities equal to about 0.01), float32
     # elsewhere (an AVX2-only EPYC emulates bf16 more than 7x slower than float32).
@@ -342,7 +344,9 @@ def feedback_stage(pack: DomainPack, opts: PipelineOptions, out: Path, policy: d
         "strong_options": strong_opts.as_kwargs(), "load_4bit": opts.load_4bit,
         "feedback_scoring": opts.feedback_scoring, "min_margin": opts.min_margin, "strong_dtype": opts.strong_dtype,
         **backend_input(opts),
-    } | ({"grounded": True, "passages": pack.retrieval_passages} if grounded else {})
+    } | ({"grounded": True, "passages": pack.retrieval_passages} if grounded else {}) | (
+        # Only when asked for, so that feedback kept by runs from before the option stays current.
+        {"pairs_per_question": opts.pairs_per_question} if opts.pairs_per_question != 1 else {})
 
     def work(stage_dir: Path) -> tuple[list[str], dict[str, Any]]:
         from tqdm import tqdm
@@ -366,8 +370,9 @@ def feedback_stage(pack: DomainPack, opts: PipelineOptions, out: Path, policy: d
 
             result = collect(items, weak, strong, evaluator, k=opts.k, min_margin=opts.min_margin,
                              weak_opts=weak_opts, strong_opts=strong_opts, progress=progress,
-                             prompt_sets={pack.name: pack.prompt_set(grounded)})
-        pairs = [r.pair for r in result.results if r.pair is not None and r.pair.trainable]
+                             prompt_sets={pack.name: pack.prompt_set(grounded)},
+                             pairs_per_question=opts.pairs_per_question)
+        pairs = [pair for r in result.results for pair in r.pairs if pair.trainable]
         _, count, sha = write_dpo_jsonl(pairs, stage_dir / "pairs.jsonl")
         report = {
             "questions": len(items), "pairs": result.pairs, "trainable": result.trainable, "pairs_sha256": sha,
@@ -388,7 +393,7 @@ def _result_row(result: Any) -> dict[str, Any]:
     return {
         "question": result.question, "drafts": result.drafts, "finals": result.finals,
         "final_scores": [s.value for s in result.final_scores], "strong_alone_score": result.strong_alone_score.value,
-        "influences": result.influences, "pair": result.pair is not None, "reason": result.reason,
+        "influences": result.influences, "pair": result.pair is not None, "pairs": len(result.pairs), "reason": result.reason,
     }
 
 
@@ -564,6 +569,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="choice tasks: score finals by the strong model's option likelihood, or generate and parse them")
     parser.add_argument("--min-margin", type=float, default=PipelineOptions.min_margin,
                         help="least influence gap between chosen and rejected draft")
+    parser.add_argument("--pairs-per-question", type=int, default=PipelineOptions.pairs_per_question,
+                        help="pairs per feedback question: 1 = most against least helpful draft; more adds further "
+                             "pairs of drafts whose gains differ by more than --min-margin, largest gap first (at most K(K-1)/2)")
     parser.add_argument("--strong-dtype", choices=("auto", "float32", "bfloat16"), default=PipelineOptions.strong_dtype,
                         help="strong model dtype for feedback and evaluation (auto: bfloat16 where the device has it natively)")
     parser.add_argument("--strong-backend", choices=STRONG_BACKENDS, default=PipelineOptions.strong_backend,
@@ -585,6 +593,8 @@ def options_from_args(ns: argparse.Namespace) -> PipelineOptions:
         raise ValueError(f"--rounds must be at least 1, got {ns.rounds}")
     if ns.knowledge_repeats < 1:
         raise ValueError(f"--knowledge-repeats must be at least 1, got {ns.knowledge_repeats}")
+    if ns.pairs_per_question < 1:
+        raise ValueError(f"--pairs-per-question must be at least 1, got {ns.pairs_per_question}")
     if ns.statement_repeats < 0:
         raise ValueError(f"--statement-repeats must be 0 or more, got {ns.statement_repeats}")
     sft_overrides, dpo_overrides = split_overrides(ns.set)
@@ -597,8 +607,8 @@ def options_from_args(ns: argparse.Namespace) -> PipelineOptions:
         dpo_recipe=ns.dpo_recipe, sft_overrides=sft_overrides, dpo_overrides=dpo_overrides,
         eval=EvalSettings(rag_k=ns.rag_k, draft_tokens=ns.draft_tokens, answer_tokens=ns.answer_tokens,
                           batch_size=ns.batch_size),
-        feedback_scoring=ns.feedback_scoring, min_margin=ns.min_margin, strong_dtype=ns.strong_dtype,
-        strong_backend=ns.strong_backend,
+        feedback_scoring=ns.feedback_scoring, min_margin=ns.min_margin, pairs_per_question=ns.pairs_per_question,
+        strong_dtype=ns.strong_dtype, strong_backend=ns.strong_backend,
         load_4bit=ns.load_4bit, device=ns.device, cache_dir=ns.cache_dir, stop_after=ns.stop_after,
         sft_adapter=ns.sft_adapter, drafting=ns.drafting, rounds=ns.rounds,
     )

@@ -329,6 +329,41 @@ def choose_pair(drafts: Sequence[str], influences: Sequence[float | None], min_m
     return PairChoice(chosen, rejected, margin)
 
 
+def choose_pairs(drafts: Sequence[str], influences: Sequence[float | None], min_margin: float,
+                 limit: int = 1) -> list[PairChoice] | str:
+    """Up to `limit` pairs of one question's drafts, or why there is none (choose_pair's reason).
+
+    The first is choose_pair's (most against least helpful); the others are every further
+    (better, worse) pair of distinct texts whose margin is above `min_margin`, largest
+    margin first, each pair of texts once. With K drafts a question can give up to
+    K(K-1)/2 pairs: a question whose drafts split into helpful and unhelpful ones (one
+    brings up the fact, the others do not) then teaches DPO that split several times,
+    where best-against-worst alone weighs it the same as a question of near-equal drafts.
+    """
+    if limit < 1:
+        raise ValueError(f"limit must be at least 1, got {limit}")
+    first = choose_pair(drafts, influences, min_margin)
+    if isinstance(first, str):
+        return first
+    scored = [i for i, value in enumerate(influences) if value is not None]
+    candidates = sorted(
+        (PairChoice(i, j, float(influences[i] - influences[j])) for i in scored for j in scored
+         if influences[i] - influences[j] > min_margin and not _same_text(drafts[i], drafts[j])),
+        key=lambda c: -c.margin)  # sorted() is stable: equal margins keep draft order
+    chosen, seen = [first], {_texts(drafts, first)}
+    for candidate in candidates:
+        if len(chosen) == limit:
+            break
+        if _texts(drafts, candidate) not in seen:
+            chosen.append(candidate)
+            seen.add(_texts(drafts, candidate))
+    return chosen
+
+
+def _texts(drafts: Sequence[str], choice: PairChoice) -> tuple[str, str]:
+    return " ".join(drafts[choice.chosen].split()), " ".join(drafts[choice.rejected].split())
+
+
 # -- human votes --------------------------------------------------------------
 
 

@@ -3,7 +3,9 @@
 For each question the weak model samples K drafts in one batched call, the
 strong model refines each draft and also answers alone, an evaluator scores
 the K finals and the strong-alone answer, and the drafts whose finals gained
-most and least over the strong model alone become a DPO pair. The pair's
+most and least over the strong model alone become a DPO pair (with
+`pairs_per_question` > 1, further pairs of drafts whose gains differ by more
+than the margin follow it: `feedback.choose_pairs`). The pair's
 prompt is exactly what the weak model saw when drafting, so DPO trains the
 weak model to write the drafts that help the strong model.
 
@@ -30,7 +32,7 @@ from cowest_app.core.collaboration import (
 from cowest_app.defaults import DRAFT_TEMPERATURE, MIN_MARGIN
 from cowest_app.core.evaluators import DraftJudge, Evaluator, PairJudge, Score, SelfAnsweringEvaluator, TextEvaluator, preference
 from cowest_app.core.prompts import PromptSet, format_question  # noqa: F401 (format_question: re-exported)
-from cowest_app.core.feedback import PairChoice, QuestionItem, Reference, choose_pair, influences
+from cowest_app.core.feedback import PairChoice, QuestionItem, Reference, choose_pair, choose_pairs, influences
 from cowest_app.models.base import Backend, BackendError, GenerationOptions, Message, WeakModel
 from cowest_app.core.store import LogStore, PreferencePair
 
@@ -53,11 +55,20 @@ class CollectionResult:
     final_scores: list[Score]
     strong_alone_score: Score
     influences: list[float | None]
-    pair: PreferencePair | None
-    reason: str | None  # why there is no pair, or why the pair is not trainable
+    pairs: tuple[PreferencePair, ...]  # most against least helpful first, then any further ones asked for
+    reason: str | None  # why there is no pair, or why the first pair is not trainable
     skipped: int  # answers the evaluator could not score
     timings: dict[str, float] = field(default_factory=dict)
-    pair_id: int | None = None  # set when the pair was logged
+    pair_ids: tuple[int, ...] = ()  # set when the pairs were logged
+
+    @property
+    def pair(self) -> PreferencePair | None:
+        """The question's main pair (most against least helpful draft), if any."""
+        return self.pairs[0] if self.pairs else None
+
+    @property
+    def pair_id(self) -> int | None:
+        return self.pair_ids[0] if self.pair_ids else None
 
 
 @dataclass(frozen=True)
@@ -135,11 +146,13 @@ def collect_for_question(
     store: LogStore | None = None,
     interaction_ids: Sequence[str] = (),
     prompt_set: PromptSet,
+    pairs_per_question: int = 1,
 ) -> CollectionResult:
-    """Run the collaboration K times for one question and derive at most one pair.
+    """Run the collaboration K times for one question and derive up to `pairs_per_question`
+    pairs (`feedback.choose_pairs`: most against least helpful first).
 
     Raises BackendError when a model fails (the caller decides whether to go
-    on). With `store`, the pair is logged, trainable or not: pairs whose
+    on). With `store`, the pairs are logged, trainable or not: pairs whose
     confidence is below `min_confidence` are kept for audit with trainable=0.
     """
     if k < 2:
@@ -186,18 +199,18 @@ def collect_for_question(
     finals, strong_alone = answers[:-1], answers[-1]
     final_scores, alone_score = scores[:-1], scores[-1]
     gains = influences([s.value for s in final_scores], alone_score.value)
-    choice = choose_pair(drafts, gains, min_margin)
-    reason = choice if isinstance(choice, str) else None
+    choices = choose_pairs(drafts, gains, min_margin, pairs_per_question)
+    reason = choices if isinstance(choices, str) else None
     if alone_score.value is None:
         reason = "the strong-alone answer could not be scored"
 
-    pair: PreferencePair | None = None
-    if isinstance(choice, PairChoice):
+    pairs: list[PreferencePair] = []
+    for choice in [] if isinstance(choices, str) else choices:
         confidence = _pair_confidence(evaluator, shown, finals, final_scores, choice, reference, options)
         trainable = confidence >= min_confidence
-        if not trainable:
+        if not trainable and not pairs:
             reason = f"confidence {confidence:.3f} < min_confidence {min_confidence:.3f}: kept, not trained on"
-        pair = PreferencePair(
+        pairs.append(PreferencePair(
             domain=domain_key,
             question=shown,
             prompt=prompt,
@@ -230,14 +243,14 @@ def collect_for_question(
             weak_model=weak_info.get("model"),
             strong_model=strong_info.get("model") or strong_info.get("endpoint"),
             adapter_version=drafting_version(weak_info, weak_opts.adapter),
-        )
+        ))
     timings["judge_s"] = time.perf_counter() - started
 
-    pair_id = store.log_pair(pair) if store is not None and pair is not None else None
+    pair_ids = tuple(store.log_pair(pair) for pair in pairs) if store is not None else ()
     return CollectionResult(
         question=shown, domain=domain_key, prompt=prompt, drafts=drafts, finals=finals, strong_alone=strong_alone,
-        final_scores=list(final_scores), strong_alone_score=alone_score, influences=gains, pair=pair,
-        reason=reason, skipped=sum(s.value is None for s in scores), timings=timings, pair_id=pair_id,
+        final_scores=list(final_scores), strong_alone_score=alone_score, influences=gains, pairs=tuple(pairs),
+        reason=reason, skipped=sum(s.value is None for s in scores), timings=timings, pair_ids=pair_ids,
     )
 
 
@@ -278,12 +291,12 @@ def collect_by_draft_rewards(
             weak_model=weak_info.get("model"), adapter_version=drafting_version(weak_info, weak_opts.adapter),
         )
     timings = {"weak_s": drafted - started, "judge_s": time.perf_counter() - drafted}
-    pair_id = store.log_pair(pair) if store is not None and pair is not None else None
+    pair_ids = (store.log_pair(pair),) if store is not None and pair is not None else ()
     unscored = Score(None, 0.0, evaluator.name, "a draft judge scores drafts, not finals")
     return CollectionResult(
         question=shown, domain=domain_key, prompt=prompt, drafts=drafts, finals=[], strong_alone="",
-        final_scores=[], strong_alone_score=unscored, influences=rewards, pair=pair, reason=reason, skipped=0,
-        timings=timings, pair_id=pair_id,
+        final_scores=[], strong_alone_score=unscored, influences=rewards, pairs=() if pair is None else (pair,),
+        reason=reason, skipped=0, timings=timings, pair_ids=pair_ids,
     )
 
 
@@ -320,6 +333,7 @@ def collect(
     store: LogStore | None = None,
     progress: Callable[[Progress], None] | None = None,
     prompt_sets: Mapping[str, PromptSet],
+    pairs_per_question: int = 1,
 ) -> CollectSummary:
     """Collect for many questions; a question whose models fail is reported in
     `errors` and skipped, the run goes on. `progress` gets a Progress after each."""
@@ -334,15 +348,14 @@ def collect(
                 item.question, item.domain, weak, strong, evaluator, k, item.reference, item.options,
                 min_margin=min_margin, min_confidence=min_confidence, weak_opts=weak_opts,
                 strong_opts=strong_opts, sequential=sequential, store=store, interaction_ids=item.interaction_ids,
-                prompt_set=_prompt_set(prompt_sets, item.domain),
+                prompt_set=_prompt_set(prompt_sets, item.domain), pairs_per_question=pairs_per_question,
             )
         except (BackendError, ValueError) as exc:  # ValueError covers bad items (unknown domain, no reference)
             errors.append((index, f"{type(exc).__name__}: {exc}"))
         else:
             results.append(result)
-            if result.pair is not None:
-                pairs += 1
-                trainable += result.pair.trainable
+            pairs += len(result.pairs)
+            trainable += sum(pair.trainable for pair in result.pairs)
         if progress is not None:
             progress(Progress(index + 1, total, pairs, time.perf_counter() - started))
     return CollectSummary(results, errors, pairs, trainable, time.perf_counter() - started)

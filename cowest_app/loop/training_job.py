@@ -374,8 +374,9 @@ class TrainingJob:
                                                 adapter=self.pack.name),
                     strong_opts=GenerationOptions(max_new_tokens=self.config.strong_max_new_tokens),
                     store=store, interaction_ids=item.interaction_ids, prompt_set=self.prompt_set,
+                    pairs_per_question=self.config.feedback_pairs_per_question,
                 )
-                logged += result.pair_id is not None
+                logged += len(result.pair_ids)
             except Exception as exc:  # one bad question must not stop the run
                 log.warning("feedback collection skipped a question: %s", exc)
             done()

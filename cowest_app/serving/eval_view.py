@@ -292,6 +292,7 @@ def _feedback_flags(inputs: dict[str, Any]) -> list[tuple[str, Any]]:
         ("--train-limit", inputs.get("train_limit")), ("--k", inputs.get("k")),
         ("--final-tokens", strong_opts.get("max_new_tokens")), ("--seed", weak_opts.get("seed")),
         ("--feedback-scoring", inputs.get("feedback_scoring")), ("--min-margin", inputs.get("min_margin")),
+        ("--pairs-per-question", inputs.get("pairs_per_question")),
     ]
 
 

@@ -38,6 +38,7 @@ def test_values_are_parsed():
     ({"COWEST_STRONG_BACKEND": "carrier-pigeon"}, "COWEST_STRONG_BACKEND='carrier-pigeon'"),
     ({"COWEST_MAX_QUESTION_CHARS": "0"}, "max_question_chars must be at least 1"),
     ({"COWEST_TEMPERATURE": "-1"}, "temperature must be >= 0"),
+    ({"COWEST_FEEDBACK_PAIRS_PER_QUESTION": "0"}, "feedback_pairs_per_question must be at least 1"),
     ({"COWEST_PORT": "70000"}, "out of range"),
     ({"COWEST_TRAIN_NICE": "20"}, "COWEST_TRAIN_NICE must be in 0..19, got 20"),
 ])

@@ -186,6 +186,12 @@ def test_pipeline_runs_skips_and_reruns_downstream(tmp_path: Path, tiny_model_di
         "sft": False, "feedback": False, "dpo": False, "evaluate": True}
     assert json.loads((out / "evaluate" / "results.json").read_text())["systems"]["weak"]["n"] == 2
 
+    # More pairs per question is a feedback setting: SFT stays, feedback and what follows rerun
+    # (K = 2 drafts make one pair at most, so the pairs stay the same).
+    assert ran(run_cli(pack, out, tiny_model_dir, "--test-limit", "2", "--pairs-per-question", "2")) == {
+        "sft": False, "feedback": True, "dpo": True, "evaluate": True}
+    assert len((out / "feedback" / "pairs.jsonl").read_text().splitlines()) == 3
+
     # A changed corpus retrains SFT, and so everything after it.
     with (pack / "corpus" / "facts.md").open("a", encoding="utf-8") as f:
         f.write("\nWard 9 stocks Cedraxin.\n")
@@ -249,5 +255,8 @@ def test_sft_adapter_must_be_an_adapter_and_rounds_positive(tmp_path: Path, caps
     with pytest.raises(SystemExit):
         pipeline.main(["--pack", str(pack), "--out", str(tmp_path / "out"), "--rounds", "0"])
     assert "--rounds must be at least 1" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        pipeline.main(["--pack", str(pack), "--out", str(tmp_path / "out"), "--pairs-per-question", "0"])
+    assert "--pairs-per-question must be at least 1" in capsys.readouterr().err
     with pytest.raises(ValueError, match="not a LoRA adapter directory"):
         pipeline.imported_sft_stage(tmp_path, tmp_path / "out")

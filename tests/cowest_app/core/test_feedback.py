@@ -10,6 +10,7 @@ import pytest
 from cowest_app.core.feedback import (
     PairChoice,
     choose_pair,
+    choose_pairs,
     contains_answer,
     draft_vote,
     dpo_record,
@@ -206,6 +207,28 @@ def test_select_pair_skips_unscored_and_identical() -> None:
     assert "margin" in choose_pair(["x", "y"], [0.0, 0.0], 0.0)
     with pytest.raises(ValueError):
         select_pair(["a"], [0.0, 1.0], 0.0)
+
+
+def pairs_of(drafts, influences, min_margin, limit):
+    choices = choose_pairs(drafts, influences, min_margin, limit)
+    return [(c.chosen, c.rejected, round(c.margin, 6)) for c in choices] if isinstance(choices, list) else choices
+
+
+def test_choose_pairs_adds_further_pairs_by_margin() -> None:
+    drafts, gains = ["a", "b", "c", "d"], [0.4, 0.3, 0.0, -0.1]
+    assert pairs_of(drafts, gains, 0.05, 1) == [(0, 3, 0.5)]  # choose_pair's pair alone
+    assert pairs_of(drafts, gains, 0.05, 6) == [(0, 3, 0.5), (0, 2, 0.4), (1, 3, 0.4), (1, 2, 0.3), (0, 1, 0.1), (2, 3, 0.1)]
+    assert len(pairs_of(drafts, gains, 0.05, 5)) == 5
+    assert pairs_of(drafts, gains, 0.05, 2) == [(0, 3, 0.5), (0, 2, 0.4)]
+    assert pairs_of(drafts, gains, 0.35, 6) == [(0, 3, 0.5), (0, 2, 0.4), (1, 3, 0.4)]  # (0, 1)'s 0.1 is noise
+
+
+def test_choose_pairs_keeps_each_pair_of_texts_once() -> None:
+    # Drafts 1 and 2 are one text: (0, 1) and (0, 2) would train the same pair twice.
+    assert pairs_of(["x", "y", " y", "z"], [0.9, 0.0, 0.0, 0.5], 0.05, 6) == [(0, 1, 0.9), (3, 1, 0.5), (0, 3, 0.4)]
+    assert "margin" in choose_pairs(["x", "y"], [0.0, 0.01], 0.05, 6)  # no pair: choose_pair's reason
+    with pytest.raises(ValueError, match="limit"):
+        choose_pairs(["x", "y"], [1.0, 0.0], 0.0, 0)
 
 
 # -- human votes --------------------------------------------------------------

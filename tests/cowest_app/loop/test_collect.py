@@ -145,6 +145,20 @@ def test_margin_threshold_drops_the_pair(weak, strong, store) -> None:
     assert store.max_pair_id() == 0
 
 
+def test_further_pairs_per_question_are_logged(weak, strong, store) -> None:
+    backend, _ = strong
+    item = QuestionItem("Capital of France?", "general", reference=0, options=OPTIONS)
+    summary = collect([item], weak, backend, ReferenceEvaluator("multiple_choice"), k=4, min_margin=0.0,
+                      weak_opts=WEAK_OPTS, strong_opts=STRONG_OPTS, store=store, prompt_sets=PROMPT_SETS,
+                      pairs_per_question=3)
+    [result] = summary.results
+    assert result.influences == [1.0, 0.0, 0.0, 0.0]  # only the first draft helped: it beats each other one
+    assert [(p.chosen, p.rejected) for p in result.pairs] == [(result.drafts[0], d) for d in result.drafts[1:]]
+    assert result.pair == result.pairs[0] and summary.pairs == summary.trainable == 3
+    assert [p.id for p in store.iter_pairs()] == list(result.pair_ids) and result.pair_id == result.pair_ids[0]
+    assert [p.details["rejected_index"] for p in store.iter_pairs()] == [1, 2, 3]
+
+
 def test_strong_judge_skips_unparsable_grades(weak, strong, store) -> None:
     result = run_one(weak, strong[0], StrongJudge(strong[0]), store=store)
     assert result.skipped == 2  # the two "Hmm." finals got no parsable grade
