@@ -78,6 +78,9 @@ class ProjectFields:
     base_model: str = "packaged:smollm2-135m-instruct"  # packaged:NAME, a directory or a Hub id
     load_4bit: bool = True  # QLoRA: NF4 base, LoRA in full precision
     init_adapter: str | None = None  # continue training this adapter (its own r/alpha/targets apply)
+    # With init_adapter: only its LoRA weights on these modules train, the rest stay as loaded
+    # (e.g. [q_proj, k_proj, v_proj, o_proj]: what the adapter recalls in its MLPs is kept); null: all.
+    train_modules: list[str] | None = None
     lora_r: int = 16
     lora_alpha: int = 32
     lora_dropout: float = 0.05
@@ -105,6 +108,8 @@ class ProjectFields:
                 raise RecipeError(f"{name} must be positive, got {getattr(self, name)}")
         if not self.target_modules:
             raise RecipeError("target_modules must name at least one module")
+        if self.train_modules is not None and not (self.train_modules and self.init_adapter):
+            raise RecipeError("train_modules needs init_adapter and at least one module (null: train the whole adapter)")
         check_compute_dtype(self.compute_dtype)
 
 
@@ -385,6 +390,23 @@ def prepare_policy(model: Any, load_4bit: bool, init_adapter: str | None, gradie
     if not Path(init_adapter, "adapter_config.json").is_file():
         raise RecipeError(f"init_adapter {init_adapter} has no adapter_config.json")
     return PeftModel.from_pretrained(model, init_adapter, is_trainable=True), None
+
+
+def freeze_lora_outside(model: Any, modules: Sequence[str]) -> None:
+    """Freeze the trainable weights of every module not named in `modules` (a recipe's train_modules).
+
+    Called on the trainer's model, after the trainer is built (TRL's DPOTrainer adds its frozen
+    reference adapter then, and PEFT marks the active adapter trainable again) and before it
+    creates the optimizer.
+    """
+    trained = 0
+    for name, param in model.named_parameters():
+        if param.requires_grad:
+            keep = any(f".{module}." in name for module in modules)
+            param.requires_grad = keep
+            trained += keep
+    if trained == 0:
+        raise RecipeError(f"train_modules {list(modules)} name no module the adapter has")
 
 
 def trainable_snapshot(model: Any) -> dict[str, torch.Tensor]:

@@ -32,6 +32,7 @@ from training.common import (
     ProjectFields,
     RecipeError,
     check_messages,
+    freeze_lora_outside,
     is_main_process,
     last_logged,
     library_versions,
@@ -236,6 +237,8 @@ def build_trainer(config: SFTRecipe, model: Any, tokenizer: Any, examples: list[
         callbacks=[JsonlProgress(config.output_dir)],
     )
     upcast_adapter(trainer.model, before)
+    if config.train_modules is not None:
+        freeze_lora_outside(trainer.model, config.train_modules)
     return trainer
 
 

@@ -21,7 +21,7 @@ from safetensors.torch import load_file
 
 from tests.conftest import make_lora_adapter
 from training.common import RecipeError, load_recipe
-from training.dpo import DPORecipe, main
+from training.dpo import DPORecipe, build_trainer, load_pairs, main
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY_RECIPE = ROOT / "training" / "recipes" / "dpo-tiny.yaml"
@@ -145,6 +145,24 @@ def test_continue_from_adapter(tmp_path: Path, tiny_model_dir: Path, reference: 
     else:
         # The reference is the bare base, which the random adapter moved away from.
         assert abs(first["rewards/margins"]) > 1e-3
+
+
+def test_train_modules_keep_the_rest_of_a_continued_adapter(tmp_path: Path, tiny_model_dir: Path) -> None:
+    init = make_lora_adapter(tiny_model_dir, tmp_path / "init", seed=4)  # LoRA on q_proj and v_proj
+    config = tiny_recipe(tiny_model_dir, tmp_path, init_adapter=str(init), train_modules=["q_proj"], max_steps=2)
+    main(config)
+    before, after = adapter_tensors(init), adapter_tensors(Path(config.output_dir))
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed and all(".q_proj." in k for k in changed)  # v_proj's weights stay exactly as loaded
+    assert any(".v_proj." in k for k in before)
+    # Neither the other modules nor TRL's frozen reference copy ("ref") train.
+    trainable = [n for n, p in build_trainer(config, load_pairs(config.dataset)).model.named_parameters() if p.requires_grad]
+    assert trainable and all(".q_proj." in n and ".default." in n for n in trainable)
+    with pytest.raises(RecipeError, match="name no module"):
+        main(tiny_recipe(tiny_model_dir, tmp_path, init_adapter=str(init), train_modules=["gate_proj"], max_steps=1))
+    for bad in ({"train_modules": ["q_proj"]}, {"train_modules": [], "init_adapter": str(init)}):
+        with pytest.raises(RecipeError, match="train_modules needs init_adapter"):
+            tiny_recipe(tiny_model_dir, tmp_path, **bad)
 
 
 # -- other paths -----------------------------------------------------------
