@@ -218,8 +218,14 @@ def stage_recipe(cls: type, path: Path, overrides: Sequence[str], opts: Pipeline
     return dataclasses.replace(config, **changes)
 
 
+# Recipe fields added after pipeline runs were kept: left out of a stage's inputs while at their
+# default (None), so that those runs' stages stay current.
+LATER_FIELDS = ("train_modules",)
+
+
 def config_inputs(config: Any) -> dict[str, Any]:
-    return {k: v for k, v in recipe_dict(config).items() if k not in PATH_FIELDS}
+    return {k: v for k, v in recipe_dict(config).items()
+            if k not in PATH_FIELDS and not (k in LATER_FIELDS and v is None)}
 
 
 # -- stages -------------------------------------------------------------------

@@ -108,6 +108,14 @@ def test_the_strong_backend_keys_stages_only_when_not_the_default() -> None:
         load_strong("s", "vllm")
 
 
+def test_a_later_recipe_field_keys_stages_only_when_set() -> None:
+    from training.dpo import DPORecipe
+
+    plain = pipeline.config_inputs(DPORecipe(init_adapter="a"))
+    assert "train_modules" not in plain and plain["reference"] == "init_adapter"  # runs kept from before the field stay current
+    assert pipeline.config_inputs(DPORecipe(init_adapter="a", train_modules=["q_proj"]))["train_modules"] == ["q_proj"]
+
+
 def test_dpo_is_skipped_with_a_note_when_feedback_found_no_pair(tmp_path: Path) -> None:
     from cowest_app.domains.packs import load_pack
 
