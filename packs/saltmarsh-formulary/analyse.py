@@ -126,7 +126,12 @@ def feedback_summary(path: Path, needed_by_question: dict[str, list[str]]) -> di
               "p_correct_mean_draft": mean([mean(r["final_scores"]) for r in rows]),
               "p_correct_best_draft": mean([max(r["final_scores"]) for r in rows]),
               "drafts_with_facts": f"{sum(map(sum, holds))}/{sum(map(len, holds))}",
-              "questions_with_a_draft_with_facts": sum(map(any, holds))}
+              "questions_with_a_draft_with_facts": sum(map(any, holds)),
+              # how much a draft with the facts, and one without, moves that probability from strong alone
+              "gain_with_facts": mean([s - r["strong_alone_score"] for r, h in zip(rows, holds)
+                                       for s, held in zip(r["final_scores"], h) if held] or [0.0]),
+              "gain_without_facts": mean([s - r["strong_alone_score"] for r, h in zip(rows, holds)
+                                          for s, held in zip(r["final_scores"], h) if not held] or [0.0])}
     print("feedback: " + ", ".join(f"{k} {v}" for k, v in report.items()))
     return report
 
@@ -134,14 +139,16 @@ def feedback_summary(path: Path, needed_by_question: dict[str, list[str]]) -> di
 def pair_facts(path: Path, needed_by_question: dict[str, list[str]]) -> dict[str, int]:
     """A feedback stage's pairs.jsonl: how many chosen and how many rejected drafts hold every fact
     their question needs, i.e. whether the strong model's feedback rewards bringing up the fact."""
-    report = {"pairs": 0, "chosen_hold_facts": 0, "rejected_hold_facts": 0}
+    report = {"pairs": 0, "chosen_hold_facts": 0, "rejected_hold_facts": 0, "neither_holds_facts": 0}
     for pair in read_jsonl(path):
         facts = needed_by_question[asked(pair["prompt"][-1]["content"])]
         report["pairs"] += 1
-        for side in ("chosen", "rejected"):
-            report[f"{side}_hold_facts"] += all(f in pair[side][-1]["content"] for f in facts)
+        holds = {side: all(f in pair[side][-1]["content"] for f in facts) for side in ("chosen", "rejected")}
+        for side, held in holds.items():
+            report[f"{side}_hold_facts"] += held
+        report["neither_holds_facts"] += not any(holds.values())
     print(f"pairs: {report['chosen_hold_facts']}/{report['pairs']} chosen and {report['rejected_hold_facts']}/"
-          f"{report['pairs']} rejected drafts hold every needed fact")
+          f"{report['pairs']} rejected drafts hold every needed fact; neither does in {report['neither_holds_facts']}")
     return report
 
 

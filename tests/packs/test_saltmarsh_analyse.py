@@ -36,7 +36,8 @@ def test_pair_facts_counts_chosen_and_rejected_drafts_holding_every_needed_fact(
              "rejected": [{"role": "assistant", "content": with_facts + " Also more."}]}]
     path = tmp_path / "pairs.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
-    assert analyse.pair_facts(path, needed) == {"pairs": 2, "chosen_hold_facts": 2, "rejected_hold_facts": 1}
+    assert analyse.pair_facts(path, needed) == {"pairs": 2, "chosen_hold_facts": 2, "rejected_hold_facts": 1,
+                                                "neither_holds_facts": 0}
 
 
 def test_feedback_summary_counts_sampled_drafts_holding_the_facts(analyse, train_item, tmp_path):
@@ -48,7 +49,8 @@ def test_feedback_summary_counts_sampled_drafts_holding_the_facts(analyse, train
     path.write_text(json.dumps({"results": [row]}), encoding="utf-8")
     report = analyse.feedback_summary(path, needed)
     assert report == {"questions": 1, "pairs": 1, "p_correct_alone": 0.25, "p_correct_mean_draft": 0.35,
-                      "p_correct_best_draft": 0.6, "drafts_with_facts": "2/4", "questions_with_a_draft_with_facts": 1}
+                      "p_correct_best_draft": 0.6, "drafts_with_facts": "2/4", "questions_with_a_draft_with_facts": 1,
+                      "gain_with_facts": 0.3, "gain_without_facts": -0.1}
 
 
 def test_rerun_changes_counts_answers_and_scores_that_moved(analyse):
