@@ -300,8 +300,12 @@ class PairChoice:
     margin: float
 
 
+def _normalised(text: str) -> str:
+    return " ".join(text.split())
+
+
 def _same_text(a: str, b: str) -> bool:
-    return " ".join(a.split()) == " ".join(b.split())
+    return _normalised(a) == _normalised(b)
 
 
 def choose_pair(drafts: Sequence[str], influences: Sequence[float | None], min_margin: float) -> PairChoice | str:
@@ -361,7 +365,7 @@ def choose_pairs(drafts: Sequence[str], influences: Sequence[float | None], min_
 
 
 def _texts(drafts: Sequence[str], choice: PairChoice) -> tuple[str, str]:
-    return " ".join(drafts[choice.chosen].split()), " ".join(drafts[choice.rejected].split())
+    return _normalised(drafts[choice.chosen]), _normalised(drafts[choice.rejected])
 
 
 # -- human votes --------------------------------------------------------------

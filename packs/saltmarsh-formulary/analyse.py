@@ -120,6 +120,10 @@ def feedback_summary(path: Path, needed_by_question: dict[str, list[str]]) -> di
     sampled drafts (fit questions, which SFT trained on) hold every needed fact."""
     rows = json.loads(path.read_text(encoding="utf-8"))["results"]
     holds = [[all(f in draft for f in needed_by_question[asked(r["question"])]) for draft in r["drafts"]] for r in rows]
+    gains: dict[bool, list[float]] = {True: [], False: []}  # gain over strong alone, by holding the facts
+    for r, h in zip(rows, holds):
+        for score, held in zip(r["final_scores"], h):
+            gains[held].append(score - r["strong_alone_score"])
     mean = lambda xs: round(sum(xs) / len(xs), 3)  # noqa: E731
     report = {"questions": len(rows), "pairs": sum(r["pair"] for r in rows),
               "p_correct_alone": mean([r["strong_alone_score"] for r in rows]),
@@ -128,10 +132,7 @@ def feedback_summary(path: Path, needed_by_question: dict[str, list[str]]) -> di
               "drafts_with_facts": f"{sum(map(sum, holds))}/{sum(map(len, holds))}",
               "questions_with_a_draft_with_facts": sum(map(any, holds)),
               # how much a draft with the facts, and one without, moves that probability from strong alone
-              "gain_with_facts": mean([s - r["strong_alone_score"] for r, h in zip(rows, holds)
-                                       for s, held in zip(r["final_scores"], h) if held] or [0.0]),
-              "gain_without_facts": mean([s - r["strong_alone_score"] for r, h in zip(rows, holds)
-                                          for s, held in zip(r["final_scores"], h) if not held] or [0.0])}
+              "gain_with_facts": mean(gains[True] or [0.0]), "gain_without_facts": mean(gains[False] or [0.0])}
     print("feedback: " + ", ".join(f"{k} {v}" for k, v in report.items()))
     return report
 
