@@ -409,6 +409,14 @@ def freeze_lora_outside(model: Any, modules: Sequence[str]) -> None:
         raise RecipeError(f"train_modules {list(modules)} name no module the adapter has")
 
 
+def settle_trainable_weights(model: Any, snapshot: dict[str, torch.Tensor], train_modules: Sequence[str] | None) -> None:
+    """What every recipe does to the trainer's model once it is built, before the optimizer exists:
+    the adapter back in fp32 (`upcast_adapter`), and with `train_modules` only their LoRA weights training."""
+    upcast_adapter(model, snapshot)
+    if train_modules is not None:
+        freeze_lora_outside(model, train_modules)
+
+
 def trainable_snapshot(model: Any) -> dict[str, torch.Tensor]:
     """Copies of a loaded adapter's trainable weights, taken before a TRL trainer touches them."""
     if not hasattr(model, "peft_config"):  # a bare base: nothing to keep (and far too much to copy)

@@ -37,7 +37,6 @@ from training.common import (
     ProjectFields,
     RecipeError,
     check_messages,
-    freeze_lora_outside,
     is_main_process,
     last_logged,
     library_versions,
@@ -47,11 +46,11 @@ from training.common import (
     prepare_policy,
     run_cli,
     save_adapter,
+    settle_trainable_weights,
     start_run,
     torch_threads,
     train,
     trainable_snapshot,
-    upcast_adapter,
     write_json,
 )
 
@@ -180,9 +179,7 @@ def build_trainer(config: DPORecipe, pairs: list[dict[str, Any]]):
     )
     if config.init_adapter and config.reference == "base":
         _use_base_as_reference(trainer)
-    upcast_adapter(trainer.model, before)
-    if config.train_modules is not None:
-        freeze_lora_outside(trainer.model, config.train_modules)
+    settle_trainable_weights(trainer.model, before, config.train_modules)
     if len(trainer.train_dataset) == 0:
         raise RecipeError(f"every pair's prompt is longer than max_length={config.max_length}")
     return trainer

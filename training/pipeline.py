@@ -128,8 +128,19 @@ class PipelineOptions:
 
 
 # -- stage bookkeeping --------------------------------------------------------
+# Inputs added after pipeline runs were kept, with the value those runs had without naming it:
+# a fingerprint leaves such an input out while it holds that value, so the kept runs' stages stay current.
+LATER_DEFAULTS: dict[str, Any] = {"strong_backend": "transformers", "pairs_per_question": 1, "train_modules": None}
+
+
 def fingerprint(inputs: dict[str, Any]) -> str:
-    return hashlib.sha256(json.dumps(inputs, sort_keys=True, default=str).encode()).hexdigest()
+    return hashlib.sha256(json.dumps(without_later_defaults(inputs), sort_keys=True, default=str).encode()).hexdigest()
+
+
+def without_later_defaults(inputs: dict[str, Any]) -> dict[str, Any]:
+    """`inputs` (nested recipe dicts too) less every later input at its old implicit value."""
+    return {key: without_later_defaults(value) if isinstance(value, dict) else value
+            for key, value in inputs.items() if not (key in LATER_DEFAULTS and value == LATER_DEFAULTS[key])}
 
 
 def digest_files(root: Path, names: Sequence[str]) -> str:
@@ -218,14 +229,8 @@ def stage_recipe(cls: type, path: Path, overrides: Sequence[str], opts: Pipeline
     return dataclasses.replace(config, **changes)
 
 
-# Recipe fields added after pipeline runs were kept: left out of a stage's inputs while at their
-# default (None), so that those runs' stages stay current.
-LATER_FIELDS = ("train_modules",)
-
-
 def config_inputs(config: Any) -> dict[str, Any]:
-    return {k: v for k, v in recipe_dict(config).items()
-            if k not in PATH_FIELDS and not (k in LATER_FIELDS and v is None)}
+    return {k: v for k, v in recipe_dict(config).items() if k not in PATH_FIELDS}
 
 
 # -- stages -------------------------------------------------------------------
@@ -315,12 +320,6 @@ def stage_name(stage: str, grounded: bool, round_: int = 1) -> str:
     return stage + ("-grounded" if grounded else "") + (f"-r{round_}" if round_ > 1 else "")
 
 
-def backend_input(opts: PipelineOptions) -> dict[str, str]:
-    """The strong backend keys a stage's fingerprint only when it is not the default, so
-    stages finished before the option existed stay current."""
-    return {"strong_backend": opts.strong_backend} if opts.strong_backend != "transformers" else {}
-
-
 def feedback_evaluator(pack: DomainPack, opts: PipelineOptions, strong: Any) -> Evaluator:
     """How feedback scores a final answer.
 
@@ -349,10 +348,8 @@ def feedback_stage(pack: DomainPack, opts: PipelineOptions, out: Path, policy: d
         "train_limit": opts.train_limit, "k": opts.k, "weak_options": weak_opts.as_kwargs(),
         "strong_options": strong_opts.as_kwargs(), "load_4bit": opts.load_4bit,
         "feedback_scoring": opts.feedback_scoring, "min_margin": opts.min_margin, "strong_dtype": opts.strong_dtype,
-        **backend_input(opts),
-    } | ({"grounded": True, "passages": pack.retrieval_passages} if grounded else {}) | (
-        # Only when asked for, so that feedback kept by runs from before the option stays current.
-        {"pairs_per_question": opts.pairs_per_question} if opts.pairs_per_question != 1 else {})
+        "strong_backend": opts.strong_backend, "pairs_per_question": opts.pairs_per_question,
+    } | ({"grounded": True, "passages": pack.retrieval_passages} if grounded else {})
 
     def work(stage_dir: Path) -> tuple[list[str], dict[str, Any]]:
         from tqdm import tqdm
@@ -441,7 +438,7 @@ def evaluate_stage(pack: DomainPack, opts: PipelineOptions, out: Path, sft: dict
     inputs = {
         "pack": pack.fingerprint(), "sft": upstream(sft), "dpo": upstream(dpo) if dpo else None, "weak": opts.weak,
         "strong": opts.strong, "test_limit": opts.test_limit, "settings": dataclasses.asdict(opts.eval),
-        "load_4bit": opts.load_4bit, "strong_dtype": opts.strong_dtype, **backend_input(opts),
+        "load_4bit": opts.load_4bit, "strong_dtype": opts.strong_dtype, "strong_backend": opts.strong_backend,
     } | ({"grounded": True, "dpo_grounded": upstream(grounded_dpo) if grounded_dpo else None}
          if True in opts.drafting_modes else {})
 

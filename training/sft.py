@@ -32,7 +32,6 @@ from training.common import (
     ProjectFields,
     RecipeError,
     check_messages,
-    freeze_lora_outside,
     is_main_process,
     last_logged,
     library_versions,
@@ -42,11 +41,11 @@ from training.common import (
     prepare_policy,
     run_cli,
     save_adapter,
+    settle_trainable_weights,
     start_run,
     torch_threads,
     train,
     trainable_snapshot,
-    upcast_adapter,
     write_json,
 )
 
@@ -236,9 +235,7 @@ def build_trainer(config: SFTRecipe, model: Any, tokenizer: Any, examples: list[
         peft_config=peft_config,
         callbacks=[JsonlProgress(config.output_dir)],
     )
-    upcast_adapter(trainer.model, before)
-    if config.train_modules is not None:
-        freeze_lora_outside(trainer.model, config.train_modules)
+    settle_trainable_weights(trainer.model, before, config.train_modules)
     return trainer
 
 

@@ -98,22 +98,20 @@ def test_feedback_evaluator_follows_task_type_and_option(tmp_path: Path) -> None
     assert isinstance(pipeline.feedback_evaluator(mc, generate, None), ReferenceEvaluator)
 
 
-def test_the_strong_backend_keys_stages_only_when_not_the_default() -> None:
-    # stages finished before the option existed (transformers) stay current; llama-cpp reruns them
-    assert pipeline.backend_input(pipeline.PipelineOptions(weak="w", strong="s")) == {}
-    llama = pipeline.options_from_args(pipeline.build_parser().parse_args(
-        ["--pack", "p", "--strong-backend", "llama-cpp"]))
-    assert pipeline.backend_input(llama) == {"strong_backend": "llama-cpp"}
-    with pytest.raises(ValueError, match="unknown strong backend"):
-        load_strong("s", "vllm")
-
-
-def test_a_later_recipe_field_keys_stages_only_when_set() -> None:
+def test_inputs_added_later_key_stages_only_when_not_their_old_value() -> None:
     from training.dpo import DPORecipe
 
-    plain = pipeline.config_inputs(DPORecipe(init_adapter="a"))
-    assert "train_modules" not in plain and plain["reference"] == "init_adapter"  # runs kept from before the field stay current
+    # stages finished before these inputs existed had transformers, one pair per question, every LoRA module
+    before = {"pack": "p", "k": 4, "config": {"reference": "init_adapter"}}
+    now = before | {"strong_backend": "transformers", "pairs_per_question": 1,
+                    "config": {"reference": "init_adapter", "train_modules": None}}
+    assert pipeline.fingerprint(now) == pipeline.fingerprint(before)
+    for changed in ({"strong_backend": "llama-cpp"}, {"pairs_per_question": 6},
+                    {"config": {"reference": "init_adapter", "train_modules": ["q_proj"]}}):
+        assert pipeline.fingerprint(now | changed) != pipeline.fingerprint(before)
     assert pipeline.config_inputs(DPORecipe(init_adapter="a", train_modules=["q_proj"]))["train_modules"] == ["q_proj"]
+    with pytest.raises(ValueError, match="unknown strong backend"):
+        load_strong("s", "vllm")
 
 
 def test_dpo_is_skipped_with_a_note_when_feedback_found_no_pair(tmp_path: Path) -> None:
