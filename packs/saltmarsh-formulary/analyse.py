@@ -125,7 +125,9 @@ def feedback_summary(path: Path, needed_by_question: dict[str, list[str]]) -> di
         for score, held in zip(r["final_scores"], h):
             gains[held].append(score - r["strong_alone_score"])
     mean = lambda xs: round(sum(xs) / len(xs), 3)  # noqa: E731
-    report = {"questions": len(rows), "pairs": sum(r["pair"] for r in rows),
+    # rows kept before several pairs per question name only whether their question gave one
+    report = {"questions": len(rows), "questions_with_a_pair": sum(r["pair"] for r in rows),
+              "pairs": sum(r.get("pairs", int(r["pair"])) for r in rows),
               "p_correct_alone": mean([r["strong_alone_score"] for r in rows]),
               "p_correct_mean_draft": mean([mean(r["final_scores"]) for r in rows]),
               "p_correct_best_draft": mean([max(r["final_scores"]) for r in rows]),

@@ -48,9 +48,13 @@ def test_feedback_summary_counts_sampled_drafts_holding_the_facts(analyse, train
     path = tmp_path / "feedback.json"
     path.write_text(json.dumps({"results": [row]}), encoding="utf-8")
     report = analyse.feedback_summary(path, needed)
-    assert report == {"questions": 1, "pairs": 1, "p_correct_alone": 0.25, "p_correct_mean_draft": 0.35,
+    assert report == {"questions": 1, "questions_with_a_pair": 1, "pairs": 1, "p_correct_alone": 0.25, "p_correct_mean_draft": 0.35,
                       "p_correct_best_draft": 0.6, "drafts_with_facts": "2/4", "questions_with_a_draft_with_facts": 1,
                       "gain_with_facts": 0.3, "gain_without_facts": -0.1}
+    several = {"results": [row | {"pairs": 3}, row | {"pair": False, "pairs": 0}]}  # several pairs per question
+    path.write_text(json.dumps(several), encoding="utf-8")
+    assert analyse.feedback_summary(path, needed)["questions_with_a_pair"] == 1
+    assert analyse.feedback_summary(path, needed)["pairs"] == 3
 
 
 def test_rerun_changes_counts_answers_and_scores_that_moved(analyse):
