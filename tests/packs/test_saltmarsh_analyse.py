@@ -53,8 +53,8 @@ def test_feedback_summary_counts_sampled_drafts_holding_the_facts(analyse, train
                       "gain_with_facts": 0.3, "gain_without_facts": -0.1}
     several = {"results": [row | {"pairs": 3}, row | {"pair": False, "pairs": 0}]}  # several pairs per question
     path.write_text(json.dumps(several), encoding="utf-8")
-    assert analyse.feedback_summary(path, needed)["questions_with_a_pair"] == 1
-    assert analyse.feedback_summary(path, needed)["pairs"] == 3
+    counts = analyse.feedback_summary(path, needed)
+    assert (counts["questions_with_a_pair"], counts["pairs"]) == (1, 3)
 
 
 def test_rerun_changes_counts_answers_and_scores_that_moved(analyse):

@@ -109,6 +109,9 @@ def test_inputs_added_later_key_stages_only_when_not_their_old_value() -> None:
     for changed in ({"strong_backend": "llama-cpp"}, {"pairs_per_question": 6},
                     {"config": {"reference": "init_adapter", "train_modules": ["q_proj"]}}):
         assert pipeline.fingerprint(now | changed) != pipeline.fingerprint(before)
+    llama = pipeline.options_from_args(pipeline.build_parser().parse_args(
+        ["--pack", "p", "--strong-backend", "llama-cpp"]))
+    assert llama.strong_backend == "llama-cpp"  # the flag reaches the stages' inputs
     assert pipeline.config_inputs(DPORecipe(init_adapter="a", train_modules=["q_proj"]))["train_modules"] == ["q_proj"]
     with pytest.raises(ValueError, match="unknown strong backend"):
         load_strong("s", "vllm")
