@@ -2,7 +2,7 @@
 
     python -m training.pipeline --pack PATH [--out DIR] [--weak REF] [--strong REF]
         [--train-limit N] [--test-limit N] [--k 4] [--draft-tokens N] [--final-tokens N]
-        [--sft-data corpus+drafts|corpus|corpus+drafts+knowledge|drill] [--knowledge-repeats N] [--knowledge-format text|chat] [--statement-repeats N]
+        [--sft-data corpus+drafts|corpus|corpus+drafts+knowledge|drill] [--knowledge-repeats N] [--knowledge-format text|chat] [--statement-repeats N] [--curriculum]
         [--feedback-scoring likelihood|generate] [--min-margin X]
         [--strong-dtype bfloat16] [--strong-backend transformers|llama-cpp] [--sft-adapter DIR] [--drafting memory|grounded|both] [--rounds N]
         [--set sft.key=value ...] [--set dpo.key=value ...]
@@ -18,7 +18,9 @@ Stages, each in its own directory under --out:
                --statement-repeats N, each corpus statement alone N times; and, when a
                grounded policy is aligned from it, a grounded drafting example per fit question.
                `--sft-data drill` trains on training.knowledge's drill rows instead (knowledge
-               chats, every statement, a sample of fit drafting chats): the closed-book specialist in one stage
+               chats, every statement, a sample of fit drafting chats): the closed-book specialist in one stage.
+               `--curriculum` trains in order instead of shuffled: the statement repeats first
+               (each pass shuffled, like epochs), then the other rows shuffled
 - `feedback/`  K weak drafts per train question (the dev split held out), each given to the strong model and
                scored against the reference (choice tasks: the strong model's
                probability of the correct option); the most and least helpful
@@ -45,6 +47,7 @@ import gc
 import hashlib
 import json
 import logging
+import random
 import shutil
 import sys
 import time
@@ -92,6 +95,9 @@ class PipelineOptions:
     # Each corpus statement alone, this many times per epoch: a draft writes a statement's words
     # from memory, and a statement is a few dozen tokens, so drilling it costs little.
     statement_repeats: int = 0
+    # SFT in order, not shuffled: the statement repeats first, then the rest (drafting chats last),
+    # so the values are learnt before the prompt that brings them up, as a chain of SFT runs would.
+    curriculum: bool = False
     # Also run the retrieval-grounded recipe: SFT on grounded drafting examples, feedback and
     # DPO on drafts written from retrieved passages, and its rows in the evaluation.
     grounded: bool = False
@@ -242,12 +248,15 @@ def sft_stage(pack: DomainPack, opts: PipelineOptions, out: Path) -> dict[str, A
         return imported_sft_stage(Path(opts.sft_adapter), out)
     config = stage_recipe(SFTRecipe, opts.sft_recipe, opts.sft_overrides, opts,
                           corpus=str(stage_dir / "corpus.jsonl"), output_dir=str(stage_dir / "adapter"))
+    if opts.curriculum:  # the corpus file's order is the training order
+        config = dataclasses.replace(config, train_sampling_strategy="sequential")
 
     # JSONL, one document per line: training.sft reads it without caring how the pack stores its corpus.
     # Grounded drafting chats only when a grounded policy is trained from this adapter:
     # `--drafting memory` makes a closed-book specialist, every example spent on memory.
     grounded = opts.grounded and True in opts.drafting_modes
-    rows = sft_rows(pack, opts.sft_data, grounded, opts.knowledge_repeats, opts.statement_repeats, opts.knowledge_format)
+    rows = sft_rows(pack, opts.sft_data, grounded, opts.knowledge_repeats, opts.statement_repeats, opts.knowledge_format,
+                    opts.curriculum)
     lines = [json.dumps(row, ensure_ascii=False) for row in rows]
 
     def work(stage_dir: Path) -> tuple[list[str], dict[str, Any]]:
@@ -289,11 +298,12 @@ STAGES = ("sft", "feedback", "dpo", "evaluate")
 
 
 def sft_rows(pack: DomainPack, sft_data: str, grounded: bool = False, knowledge_repeats: int = 1,
-             statement_repeats: int = 0, knowledge_format: str = "text") -> list[dict[str, Any]]:
+             statement_repeats: int = 0, knowledge_format: str = "text", curriculum: bool = False) -> list[dict[str, Any]]:
     """The SFT stage's JSONL rows: corpus texts, then (corpus+drafts) one drafting chat per fit
     question, (+knowledge) `knowledge_repeats` texts (or drafting chats) per question of the pack's knowledge.jsonl,
     `statement_repeats` copies of each corpus statement alone, and (grounded) one more chat per
-    fit question drafting from its retrieved passages. `drill` is the short road to a closed-book
+    fit question drafting from its retrieved passages (`curriculum`: the statement copies first,
+    see `curriculum_order`). `drill` is the short road to a closed-book
     specialist: training.knowledge's drill rows (every knowledge question as a drafting chat,
     every statement, a sample of fit drafting chats) instead of the corpus and all drafting chats.
     The dev split is never trained on: it chooses settings and gates candidates."""
@@ -310,8 +320,26 @@ def sft_rows(pack: DomainPack, sft_data: str, grounded: bool = False, knowledge_
         rows += draft_examples(pack, pack.fit)
     if sft_data.endswith("+knowledge"):
         rows += [row for row in pack_knowledge(pack, knowledge_format) for _ in range(knowledge_repeats)]
-    rows += [{"text": t} for t in statement_texts(pack) for _ in range(statement_repeats)]
-    return rows + grounded_draft_examples(pack, pack.fit) if grounded else rows
+    rest = rows + (grounded_draft_examples(pack, pack.fit) if grounded else [])
+    if curriculum:
+        return curriculum_order(statement_texts(pack), statement_repeats, rest)
+    drilled = [{"text": t} for t in statement_texts(pack) for _ in range(statement_repeats)]
+    return rows + drilled + rest[len(rows):]
+
+
+def curriculum_order(statements: Sequence[str], repeats: int, rest: Sequence[dict[str, Any]],
+                     seed: int = 0) -> list[dict[str, Any]]:
+    """SFT rows in the order a sequential trainer learns them: `repeats` passes over the
+    statements, each shuffled anew (as epochs are), then `rest` shuffled."""
+    rng = random.Random(seed)
+    rows: list[dict[str, Any]] = []
+    for _ in range(repeats):
+        order = list(statements)
+        rng.shuffle(order)
+        rows += [{"text": t} for t in order]
+    tail = list(rest)
+    rng.shuffle(tail)
+    return rows + tail
 
 
 def stage_name(stage: str, grounded: bool, round_: int = 1) -> str:
@@ -566,6 +594,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--statement-repeats", type=int, default=PipelineOptions.statement_repeats,
                         help="each corpus statement alone, this many times per SFT epoch: drills the values a draft "
                              "from memory must write")
+    parser.add_argument("--curriculum", action="store_true",
+                        help="SFT in order: the --statement-repeats passes first, then the other rows (sequential sampling)")
     parser.add_argument("--grounded", action="store_true",
                         help="also run the retrieval-grounded recipe (on by default when the pack's domain.yaml sets retrieval)")
     parser.add_argument("--feedback-scoring", choices=("likelihood", "generate"), default=PipelineOptions.feedback_scoring,
@@ -605,7 +635,7 @@ def options_from_args(ns: argparse.Namespace) -> PipelineOptions:
         weak=ns.weak, strong=ns.strong, train_limit=ns.train_limit, test_limit=ns.test_limit, k=ns.k,
         draft_tokens=ns.draft_tokens, final_tokens=ns.final_tokens, seed=ns.seed, sft_data=ns.sft_data,
         knowledge_repeats=ns.knowledge_repeats, knowledge_format=ns.knowledge_format,
-        statement_repeats=ns.statement_repeats, grounded=ns.grounded,
+        statement_repeats=ns.statement_repeats, curriculum=ns.curriculum, grounded=ns.grounded,
         sft_recipe=ns.sft_recipe,
         dpo_recipe=ns.dpo_recipe, sft_overrides=sft_overrides, dpo_overrides=dpo_overrides,
         eval=EvalSettings(rag_k=ns.rag_k, draft_tokens=ns.draft_tokens, answer_tokens=ns.answer_tokens,

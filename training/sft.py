@@ -166,17 +166,19 @@ def chat_example(messages: list[dict[str, str]], tokenizer: Any, max_length: int
 
 
 def training_examples(documents: list[Document], tokenizer: Any, max_length: int) -> tuple[list[dict[str, list[int]]], int]:
-    """(examples, chats skipped because their prompt alone fills max_length)."""
-    texts = [d for d in documents if isinstance(d, str)]
-    examples = [{"input_ids": c, "labels": list(c)} for c in chunk_documents(texts, tokenizer, max_length)]
+    """(examples in the documents' order, chats skipped because their prompt alone fills max_length).
+    The order is the training order when the trainer samples sequentially (a curriculum)."""
+    examples: list[dict[str, list[int]]] = []
     skipped = 0
     for document in documents:
-        if isinstance(document, list):
-            example = chat_example(document, tokenizer, max_length)
-            if example is None:
-                skipped += 1
-            else:
-                examples.append(example)
+        if isinstance(document, str):
+            examples += [{"input_ids": c, "labels": list(c)} for c in chunk_documents([document], tokenizer, max_length)]
+            continue
+        example = chat_example(document, tokenizer, max_length)
+        if example is None:
+            skipped += 1
+        else:
+            examples.append(example)
     return examples, skipped
 
 
