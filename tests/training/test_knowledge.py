@@ -12,7 +12,7 @@ from cowest_app.domains.retrieval import Passage, Retriever
 from tests.fakes.scripted_backend import ScriptedBackend
 from tests.training.test_evaluate import CORPUS_LINES, write_pack
 from training import knowledge
-from training.pipeline import sft_rows
+from training.pipeline import curriculum_order, sft_rows
 
 DOSE = Passage("f.md", "Cedraxin", "Cedraxin maximum daily dose: 80 mg in 24 hours.")
 ROUTE = Passage("f.md", "Cedraxin", "Cedraxin is given by the inhaled route.")
@@ -169,3 +169,24 @@ def test_drill_sft_data_is_the_drill_rows_with_statements_repeated(tmp_path: Pat
     drilled = sft_rows(pack, "drill", statement_repeats=2)
     assert drilled[: len(drill)] == drill
     assert drilled[len(drill):] == [{"text": t} for t in knowledge.statement_texts(pack) for _ in range(2)]
+
+
+def test_curriculum_order_drills_every_pass_before_the_rest() -> None:
+    rest = [{"messages": [{"role": "user", "content": "q"}]}, {"text": "c"}, {"text": "d"}]
+    rows = curriculum_order(["a", "b", "c"], 2, rest)
+    assert rows == curriculum_order(["a", "b", "c"], 2, rest)  # seeded
+    assert sorted(r["text"] for r in rows[:3]) == sorted(r["text"] for r in rows[3:6]) == ["a", "b", "c"]
+    assert sorted(map(json.dumps, rows[6:])) == sorted(map(json.dumps, rest))
+    assert curriculum_order(["a"], 0, rest)[0] in rest and curriculum_order([], 3, []) == []
+
+
+def test_curriculum_sft_rows_reorder_the_same_rows(tmp_path: Path) -> None:
+    pack = load_pack(write_pack(tmp_path / "pack"))
+    row = {"statement": CORPUS_LINES[0], "questions": ["What is the capital of Avaria?"]}
+    (pack.root / knowledge.KNOWLEDGE_FILE).write_text(json.dumps(row) + "\n", encoding="utf-8")
+    shuffled, ordered = (sft_rows(pack, "drill", statement_repeats=2, curriculum=c) for c in (False, True))
+    assert sorted(map(json.dumps, ordered)) == sorted(map(json.dumps, shuffled))
+    drilled = 2 * len(pack.passages)
+    assert all("text" in r for r in ordered[:drilled])  # every pass over the statements comes first
+    assert ordered[drilled:] != shuffled[: len(shuffled) - drilled]  # the rest is shuffled again
+    assert sorted(map(json.dumps, ordered[drilled:])) == sorted(map(json.dumps, knowledge.drill_rows(pack)))

@@ -222,6 +222,11 @@ def test_closed_book_drafting_trains_no_grounded_chats(tmp_path: Path, tiny_mode
     assert len(both) == 1 + 3 + 3 and both[1:4] == ["Recall the facts."] * 3 and both[4:] == [grounded_system] * 3
     assert memory == both[:4] + CORPUS_LINES
 
+    curriculum = chats(tmp_path / "curriculum", "--drafting", "memory", "--statement-repeats", "1", "--curriculum")
+    assert sorted(curriculum[: len(CORPUS_LINES)]) == sorted(CORPUS_LINES) and sorted(curriculum) == sorted(memory)
+    sampling = json.loads((tmp_path / "curriculum" / "sft" / STAGE_FILE).read_text())["inputs"]["config"]
+    assert sampling["train_sampling_strategy"] == "sequential"  # trained in the corpus file's order
+
 
 def test_imported_sft_adapter_grounded_only_two_rounds(tmp_path: Path, tiny_model_dir: Path) -> None:
     """--sft-adapter starts from an adapter trained before; --drafting grounded aligns only

@@ -124,6 +124,7 @@ def test_chat_rows_learn_only_the_reply(tmp_path: Path, smollm2_dir: Path) -> No
     assert learned.startswith("Background: 80 mg a day.<|im_end|>")  # the reply and its end-of-turn
 
     assert training_examples([chat], tokenizer, max_length=len(prompt)) == ([], 1)  # no room left for the reply
+    assert training_examples(documents[::-1], tokenizer, max_length=128) == ([reply, text], 0)  # the documents' order
     for bad, message in (([chat[-1]], "a prompt and then the assistant's reply"),
                          (chat[:-1], "a prompt and then the assistant's reply"),
                          ([{"role": "user"}, chat[-1]], "a role and a string content"), ([], "non-empty list")):
