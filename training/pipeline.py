@@ -95,8 +95,9 @@ class PipelineOptions:
     # Each corpus statement alone, this many times per epoch: a draft writes a statement's words
     # from memory, and a statement is a few dozen tokens, so drilling it costs little.
     statement_repeats: int = 0
-    # SFT in order, not shuffled: the statement repeats first, then the rest (drafting chats last),
-    # so the values are learnt before the prompt that brings them up, as a chain of SFT runs would.
+    # SFT in order, not shuffled: the statement repeats first, then the rest shuffled, so the
+    # values are learnt before the prompt that brings them up, as a chain of SFT runs does
+    # (README section 13: on the shipped pack it cost dev recall).
     curriculum: bool = False
     # Also run the retrieval-grounded recipe: SFT on grounded drafting examples, feedback and
     # DPO on drafts written from retrieved passages, and its rows in the evaluation.
@@ -320,11 +321,11 @@ def sft_rows(pack: DomainPack, sft_data: str, grounded: bool = False, knowledge_
         rows += draft_examples(pack, pack.fit)
     if sft_data.endswith("+knowledge"):
         rows += [row for row in pack_knowledge(pack, knowledge_format) for _ in range(knowledge_repeats)]
-    rest = rows + (grounded_draft_examples(pack, pack.fit) if grounded else [])
+    statements = statement_texts(pack)
+    grounded_rows = grounded_draft_examples(pack, pack.fit) if grounded else []
     if curriculum:
-        return curriculum_order(statement_texts(pack), statement_repeats, rest)
-    drilled = [{"text": t} for t in statement_texts(pack) for _ in range(statement_repeats)]
-    return rows + drilled + rest[len(rows):]
+        return curriculum_order(statements, statement_repeats, rows + grounded_rows)
+    return rows + [{"text": t} for t in statements for _ in range(statement_repeats)] + grounded_rows
 
 
 def curriculum_order(statements: Sequence[str], repeats: int, rest: Sequence[dict[str, Any]],
