@@ -558,6 +558,18 @@ def split_overrides(items: Sequence[str]) -> tuple[tuple[str, ...], tuple[str, .
     return tuple(routed["sft"]), tuple(routed["dpo"])
 
 
+def check_curriculum(sft_adapter: str | None, sft_overrides: Sequence[str]) -> None:
+    """`--curriculum` only means something for an SFT this run trains, in the order it writes;
+    say so rather than let the flag do nothing or overrule the user's own sampling order."""
+    if sft_adapter:
+        raise ValueError("--curriculum orders the SFT rows, but with --sft-adapter no SFT runs; drop one of them")
+    for item in sft_overrides:
+        key, _, value = item.partition("=")
+        if key.strip() == "train_sampling_strategy" and value.strip() != "sequential":
+            raise ValueError(f"--curriculum trains with train_sampling_strategy=sequential, "
+                             f"which --set sft.{item} contradicts; drop one of them")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from cowest_app.config import STRONG_DEFAULT, WEAK_DEFAULT
 
@@ -632,6 +644,8 @@ def options_from_args(ns: argparse.Namespace) -> PipelineOptions:
     if ns.statement_repeats < 0:
         raise ValueError(f"--statement-repeats must be 0 or more, got {ns.statement_repeats}")
     sft_overrides, dpo_overrides = split_overrides(ns.set)
+    if ns.curriculum:
+        check_curriculum(ns.sft_adapter, sft_overrides)
     return PipelineOptions(
         weak=ns.weak, strong=ns.strong, train_limit=ns.train_limit, test_limit=ns.test_limit, k=ns.k,
         draft_tokens=ns.draft_tokens, final_tokens=ns.final_tokens, seed=ns.seed, sft_data=ns.sft_data,

@@ -274,3 +274,16 @@ def test_sft_adapter_must_be_an_adapter_and_rounds_positive(tmp_path: Path, caps
     assert "--pairs-per-question must be at least 1" in capsys.readouterr().err
     with pytest.raises(ValueError, match="not a LoRA adapter directory"):
         pipeline.imported_sft_stage(tmp_path, tmp_path / "out")
+
+
+def test_curriculum_refuses_what_would_make_it_do_nothing(tmp_path: Path, capsys) -> None:
+    pack, out = write_pack(tmp_path / "pack"), tmp_path / "out"
+    for extra in (["--sft-adapter", str(tmp_path)], ["--set", "sft.train_sampling_strategy=random"]):
+        with pytest.raises(SystemExit):
+            pipeline.main(["--pack", str(pack), "--out", str(out), "--curriculum", *extra])
+    err = capsys.readouterr().err
+    assert "no SFT runs" in err and "sft.train_sampling_strategy=random" in err
+    assert not out.exists()  # refused before any stage
+    ordered = pipeline.options_from_args(pipeline.build_parser().parse_args(
+        ["--pack", "p", "--curriculum", "--set", "sft.train_sampling_strategy=sequential"]))
+    assert ordered.curriculum and ordered.sft_overrides == ("train_sampling_strategy=sequential",)
